@@ -1,0 +1,3 @@
+from pienv.cli import main
+
+main()

@@ -1,0 +1,115 @@
+"""User configuration (TOML), read only from the user's own config file, never the workspace.
+
+``$PIENV_CONFIG`` or ``$PIENV_HOME/config.toml``::
+
+    [agent]
+    command = ["pi"]                     # what `pienv run` starts without `-- CMD`
+    install = "npm install -g ..."       # run in the container when the command is missing
+    passthrough = ["ANTHROPIC_API_KEY"]  # host variables handed to the agent
+
+    [run]
+    env = ["MY_SETTING"]                 # more host variables to pass
+    force_env = []                       # credential variables passed despite the deny-list
+    mounts = ["/data/cache:/cache:ro"]   # extra bind mounts HOST:CONTAINER[:ro|rw]
+    network = "bridge"                   # docker network mode
+    flatten_at = 100                     # flatten a head at this layer depth
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pienv.errors import UsageError
+
+DEFAULT_AGENT = ("pi",)
+DEFAULT_INSTALL = "npm install -g --ignore-scripts @earendil-works/pi-coding-agent"
+ALLOWED_ENV = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "LC_*")
+# Never passed unless named in force_env: credentials and handles to host agents/daemons.
+DENIED_ENV = (
+    "GITHUB_TOKEN",
+    "GH_TOKEN",
+    "GITLAB_TOKEN",
+    "SSH_AUTH_SOCK",
+    "SSH_AGENT_PID",
+    "GPG_AGENT_INFO",
+    "AWS_*",
+    "AZURE_*",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "CLOUDSDK_*",
+    "KUBECONFIG",
+    "NPM_TOKEN",
+    "NODE_AUTH_TOKEN",
+    "PYPI_TOKEN",
+    "TWINE_PASSWORD",
+    "DOCKER_*",
+    "VAULT_TOKEN",
+    "HOME",
+    "PATH",
+)
+DEFAULT_FLATTEN_AT = 100
+
+
+def matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+@dataclass(frozen=True)
+class Config:
+    agent_command: tuple[str, ...] = DEFAULT_AGENT
+    agent_install: str = DEFAULT_INSTALL
+    passthrough: tuple[str, ...] = ()
+    force_env: tuple[str, ...] = ()
+    mounts: tuple[str, ...] = ()
+    network: str = "bridge"
+    flatten_at: int = DEFAULT_FLATTEN_AT
+    source: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def container_env(
+        self, environ: dict[str, str] | os._Environ[str], extra_names: tuple[str, ...] = ()
+    ) -> dict[str, str]:
+        """The host variables the container gets: allow-list + configured, minus credentials."""
+        wanted = [*ALLOWED_ENV, *self.passthrough, *extra_names]
+        out = {}
+        for name, value in environ.items():
+            if not matches(name, wanted):
+                continue
+            if matches(name, DENIED_ENV) and name not in self.force_env:
+                continue
+            out[name] = value
+        return out
+
+
+def load(path: Path) -> Config:
+    if not path.exists():
+        return Config()
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read config {path}: {exc}") from exc
+    agent = data.get("agent", {})
+    run = data.get("run", {})
+    try:
+        command = agent.get("command", list(DEFAULT_AGENT))
+        if isinstance(command, str):
+            command = [command]
+        cfg = Config(
+            agent_command=tuple(str(c) for c in command),
+            agent_install=str(agent.get("install", DEFAULT_INSTALL)),
+            passthrough=tuple(agent.get("passthrough", ())) + tuple(run.get("env", ())),
+            force_env=tuple(run.get("force_env", ())),
+            mounts=tuple(run.get("mounts", ())),
+            network=str(run.get("network", "bridge")),
+            flatten_at=int(run.get("flatten_at", DEFAULT_FLATTEN_AT)),
+            source=str(path),
+        )
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"bad config {path}: {exc}") from exc
+    if not 2 <= cfg.flatten_at <= 120:
+        raise UsageError(f"bad config {path}: flatten_at must be between 2 and 120")
+    return cfg

@@ -1,0 +1,288 @@
+"""Frozen data of pienv: commits, their image labels, revisions and ref names.
+
+Pure logic only (no Docker, no files), so it is unit-tested without an engine.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from pienv.errors import UsageError
+
+SCHEMA = 1
+LABEL = "dev.pienv."
+
+# Every commit sets *every* key below (empty string for "none"). Docker merges a parent's and
+# the run container's labels into a commit, so a key left unset would inherit a stale value.
+COMMIT_KEYS = (
+    "schema",
+    "role",
+    "store",
+    "parents",
+    "branch",
+    "message",
+    "created",
+    "command",
+    "exit-code",
+    "workspace",
+    "git-head",
+    "changes",
+    "flattened-from",
+    "kind",
+    "run-host",
+    "run-pid",
+    "run-started",
+)
+
+
+def now_rfc3339() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_time(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def short(commit_id: str) -> str:
+    return commit_id.removeprefix("sha256:")[:12]
+
+
+def full_hex(commit_id: str) -> str:
+    return commit_id.removeprefix("sha256:")
+
+
+@dataclass(frozen=True)
+class Commit:
+    """One env commit. ``id`` is the image id without ``sha256:``."""
+
+    id: str
+    parents: tuple[str, ...]
+    branch: str
+    message: str
+    created: str
+    kind: str = "run"  # root | run | flatten | reset-system | recover
+    command: tuple[str, ...] = ()
+    exit_code: int | None = None
+    workspace: str = ""
+    git_head: str = ""
+    changes: int = 0
+    flattened_from: str = ""
+    run_host: str = ""
+    run_pid: int | None = None
+    run_started: str = ""
+    # Filled from the engine after the commit; not labels.
+    size: int = 0
+    layers: int = 0
+    container: str = ""
+
+    @property
+    def short(self) -> str:
+        return short(self.id)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["parents"] = list(self.parents)
+        data["command"] = list(self.command)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Commit:
+        data = dict(data)
+        data["parents"] = tuple(data.get("parents", ()))
+        data["command"] = tuple(data.get("command", ()))
+        known = set(cls.__dataclass_fields__)
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    def labels(self, store_id: str) -> dict[str, str]:
+        """The complete label set of this commit's image (see COMMIT_KEYS)."""
+        values = {
+            "schema": str(SCHEMA),
+            "role": "commit",
+            "store": store_id,
+            "parents": ",".join(self.parents),
+            "branch": self.branch,
+            "message": self.message,
+            "created": self.created,
+            "command": json.dumps(list(self.command)) if self.command else "",
+            "exit-code": "" if self.exit_code is None else str(self.exit_code),
+            "workspace": self.workspace,
+            "git-head": self.git_head,
+            "changes": str(self.changes),
+            "flattened-from": self.flattened_from,
+            "kind": self.kind,
+            "run-host": self.run_host,
+            "run-pid": "" if self.run_pid is None else str(self.run_pid),
+            "run-started": self.run_started,
+        }
+        assert set(values) == set(COMMIT_KEYS)
+        return {LABEL + k: v for k, v in values.items()}
+
+    @classmethod
+    def from_labels(cls, image_id: str, labels: dict[str, str]) -> Commit:
+        def get(key: str) -> str:
+            return labels.get(LABEL + key, "")
+
+        command = get("command")
+        return cls(
+            id=full_hex(image_id),
+            parents=tuple(p for p in get("parents").split(",") if p),
+            branch=get("branch"),
+            message=get("message"),
+            created=get("created"),
+            kind=get("kind") or "run",
+            command=tuple(json.loads(command)) if command else (),
+            exit_code=int(get("exit-code")) if get("exit-code") else None,
+            workspace=get("workspace"),
+            git_head=get("git-head"),
+            changes=int(get("changes") or 0),
+            flattened_from=get("flattened-from"),
+            run_host=get("run-host"),
+            run_pid=int(get("run-pid")) if get("run-pid") else None,
+            run_started=get("run-started"),
+        )
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    """What a run container records about itself (its labels), for recovery."""
+
+    store: str
+    branch: str
+    parent: str
+    host: str
+    pid: int
+    pid_start: str
+    started: str
+    workspace: str
+    command: tuple[str, ...]
+    message: str
+    git_head: str = ""
+
+    def labels(self) -> dict[str, str]:
+        # Keys shared with COMMIT_KEYS on purpose: the commit overwrites every one of them.
+        return {
+            LABEL + "schema": str(SCHEMA),
+            LABEL + "role": "run",
+            LABEL + "store": self.store,
+            LABEL + "branch": self.branch,
+            LABEL + "parents": self.parent,
+            LABEL + "run-host": self.host,
+            LABEL + "run-pid": f"{self.pid}:{self.pid_start}",
+            LABEL + "run-started": self.started,
+            LABEL + "workspace": self.workspace,
+            LABEL + "command": json.dumps(list(self.command)),
+            LABEL + "message": self.message,
+            LABEL + "git-head": self.git_head,
+        }
+
+    @classmethod
+    def from_labels(cls, labels: dict[str, str]) -> RunInfo:
+        def get(key: str) -> str:
+            return labels.get(LABEL + key, "")
+
+        pid, _, pid_start = get("run-pid").partition(":")
+        command = get("command")
+        return cls(
+            store=get("store"),
+            branch=get("branch"),
+            parent=get("parents"),
+            host=get("run-host"),
+            pid=int(pid or 0),
+            pid_start=pid_start,
+            started=get("run-started"),
+            workspace=get("workspace"),
+            command=tuple(json.loads(command)) if command else (),
+            message=get("message"),
+            git_head=get("git-head"),
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# Ref names: git's check-ref-format rules, applied to one branch or tag name.
+
+_BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
+
+
+def check_ref_name(name: str, what: str = "branch") -> str:
+    """Return ``name`` if git would accept ``refs/heads/<name>``, else raise UsageError."""
+    problem = None
+    if not name:
+        problem = "is empty"
+    elif name == "HEAD" or name == "@":
+        problem = "is reserved"
+    elif _BAD_CHARS.search(name):
+        problem = "contains a space, control character or one of ~^:?*[\\"
+    elif name.startswith("-"):
+        problem = "starts with '-'"
+    elif ".." in name or "@{" in name:
+        problem = "contains '..' or '@{'"
+    elif name.endswith(".") or name.endswith("/") or name.startswith("/") or "//" in name:
+        problem = "has an empty component or ends with '.' or '/'"
+    elif any(part.startswith(".") or part.endswith(".lock") for part in name.split("/")):
+        problem = "has a component starting with '.' or ending with '.lock'"
+    elif re.fullmatch(r"[0-9a-f]{4,64}", name):
+        # Would shadow commit-id prefixes in revisions.
+        problem = "looks like a commit id"
+    if problem:
+        raise UsageError(f"invalid {what} name {name!r}: it {problem}")
+    return name
+
+
+# ---------------------------------------------------------------------------------------------
+# Revisions: NAME | HEAD | hex prefix | NAME@{N}, followed by ~N, ^, ^N suffixes.
+
+
+@dataclass(frozen=True)
+class Rev:
+    base: str  # a name, "HEAD" or a hex prefix
+    reflog: int | None = None  # NAME@{N}
+    # Each step is ("~", n) = n-th first-parent ancestor, or ("^", n) = n-th parent.
+    steps: tuple[tuple[str, int], ...] = field(default_factory=tuple)
+
+
+_SUFFIX = re.compile(r"([~^])(\d*)")
+
+
+def parse_rev(text: str) -> Rev:
+    """Parse a revision string; raise UsageError with the offending text when malformed."""
+    if not text or text.strip() != text:
+        raise UsageError(f"bad revision {text!r}")
+    cut = len(text)
+    for i, ch in enumerate(text):
+        if ch in "~^":
+            cut = i
+            break
+    head, tail = text[:cut], text[cut:]
+    reflog = None
+    m = re.fullmatch(r"(.*)@\{(\d+)\}", head)
+    if m:
+        head, reflog = m.group(1) or "HEAD", int(m.group(2))
+    if not head or "@{" in head:
+        raise UsageError(f"bad revision {text!r}")
+    steps: list[tuple[str, int]] = []
+    pos = 0
+    while pos < len(tail):
+        sm = _SUFFIX.match(tail, pos)
+        if not sm:
+            raise UsageError(f"bad revision {text!r}: cannot parse {tail[pos:]!r}")
+        op, digits = sm.group(1), sm.group(2)
+        steps.append((op, int(digits) if digits else 1))
+        pos = sm.end()
+    return Rev(base=head, reflog=reflog, steps=tuple(steps))
+
+
+def is_hex_prefix(text: str) -> bool:
+    return re.fullmatch(r"(sha256:)?[0-9a-f]{4,64}", text) is not None
+
+
+def parse_age(text: str) -> float:
+    """'90s', '30m', '12h', '7d', '2w' -> seconds."""
+    m = re.fullmatch(r"(\d+)([smhdw])", text.strip())
+    if not m:
+        raise UsageError(f"bad age {text!r}: use a number and one of s, m, h, d, w (e.g. 7d)")
+    unit = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[m.group(2)]
+    return int(m.group(1)) * unit

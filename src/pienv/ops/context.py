@@ -1,0 +1,111 @@
+"""What every operation needs: the store, the config and (lazily) the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import TYPE_CHECKING
+
+from pienv import config as configmod
+from pienv.errors import UsageError
+from pienv.model import Commit, is_hex_prefix, parse_rev, short
+from pienv.store import Refs, Store
+
+if TYPE_CHECKING:
+    from pienv.engine import Engine
+
+
+@dataclass
+class Context:
+    store: Store = field(default_factory=Store)
+    _engine: Engine | None = None
+
+    @cached_property
+    def config(self) -> configmod.Config:
+        return configmod.load(self.store.config_path)
+
+    def engine(self) -> Engine:
+        if self._engine is None:
+            from pienv.engine import Engine
+
+            self._engine = Engine()
+        return self._engine
+
+    def refs(self) -> Refs:
+        return self.store.load_refs()
+
+    def repository(self, refs: Refs | None = None) -> str:
+        """The Docker repository holding this store's commit tags."""
+        return f"pienv/{(refs or self.refs()).store_id}"
+
+    def commit(self, cid: str) -> Commit:
+        try:
+            return self.store.commits()[cid]
+        except KeyError:
+            raise UsageError(
+                f"commit {short(cid)} is not in the commit index",
+                hint="`pienv fsck --repair` rebuilds the index from image labels",
+            ) from None
+
+    # -- revisions ---------------------------------------------------------------------------
+
+    def resolve(self, text: str, refs: Refs | None = None) -> str:
+        """A revision (see model.parse_rev) -> full commit id, or UsageError."""
+        refs = refs or self.refs()
+        rev = parse_rev(text)
+        commits = self.store.commits()
+        cid = self._resolve_base(rev.base, rev.reflog, refs, commits, text)
+        for op, n in rev.steps:
+            if op == "~":
+                for _ in range(n):
+                    cid = self._parent(cid, 1, commits, text)
+            elif n:
+                cid = self._parent(cid, n, commits, text)
+        return cid
+
+    def _resolve_base(
+        self, base: str, at: int | None, refs: Refs, commits: dict[str, Commit], text: str
+    ) -> str:
+        if at is not None:
+            ref = base
+            if base == "HEAD":
+                ref = refs.head_branch or "HEAD"
+            elif base not in refs.branches and base in refs.tags:
+                ref = "tags/" + base
+            values = [e.new for e in reversed(self.store.reflog(ref)) if e.new]
+            if not values:
+                raise UsageError(f"unknown revision {text!r}: no reflog for {ref!r}")
+            if at >= len(values):
+                raise UsageError(
+                    f"unknown revision {text!r}: the reflog of {ref!r} has only "
+                    f"{len(values)} entries"
+                )
+            return values[at]
+        if base == "HEAD":
+            head = refs.head_commit()
+            if head is None:
+                raise UsageError("HEAD has no commit yet", hint="`pienv run` creates the first")
+            return head
+        if base in refs.branches:
+            return refs.branches[base]
+        if base in refs.tags:
+            return refs.tags[base]
+        if is_hex_prefix(base):
+            prefix = base.removeprefix("sha256:")
+            found = [c for c in commits if c.startswith(prefix)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                names = ", ".join(sorted(short(c) for c in found)[:8])
+                raise UsageError(f"ambiguous revision {text!r}: it matches {names}")
+        raise UsageError(
+            f"unknown revision {text!r}: not a branch, tag or commit of this store",
+            hint="`pienv branch` and `pienv log --all` list them",
+        )
+
+    @staticmethod
+    def _parent(cid: str, n: int, commits: dict[str, Commit], text: str) -> str:
+        c = commits.get(cid)
+        if c is None or len(c.parents) < n:
+            raise UsageError(f"unknown revision {text!r}: {short(cid)} has no parent #{n}")
+        return c.parents[n - 1]

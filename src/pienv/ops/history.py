@@ -1,0 +1,322 @@
+"""The git-like history commands. They answer from the store (refs, reflog, commit index);
+only `show --size`, `diff` and `diff --packages` ask the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from pienv import dag, locks
+from pienv.errors import UsageError
+from pienv.model import Commit, check_ref_name, short
+from pienv.ops.context import Context
+from pienv.store import ReflogEntry, Refs
+
+# -- decorations ------------------------------------------------------------------------------
+
+
+def decorations(refs: Refs) -> dict[str, list[str]]:
+    """commit id -> ["HEAD -> main", "tag: v1", "exp"] in git's order."""
+    out: dict[str, list[str]] = {}
+    if refs.head_branch is None and refs.head_detached:
+        out.setdefault(refs.head_detached, []).append("HEAD")
+    for name, cid in sorted(refs.branches.items()):
+        label = f"HEAD -> {name}" if name == refs.head_branch else name
+        lst = out.setdefault(cid, [])
+        lst.insert(0, label) if name == refs.head_branch else lst.append(label)
+    for name, cid in sorted(refs.tags.items()):
+        out.setdefault(cid, []).append(f"tag: {name}")
+    return out
+
+
+# -- log --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    commit: Commit
+    refs: tuple[str, ...]
+    graph: str = ""
+
+
+@dataclass(frozen=True)
+class LogResult:
+    entries: list[LogEntry]
+    # With --graph: the connector rows between commits, keyed by the index of the entry they
+    # follow (-1 = before the first).
+    connectors: dict[int, list[str]] = field(default_factory=dict)
+
+
+def log(
+    ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph: bool
+) -> LogResult:
+    refs = ctx.refs()
+    commits = ctx.store.commits()
+    if all_refs:
+        starts = [*refs.branches.values(), *refs.tags.values()]
+        if refs.head_detached:
+            starts.append(refs.head_detached)
+    else:
+        head = refs.head_commit()
+        if rev is None and head is None:
+            return LogResult([])
+        starts = [ctx.resolve(rev, refs) if rev else head]  # type: ignore[list-item]
+    order = dag.log_order(commits, starts)
+    if limit is not None:
+        order = order[:limit]
+    deco = decorations(refs)
+    if not graph:
+        return LogResult([LogEntry(commits[c], tuple(deco.get(c, ()))) for c in order])
+    rows = dag.lanes(order, {c: commits[c].parents for c in order})
+    entries: list[LogEntry] = []
+    connectors: dict[int, list[str]] = {}
+    for row in rows:
+        if row.commit is None:
+            connectors.setdefault(len(entries) - 1, []).append(row.graph)
+        else:
+            entries.append(LogEntry(commits[row.commit], tuple(deco.get(row.commit, ())), row.graph))
+    return LogResult(entries, connectors)
+
+
+# -- show / diff ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShowResult:
+    commit: Commit
+    refs: tuple[str, ...]
+    changes: list[tuple[str, str]] | None  # None: not recorded (e.g. recovered from labels)
+
+
+def show(ctx: Context, rev: str) -> ShowResult:
+    refs = ctx.refs()
+    cid = ctx.resolve(rev, refs)
+    return ShowResult(ctx.commit(cid), tuple(decorations(refs).get(cid, ())), ctx.store.changes(cid))
+
+
+@dataclass(frozen=True)
+class DiffResult:
+    old: str
+    new: str
+    added: list[str]
+    changed: list[str]
+    deleted: list[str]
+    packages: dict[str, dict[str, list[str]]] | None = None  # manager -> added/removed/upgraded
+
+
+def diff(ctx: Context, rev_a: str, rev_b: str | None, packages: bool) -> DiffResult:
+    """Paths added/changed/deleted from ``rev_a`` to ``rev_b`` (default HEAD)."""
+    from pienv.ops import fsdiff
+
+    refs = ctx.refs()
+    old = ctx.resolve(rev_a, refs)
+    new = ctx.resolve(rev_b, refs) if rev_b else ctx.resolve("HEAD", refs)
+    engine = ctx.engine()
+    before, after = fsdiff.scan(engine, old), fsdiff.scan(engine, new)
+    a, c, d = fsdiff.compare_files(before, after)
+    pkgs = fsdiff.package_changes(before.packages, after.packages) if packages else None
+    return DiffResult(old, new, a, c, d, pkgs)
+
+
+# -- branches ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BranchInfo:
+    name: str
+    head: str
+    current: bool
+    created: str
+    count: int
+    size: int
+    locked: bool
+    worktrees: tuple[str, ...]
+
+
+def branches(ctx: Context) -> list[BranchInfo]:
+    refs = ctx.refs()
+    commits = ctx.store.commits()
+    g = dag.build(commits)
+    out = []
+    for name, cid in sorted(refs.branches.items()):
+        anc = dag.ancestors(g, cid)
+        c = commits.get(cid)
+        out.append(
+            BranchInfo(
+                name=name,
+                head=cid,
+                current=name == refs.head_branch,
+                created=c.created if c else "",
+                count=len(anc),
+                size=sum(commits[a].size for a in anc),
+                locked=locks.is_locked(ctx.store.locks_dir, name),
+                worktrees=tuple(p for p, b in refs.worktrees.items() if b == name),
+            )
+        )
+    return out
+
+
+def create_branch(ctx: Context, name: str, start: str | None) -> str:
+    check_ref_name(name)
+    refs = ctx.refs()
+    cid = ctx.resolve(start or "HEAD", refs)
+    with ctx.store.transaction(f"branch: created from {start or 'HEAD'}") as txn:
+        txn.move_branch(name, None, cid)
+    return cid
+
+
+def _refuse_busy(ctx: Context, name: str) -> None:
+    if locks.is_locked(ctx.store.locks_dir, name):
+        raise locks.busy_error(ctx.store.locks_dir, name)
+
+
+def delete_branch(ctx: Context, name: str, force: bool) -> str:
+    refs = ctx.refs()
+    if name not in refs.branches:
+        raise UsageError(f"branch {name!r} not found")
+    if name == refs.head_branch:
+        raise UsageError(
+            f"cannot delete branch {name!r}: it is the current branch",
+            hint="`pienv checkout` another branch first",
+        )
+    _refuse_busy(ctx, name)
+    cid = refs.branches[name]
+    if not force:
+        g = dag.build(ctx.store.commits())
+        others = [*(c for n, c in refs.branches.items() if n != name), *refs.tags.values()]
+        if refs.head_detached:
+            others.append(refs.head_detached)
+        if cid not in dag.reachable(g, others):
+            raise UsageError(
+                f"branch {name!r} has commits no other branch or tag reaches",
+                hint=f"`pienv branch -D {name}` deletes it anyway (the reflog keeps them until "
+                "prune)",
+            )
+    bound = [p for p, b in refs.worktrees.items() if b == name]
+    if bound:
+        raise UsageError(
+            f"branch {name!r} is bound to worktree {bound[0]}",
+            hint="`pienv worktree remove` it first",
+        )
+    with ctx.store.transaction(f"branch: deleted {name}") as txn:
+        txn.delete_branch(name, cid)
+    return cid
+
+
+def rename_branch(ctx: Context, old: str, new: str) -> None:
+    check_ref_name(new)
+    refs = ctx.refs()
+    if old not in refs.branches:
+        raise UsageError(f"branch {old!r} not found")
+    _refuse_busy(ctx, old)
+    with ctx.store.transaction(f"branch: renamed {old} to {new}") as txn:
+        cid = txn.refs.branches[old]
+        txn.move_branch(new, None, cid)
+        del txn.refs.branches[old]
+        txn.entries.pop()  # the rename is recorded below, with the old history carried over
+        if txn.refs.head_branch == old:
+            txn.refs.head_branch = new
+        for path, b in list(txn.refs.worktrees.items()):
+            if b == old:
+                txn.refs.worktrees[path] = new
+        # The reflog follows the branch (as `git branch -m` moves logs/refs/heads/OLD).
+        entries = ctx.store.reflog()
+        for e in entries:
+            if e.ref == old:
+                e.ref = new
+        ctx.store.rewrite_reflog(entries)
+        txn._log(new, cid, cid, f"branch: renamed {old} to {new}")
+
+
+# -- checkout / reset -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckoutResult:
+    branch: str | None
+    commit: str
+    created: bool
+
+
+def checkout(ctx: Context, target: str, create: bool, start: str | None) -> CheckoutResult:
+    refs = ctx.refs()
+    if create:
+        cid = create_branch(ctx, target, start)
+        with ctx.store.transaction(f"checkout: moving to {target}") as txn:
+            txn.checkout(target)
+        return CheckoutResult(target, cid, True)
+    if target in refs.branches:
+        with ctx.store.transaction(f"checkout: moving to {target}") as txn:
+            txn.checkout(target)
+        return CheckoutResult(target, refs.branches[target], False)
+    cid = ctx.resolve(target, refs)
+    with ctx.store.transaction(f"checkout: moving to {short(cid)}") as txn:
+        txn.checkout(None, cid)
+    return CheckoutResult(None, cid, False)
+
+
+@dataclass(frozen=True)
+class ResetResult:
+    branch: str | None
+    old: str | None
+    new: str
+
+
+def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
+    """Move the current branch (or detached HEAD) to ``rev``; the old head stays in the reflog."""
+    refs = ctx.refs()
+    new = ctx.resolve(rev, refs)
+    branch = refs.head_branch
+    _refuse_busy(ctx, branch or "HEAD")
+    old = refs.head_commit()
+    with ctx.store.transaction(what or f"reset: moving to {rev}") as txn:
+        if branch:
+            txn.move_branch(branch, old, new)
+        else:
+            txn.move_detached(old, new)
+    return ResetResult(branch, old, new)
+
+
+# -- tags / reflog ----------------------------------------------------------------------------
+
+
+def tags(ctx: Context) -> dict[str, str]:
+    return ctx.refs().tags
+
+
+def tag(ctx: Context, name: str, rev: str | None) -> str:
+    check_ref_name(name, "tag")
+    refs = ctx.refs()
+    if name in refs.tags:
+        raise UsageError(f"tag {name!r} already exists", hint=f"`pienv tag -d {name}` first")
+    cid = ctx.resolve(rev or "HEAD", refs)
+    with ctx.store.transaction(f"tag: {name}") as txn:
+        txn.set_tag(name, cid)
+    return cid
+
+
+def delete_tag(ctx: Context, name: str) -> str:
+    refs = ctx.refs()
+    if name not in refs.tags:
+        raise UsageError(f"tag {name!r} not found")
+    with ctx.store.transaction(f"tag: deleted {name}") as txn:
+        txn.set_tag(name, None)
+    return refs.tags[name]
+
+
+@dataclass(frozen=True)
+class ReflogRow:
+    selector: str  # main@{0}
+    entry: ReflogEntry
+
+
+def reflog(ctx: Context, ref: str | None) -> list[ReflogRow]:
+    """Newest first. Without a ref: the current branch (HEAD's log when detached)."""
+    refs = ctx.refs()
+    name = ref or refs.head_branch or "HEAD"
+    if ref and ref not in refs.branches and ref != "HEAD":
+        if ref in refs.tags:
+            name = "tags/" + ref
+        elif not ctx.store.reflog(ref):
+            raise UsageError(f"no reflog for {ref!r}")
+    entries = [e for e in reversed(ctx.store.reflog(name)) if e.new]
+    return [ReflogRow(f"{ref or name}@{{{i}}}", e) for i, e in enumerate(entries)]

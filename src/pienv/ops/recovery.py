@@ -1,0 +1,196 @@
+"""Runs that never got committed: orphans, recover, clean-orphans, unlock."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pienv import locks
+from pienv.errors import UsageError
+from pienv.model import LABEL, RunInfo, short
+from pienv.ops.context import Context
+
+
+@dataclass(frozen=True)
+class Orphan:
+    container: str
+    name: str
+    branch: str
+    parent: str
+    started: str
+    state: str  # running | exited | created | ...
+    exit_code: int | None
+    holder_pid: int
+    holder_alive: bool
+    handled: bool  # the branch lock is held: a live run or finalizer owns it
+    size: int
+    info: RunInfo
+
+    @property
+    def recoverable(self) -> bool:
+        return self.state != "running" and not self.handled
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "container": self.container,
+            "name": self.name,
+            "branch": self.branch,
+            "parent": self.parent,
+            "started": self.started,
+            "state": self.state,
+            "exit_code": self.exit_code,
+            "holder_pid": self.holder_pid,
+            "holder_alive": self.holder_alive,
+            "handled": self.handled,
+            "size": self.size,
+        }
+
+
+def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
+    """Every run container of this store (live runs included), oldest first."""
+    from pienv.ops.run import DETACHED
+
+    refs = ctx.refs()
+    engine = ctx.engine()
+    rows = engine.containers([f"{LABEL}store={refs.store_id}", f"{LABEL}role=run"])
+    out = []
+    for row in rows:
+        info = RunInfo.from_labels(row.get("Labels") or {})
+        cid = row["Id"]
+        state = row.get("State", "")
+        exit_code = None
+        if state == "exited":
+            detail = engine.inspect_container(cid)
+            exit_code = int(detail["State"]["ExitCode"]) if detail else None
+        holder = locks.Holder(info.pid, info.pid_start, info.host, info.started, "", "")
+        out.append(
+            Orphan(
+                container=cid,
+                name=(row.get("Names") or ["?"])[0].lstrip("/"),
+                branch=info.branch,
+                parent=info.parent,
+                started=info.started,
+                state=state,
+                exit_code=exit_code,
+                holder_pid=info.pid,
+                holder_alive=holder.alive(),
+                handled=locks.is_locked(ctx.store.locks_dir, info.branch or DETACHED),
+                size=engine.container_size(cid) if with_size else 0,
+                info=info,
+            )
+        )
+    out.sort(key=lambda o: o.started)
+    return out
+
+
+def orphans(ctx: Context, with_size: bool = True) -> list[Orphan]:
+    """Run containers no live run owns (their pienv died, and no finalizer is at work)."""
+    return [o for o in run_containers(ctx, with_size) if not (o.handled and o.holder_alive)]
+
+
+def auto_recover(ctx: Context, branch: str) -> list[str]:
+    """Called under ``branch``'s lock by `run`: commit its finished orphans first."""
+    from pienv.ops.run import finalize
+
+    notes = []
+    for o in run_containers(ctx):
+        if o.branch != branch or o.state == "running" or o.holder_alive:
+            continue
+        result = finalize(ctx, o.container, o.info, None, False)
+        notes.append(_describe(o, result.commit.short if result.commit else "", result.branch))
+    return notes
+
+
+@dataclass(frozen=True)
+class Recovered:
+    container: str
+    commit: str  # "" when the orphan changed nothing
+    branch: str
+    moved_branch: bool
+    note: str
+
+
+def recover(ctx: Context, target: str | None) -> list[Recovered]:
+    """Commit one orphan (container id/name prefix) or all recoverable ones (target None)."""
+    from pienv.ops.run import DETACHED, finalize
+
+    found = orphans(ctx, with_size=False)
+    if target is not None:
+        found = [o for o in found if o.container.startswith(target) or o.name == target]
+        if not found:
+            raise UsageError(f"no orphan container {target!r} in this store", hint="`pienv orphans`")
+        if found[0].state == "running":
+            raise UsageError(
+                f"container {target} is still running",
+                hint=f"wait for it to finish or stop it with `docker stop {found[0].name}`",
+            )
+    out = []
+    for o in found:
+        if not o.recoverable:
+            continue
+        lock, _ = locks.acquire(ctx.store.locks_dir, o.branch or DETACHED, o.info.workspace)
+        try:
+            result = finalize(ctx, o.container, o.info, None, False)
+        finally:
+            lock.release()
+        commit = result.commit.short if result.commit else ""
+        out.append(
+            Recovered(
+                container=o.container,
+                commit=commit,
+                branch=result.branch,
+                moved_branch=result.branch == o.branch,
+                note=_describe(o, commit, result.branch),
+            )
+        )
+    return out
+
+
+def _describe(o: Orphan, commit: str, branch: str) -> str:
+    if not commit:
+        return f"orphan {o.container[:12]} changed nothing; removed"
+    if branch == o.branch:
+        return f"orphan {o.container[:12]} committed as {commit} on {branch or 'HEAD'!r}"
+    return (
+        f"orphan {o.container[:12]} committed as {commit} on new branch {branch!r} "
+        f"({o.branch or 'HEAD'!r} had moved past its parent {short(o.parent)})"
+    )
+
+
+def clean(ctx: Context, dry_run: bool) -> list[Orphan]:
+    gone = [o for o in orphans(ctx, with_size=True) if o.recoverable]
+    if not dry_run:
+        engine = ctx.engine()
+        for o in gone:
+            engine.remove_container(o.container, force=True)
+    return gone
+
+
+@dataclass(frozen=True)
+class UnlockResult:
+    branch: str
+    was_locked: bool
+    holder: locks.Holder | None
+
+
+def unlock(ctx: Context, branch: str, force: bool) -> UnlockResult:
+    locks_dir = ctx.store.locks_dir
+    holder = locks.read_holder(locks_dir, branch)
+    held = locks.is_locked(locks_dir, branch)
+    if held and holder is not None and holder.alive() and not force:
+        raise UsageError(
+            f"branch {branch!r} is locked by live pid {holder.pid} (since {holder.since[:19]}, "
+            f"workspace {holder.workspace})",
+            hint="stop that run, or `pienv unlock --force` if you are sure",
+        )
+    locks.force_clear(locks_dir, branch)
+    return UnlockResult(branch=branch, was_locked=held, holder=holder)
+
+
+def age(started: str) -> float:
+    from pienv.model import parse_time
+
+    try:
+        return (datetime.now(UTC) - parse_time(started)).total_seconds()
+    except ValueError:
+        return 0.0

@@ -1,0 +1,97 @@
+"""`pienv status`: where am I (store, engine, branch and why, head, base, size, depth, locks)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pienv import dag, locks
+from pienv.errors import PienvError
+from pienv.model import Commit
+from pienv.ops.context import Context
+
+
+@dataclass
+class StatusResult:
+    store: str
+    store_id: str
+    workspace: str
+    engine: str  # version, or the error
+    engine_ok: bool
+    branch: str  # "" when detached
+    rule: str
+    detached: bool
+    head: Commit | None
+    base: str | None
+    size: int
+    depth: int
+    flatten_at: int
+    locks: list[locks.Holder] = field(default_factory=list)
+    orphans: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+
+def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
+    from pienv.ops.run import find_workspace, select_branch
+
+    refs = ctx.refs()
+    try:
+        ws = find_workspace(cwd, None).path
+    except PienvError:
+        ws = cwd
+    branch, rule = select_branch(refs, None, environ, ws)
+    commits = ctx.store.commits()
+    head_id = refs.branches.get(branch) if branch else refs.head_detached
+    head = commits.get(head_id) if head_id else None
+    size = 0
+    if head_id:
+        g = dag.build(commits)
+        size = sum(commits[c].size for c in dag.ancestors(g, head_id))
+    held = []
+    for path in sorted(ctx.store.locks_dir.glob("*.lock")):
+        from urllib.parse import unquote
+
+        name = unquote(path.name.removesuffix(".lock"))
+        if locks.is_locked(ctx.store.locks_dir, name):
+            holder = locks.read_holder(ctx.store.locks_dir, name)
+            if holder:
+                held.append(holder)
+    result = StatusResult(
+        store=str(ctx.store.home),
+        store_id=refs.store_id,
+        workspace=str(ws),
+        engine="",
+        engine_ok=False,
+        branch=branch,
+        rule=rule,
+        detached=refs.head_branch is None,
+        head=head,
+        base=refs.base,
+        size=size,
+        depth=head.layers if head else 0,
+        flatten_at=ctx.config.flatten_at,
+        locks=held,
+    )
+    if branch and head_id is None:
+        result.warnings.append(f"branch {branch!r} has no commit yet; `pienv run` creates it")
+    if result.detached:
+        result.warnings.append(
+            "HEAD is detached: runs advance it without a branch; "
+            "`pienv checkout -b NAME` keeps them on a branch"
+        )
+    try:
+        version = ctx.engine().version()
+        result.engine = f"Docker {version.get('Version', '?')} at {ctx.engine().base_url}"
+        result.engine_ok = True
+        from pienv.ops.recovery import orphans
+
+        result.orphans = len(orphans(ctx, with_size=False))
+        if result.orphans:
+            result.warnings.append(f"{result.orphans} orphan run(s): see `pienv orphans`")
+    except PienvError as exc:
+        result.engine = str(exc)
+    if os.environ.get("PIENV_BASE_IMAGE"):
+        result.base = f"{result.base} (PIENV_BASE_IMAGE={os.environ['PIENV_BASE_IMAGE']})"
+    return result
