@@ -132,7 +132,7 @@ def lanes(order: Sequence[str], parents: Mapping[str, Sequence[str]]) -> list[Gr
             if extra in active:
                 continue
             active.insert(col + 1, extra)
-            rows.append(GraphRow(_row(len(active) - 1, col, "|") + "\\"))
+            rows.append(GraphRow(_row(len(active) - 1, col, "|").rstrip() + "\\"))
     return [GraphRow(r.graph.rstrip(), r.commit) for r in rows]
 
 

@@ -228,6 +228,12 @@ class Store:
         with self._store_lock():
             if self.refs_path.exists():
                 return self.load_refs()
+            if self.index_path.exists() and self.index_path.stat().st_size:
+                # Commits exist but the refs are gone: a fresh store would orphan them all.
+                raise StoreError(
+                    f"{self.refs_path} is missing but the store has commits",
+                    hint="`pienv fsck --repair` rebuilds it from image labels",
+                )
             refs = Refs(store_id=uuid.uuid4().hex[:12], base=base)
             write_atomic(self.refs_path, _dump(refs.to_json()))
             return refs

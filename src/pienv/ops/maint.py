@@ -1,0 +1,438 @@
+"""Maintenance: prune, flatten, reset --system/--all, doctor, fsck."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tarfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import unquote
+
+from pienv import dag, locks
+from pienv.engine import MAX_DEPTH, commit_conf, depth
+from pienv.errors import PienvError, StoreError, UsageError
+from pienv.model import LABEL, Commit, now_rfc3339, parse_age, parse_time, short
+from pienv.ops import base as basemod
+from pienv.ops.commits import finish, flatten_image, make_root
+from pienv.ops.context import Context
+from pienv.store import ReflogEntry, Refs
+
+# -- prune ------------------------------------------------------------------------------------
+
+
+@dataclass
+class PruneResult:
+    removed: list[str] = field(default_factory=list)
+    kept_in_use: list[tuple[str, str]] = field(default_factory=list)
+    bytes_freed: int = 0
+    reflog_expired: int = 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "removed": self.removed,
+            "kept_in_use": [{"commit": c, "why": w} for c, w in self.kept_in_use],
+            "bytes_freed": self.bytes_freed,
+            "reflog_expired": self.reflog_expired,
+        }
+
+
+def _first_parent_chain(commits: dict[str, Commit], head: str, n: int) -> list[str]:
+    out: list[str] = []
+    cid: str | None = head
+    while cid and cid in commits and len(out) < n:
+        out.append(cid)
+        parents = commits[cid].parents
+        cid = parents[0] if parents else None
+    return out
+
+
+def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool) -> PruneResult:
+    """Drop commits no branch, tag or unexpired reflog entry reaches; report bytes freed.
+
+    ``keep``: only the newest N first-parent commits of each branch stay protected (older
+    ones stop being reachable: their reflog entries expire, and their images go unless a kept
+    image still builds on their layers, in which case they are only dropped from the index).
+    """
+    if keep is not None and keep < 1:
+        raise UsageError("--keep must be at least 1")
+    cutoff = None
+    if older_than:
+        cutoff = datetime.now(UTC).timestamp() - parse_age(older_than)
+    result = PruneResult()
+    with ctx.store.locked():
+        refs = ctx.refs()
+        commits = dict(ctx.store.commits())
+        g = dag.build(commits)
+        protected: set[str] = set()
+        busy = {
+            unquote(p.name.removesuffix(".lock"))
+            for p in ctx.store.locks_dir.glob("*.lock")
+            if locks.is_locked(ctx.store.locks_dir, unquote(p.name.removesuffix(".lock")))
+        }
+        for name, head in refs.branches.items():
+            if keep is None or name in busy:
+                protected |= dag.ancestors(g, head)
+            else:
+                protected |= set(_first_parent_chain(commits, head, keep))
+        protected |= dag.reachable(g, refs.tags.values())
+        if refs.head_detached:
+            protected |= dag.reachable(g, [refs.head_detached])
+        entries = ctx.store.reflog()
+        kept_entries = []
+        for e in entries:
+            expired = cutoff is not None and parse_time(e.time).timestamp() < cutoff
+            if keep is not None and e.new not in protected and e.old not in protected:
+                expired = True
+            if expired:
+                result.reflog_expired += 1
+                continue
+            kept_entries.append(e)
+            if keep is None:
+                protected |= dag.reachable(g, [v for v in (e.old, e.new) if v])
+        victims = [c for c in dag.log_order(commits, list(commits)) if c not in protected]
+        in_use = _images_in_use(ctx)
+        engine = ctx.engine()
+        repo = ctx.repository(refs)
+        for cid in victims:  # children before parents, so parents become free
+            if cid in in_use:
+                result.kept_in_use.append((cid, f"used by container {in_use[cid][:12]}"))
+                continue
+            result.removed.append(cid)
+            if dry_run:
+                result.bytes_freed += commits[cid].size
+                continue
+            engine.untag(f"{repo}:{short(cid)}")
+            if engine.inspect_image(cid) is not None and engine.remove_image(cid):
+                result.bytes_freed += commits[cid].size
+            elif engine.inspect_image(cid) is None:
+                result.bytes_freed += commits[cid].size
+            del commits[cid]
+            ctx.store.forget_commit_files(cid)
+        if not dry_run:
+            ctx.store.rewrite_index(list(commits.values()))
+            if result.reflog_expired:
+                ctx.store.rewrite_reflog(kept_entries)
+    return result
+
+
+def _images_in_use(ctx: Context) -> dict[str, str]:
+    out = {}
+    for row in ctx.engine().containers([]):
+        image = str(row.get("ImageID", "")).removeprefix("sha256:")
+        out[image] = row["Id"]
+    return out
+
+
+# -- flatten ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class FlattenResult:
+    branch: str
+    old: str
+    new: str
+    old_depth: int
+
+
+def flatten(ctx: Context, branch: str | None, on_bytes: Callable[[int], None] | None) -> FlattenResult:
+    refs = ctx.refs()
+    name = branch or refs.head_branch
+    if not name or name not in refs.branches:
+        raise UsageError(f"unknown branch {name!r}" if name else "HEAD is detached: name a branch")
+    lock, _ = locks.acquire(ctx.store.locks_dir, name, "(pienv flatten)")
+    try:
+        head = ctx.refs().branches[name]
+        info = ctx.engine().inspect_image(head)
+        old_depth = depth(info or {})
+        flat = flatten_image(ctx, head, name, on_bytes)
+        with ctx.store.transaction(f"flatten: {old_depth} layers -> 1") as txn:
+            txn.move_branch(name, head, flat.id)
+    finally:
+        lock.release()
+    return FlattenResult(name, head, flat.id, old_depth)
+
+
+# -- reset --system / --all -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BaseResetResult:
+    branch: str | None
+    old: str | None
+    new: str
+    what: str
+
+
+def reset_base(
+    ctx: Context, keep_home: bool, on_bytes: Callable[[int], None] | None
+) -> BaseResetResult:
+    """A fresh base on the current branch: with ``keep_home`` the agent's home comes along."""
+    from pienv.ops.run import AGENT_HOME, DETACHED
+
+    refs = ctx.refs()
+    branch = refs.head_branch
+    old = refs.head_commit()
+    if old is None:
+        raise UsageError("nothing to reset: no commit yet")
+    lock, _ = locks.acquire(ctx.store.locks_dir, branch or DETACHED, "(pienv reset)")
+    try:
+        base = basemod.ensure(ctx)
+        if keep_home:
+            new = _base_with_home(ctx, base.image, old, branch or "", AGENT_HOME)
+            what = f"reset --system: base {base.image} + {AGENT_HOME} of {short(old)}"
+        else:
+            new = make_root(ctx, base.image, branch or "")
+            what = f"reset --all: bare base {base.image}"
+        with ctx.store.transaction(what) as txn:
+            if branch:
+                txn.move_branch(branch, old, new.id)
+            else:
+                txn.move_detached(old, new.id)
+            txn.refs.base = base.image
+    finally:
+        lock.release()
+    return BaseResetResult(branch, old, new.id, what)
+
+
+def _base_with_home(ctx: Context, base_image: str, old: str, branch: str, home: str) -> Commit:
+    engine = ctx.engine()
+    base = engine.inspect_image(base_image)
+    if base is None:
+        raise UsageError(f"base image {base_image} is not there")
+    src = engine.create_stopped(old)
+    dst = engine.create_stopped(base["Id"])
+    try:
+        from pienv.engine import translated
+
+        with translated():
+            try:
+                chunks, _ = engine.api.get_archive(src, home)
+                data = b"".join(chunks)
+            except Exception as exc:  # the old env has no home: start clean
+                from pienv.engine import is_not_found
+
+                if not is_not_found(exc) and "Could not find" not in str(exc):
+                    raise
+                data = b""
+            if data:
+                parent = os.path.dirname(home.rstrip("/")) or "/"
+                engine.api.put_archive(dst, parent, data)
+        paths = _tar_paths(data, os.path.dirname(home.rstrip("/")))
+        draft = Commit(
+            id="",
+            parents=(),
+            branch=branch,
+            message=f"reset --system from {short(old)}: fresh base, {home} kept",
+            created=now_rfc3339(),
+            kind="reset-system",
+        )
+        image_id = engine.commit(dst, commit_conf(base, draft.labels(ctx.refs().store_id)))
+        return finish(ctx, engine, image_id, draft, [("A", p) for p in paths], base)
+    finally:
+        engine.remove_container(src, force=True)
+        engine.remove_container(dst, force=True)
+
+
+def _tar_paths(data: bytes, prefix: str) -> list[str]:
+    if not data:
+        return []
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return [f"{prefix.rstrip('/')}/{m.name}" for m in tar.getmembers()]
+
+
+# -- doctor -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    level: str  # ok | warn | fail
+    detail: str
+    fix: str = ""
+
+
+def doctor(ctx: Context) -> list[Check]:
+    checks: list[Check] = []
+    try:
+        refs = ctx.refs()
+        checks.append(Check("store", "ok", f"{ctx.store.home} schema 1, id {refs.store_id}"))
+    except StoreError as exc:
+        checks.append(Check("store", "fail", exc.message, exc.hint or ""))
+        refs = None
+    try:
+        engine = ctx.engine()
+        version = engine.version()
+        info = engine.info()
+    except PienvError as exc:
+        checks.append(Check("engine", "fail", exc.message, exc.hint or "start Docker"))
+        return checks
+    checks.append(Check("engine", "ok", f"Docker {version.get('Version')} at {engine.base_url}"))
+    driver = info.get("Driver", "?")
+    checks.append(
+        Check("storage driver", "ok" if driver == "overlay2" else "warn", driver,
+              "" if driver == "overlay2" else "pienv is tested on overlay2")
+    )
+    root = info.get("DockerRootDir", "/var/lib/docker")
+    try:
+        free = shutil.disk_usage(root).free
+        level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
+        checks.append(Check("free disk", level, f"{free / 1e9:.1f} GB free at {root}",
+                            "" if level == "ok" else "`pienv prune` or `docker system prune`"))
+    except OSError:
+        checks.append(Check("free disk", "warn", f"cannot read {root} from here (remote engine?)"))
+    if refs is None:
+        return checks
+    named = os.environ.get("PIENV_BASE_IMAGE")
+    base_ref = named or basemod.BASE_TAG
+    if engine.inspect_image(base_ref) is not None:
+        checks.append(Check("base", "ok", base_ref))
+    else:
+        checks.append(Check("base", "warn", f"{base_ref} is not built",
+                            "`pienv base build` (the first run builds it too)"))
+    limit = ctx.config.flatten_at
+    for name, head in sorted(refs.branches.items()):
+        img = engine.inspect_image(head)
+        if img is None:
+            checks.append(Check(f"branch {name}", "fail", f"head {short(head)} image missing",
+                                "`pienv fsck --repair`"))
+            continue
+        d = depth(img)
+        level = "ok" if d < limit else "warn" if d < MAX_DEPTH - 5 else "fail"
+        checks.append(Check(f"branch {name}", level, f"depth {d}/{MAX_DEPTH} (flatten at {limit})",
+                            "" if level == "ok" else f"`pienv flatten {name}`"))
+    stale = []
+    for path in ctx.store.locks_dir.glob("*.lock"):
+        name = unquote(path.name.removesuffix(".lock"))
+        holder = locks.read_holder(ctx.store.locks_dir, name)
+        if holder and not locks.is_locked(ctx.store.locks_dir, name):
+            stale.append(name)
+    checks.append(Check("locks", "warn" if stale else "ok",
+                        f"stale: {', '.join(stale)}" if stale else "no stale locks",
+                        "they are taken over automatically; `pienv unlock BRANCH`" if stale else ""))
+    from pienv.ops.recovery import orphans
+
+    found = orphans(ctx, with_size=False)
+    checks.append(Check("orphans", "warn" if found else "ok", f"{len(found)} orphan run(s)",
+                        "`pienv orphans`, then `pienv recover --all`" if found else ""))
+    return checks
+
+
+# -- fsck -------------------------------------------------------------------------------------
+
+
+@dataclass
+class FsckResult:
+    problems: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)
+    unrestorable: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"problems": self.problems, "fixed": self.fixed, "unrestorable": self.unrestorable}
+
+
+def _store_id(ctx: Context) -> str:
+    try:
+        return ctx.refs().store_id
+    except StoreError:
+        pass
+    for c in ctx.store.commits().values():
+        info = ctx.engine().inspect_image(c.id)
+        if info:
+            return str((info["Config"].get("Labels") or {}).get(LABEL + "store", ""))
+    raise StoreError(
+        f"cannot tell which store {ctx.store.home} was: refs.json and the commit index are gone"
+    )
+
+
+def fsck(ctx: Context, repair: bool) -> FsckResult:
+    """Check refs, tags, reflog and index against the engine; --repair rebuilds from labels."""
+    r = FsckResult()
+    engine = ctx.engine()
+    refs_broken = False
+    try:
+        refs: Refs | None = ctx.refs()
+    except StoreError as exc:
+        r.problems.append(exc.message)
+        refs, refs_broken = None, True
+    store_id = refs.store_id if refs else _store_id(ctx)
+    images = engine.images([f"{LABEL}store={store_id}", f"{LABEL}role=commit"])
+    on_engine: dict[str, Commit] = {}
+    for row in images:
+        c = Commit.from_labels(row["Id"], row.get("Labels") or {})
+        on_engine[c.id] = c
+    index = ctx.store.commits()
+    for cid in index:
+        if cid not in on_engine:
+            r.problems.append(f"indexed commit {short(cid)} has no image")
+    for cid in on_engine:
+        if cid not in index:
+            r.problems.append(f"image {short(cid)} is missing from the commit index")
+    if refs:
+        for name, cid in sorted(refs.branches.items()):
+            if cid not in on_engine:
+                r.problems.append(f"branch {name} -> {short(cid)}: no such image")
+        for name, cid in sorted(refs.tags.items()):
+            if cid not in on_engine:
+                r.problems.append(f"tag {name} -> {short(cid)}: no such image")
+        gone = {e.new for e in ctx.store.reflog() if e.new and e.new not in on_engine}
+        for cid in sorted(gone):
+            r.problems.append(f"reflog entry -> {short(cid)}: no such image (pruned?)")
+    if not repair or not r.problems:
+        return r
+    # -- repair: labels are the source of truth ------------------------------------------------
+    with ctx.store.locked():
+        rebuilt = []
+        for cid, c in on_engine.items():
+            old = index.get(cid)
+            if old is not None:
+                rebuilt.append(old)
+                continue
+            info = engine.inspect_image(cid) or {}
+            parent = engine.inspect_image(c.parents[0]) if c.parents else None
+            size = int(info.get("Size", 0)) - int((parent or {}).get("Size", 0))
+            rebuilt.append(Commit(**{**c.to_json(), "parents": c.parents, "command": c.command,
+                                     "size": max(size, 0), "layers": depth(info)}))
+            r.fixed.append(f"indexed {short(cid)} from its labels")
+        dropped = [cid for cid in index if cid not in on_engine]
+        for cid in dropped:
+            r.fixed.append(f"dropped {short(cid)} from the index (image gone)")
+        ctx.store.rewrite_index(rebuilt)
+    by_branch: dict[str, list[Commit]] = {}
+    for c in on_engine.values():
+        if c.branch:
+            by_branch.setdefault(c.branch, []).append(c)
+    new_refs = refs or Refs(store_id=store_id)
+    entries = []
+    for name in sorted(set(by_branch) | set(new_refs.branches)):
+        current = new_refs.branches.get(name)
+        if current in on_engine:
+            continue
+        candidates = sorted(by_branch.get(name, []), key=lambda c: c.created)
+        if candidates:
+            newest = candidates[-1].id
+            new_refs.branches[name] = newest
+            entries.append(ReflogEntry(name, current, newest, now_rfc3339(), "fsck", "fsck: rebuilt"))
+            r.fixed.append(f"branch {name} -> {short(newest)} (newest commit labelled {name})")
+        else:
+            new_refs.branches.pop(name, None)
+            r.unrestorable.append(f"branch {name}: no commit of it is left")
+    for name, cid in list(new_refs.tags.items()):
+        if cid not in on_engine:
+            del new_refs.tags[name]
+            r.unrestorable.append(f"tag {name}: its commit {short(cid)} is gone")
+    if refs_broken:
+        r.unrestorable.append("tags and worktree bindings are not in image labels: re-create them")
+    if new_refs.head_branch and new_refs.head_branch not in new_refs.branches:
+        new_refs.head_branch = "main" if "main" in new_refs.branches else next(
+            iter(sorted(new_refs.branches)), "main"
+        )
+    repo = f"pienv/{store_id}"
+    for cid in on_engine:
+        engine.tag(cid, repo, short(cid))
+    ctx.store.write_refs_unchecked(new_refs, entries)
+    r.fixed.append(f"wrote {ctx.store.refs_path}")
+    return r

@@ -1,0 +1,162 @@
+"""Shared fixtures. Engine tests need a real Docker engine: in CI (CI or PIENV_REQUIRE_ENGINE
+set) a missing engine fails them; elsewhere they are skipped with the reason.
+
+Every test gets its own store (PIENV_HOME under tmp_path), so tests never touch the user's
+store and stores never see each other's commits (design rule 8).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+BASE_TAG = "pienv-test/busybox:1"
+REQUIRE_ENGINE = bool(os.environ.get("CI") or os.environ.get("PIENV_REQUIRE_ENGINE"))
+
+
+def _busybox() -> str:
+    for path in ("/bin/busybox", "/usr/bin/busybox"):
+        if os.path.exists(path):
+            return path
+    raise RuntimeError("busybox-static is not installed (apt-get install busybox-static)")
+
+
+@pytest.fixture(scope="session")
+def engine_available() -> None:
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:
+        if REQUIRE_ENGINE:
+            pytest.fail(f"Docker engine required in CI but unreachable: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def base_image(engine_available: None, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A tiny FROM-scratch base holding busybox (no registry exists here)."""
+    import docker
+
+    client = docker.from_env()
+    try:
+        client.images.get(BASE_TAG)
+        return BASE_TAG
+    except docker.errors.ImageNotFound:
+        pass
+    ctx = tmp_path_factory.mktemp("base")
+    shutil.copy(_busybox(), ctx / "busybox")
+    (ctx / "Dockerfile").write_text(
+        "FROM scratch\n"
+        "COPY busybox /bin/busybox\n"
+        'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
+        'RUN ["/bin/sh", "-c", "mkdir -p /tmp /home/agent /etc && chmod 1777 /tmp /home/agent'
+        ' && echo root:x:0:0:root:/root:/bin/sh > /etc/passwd"]\n'
+        "ENV PATH=/usr/local/bin:/usr/bin:/bin\n"
+        "LABEL org.example.base=busybox\n"
+        'CMD ["sh"]\n'
+    )
+    client.images.build(path=str(ctx), tag=BASE_TAG, rm=True)
+    return BASE_TAG
+
+
+def git(cwd: Path, *args: str) -> str:
+    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
+           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+class Pienv:
+    """Drives the real CLI in a subprocess, in one store and one workspace."""
+
+    def __init__(self, home: Path, repo: Path, base: str | None) -> None:
+        self.home = home
+        self.repo = repo
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("PIENV_")}
+        self.env.update({"PIENV_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "120",
+                         "TERM": "xterm"})
+        if base:
+            self.env["PIENV_BASE_IMAGE"] = base
+
+    def __call__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
+                 timeout: float = 120, check: bool = True) -> Result:
+        proc = subprocess.run(
+            [sys.executable, "-m", "pienv", *args], cwd=cwd or self.repo,
+            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+        result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if check and proc.returncode != 0:
+            raise AssertionError(f"pienv {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+        return result
+
+    def popen(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "pienv", *args], cwd=cwd or self.repo, env=self.env,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+
+    def refs(self) -> dict:  # type: ignore[type-arg]
+        import json
+
+        return json.loads((self.home / "refs.json").read_text())
+
+    def head(self, branch: str = "main") -> str:
+        return str(self.refs()["branches"][branch])
+
+
+def make_repo(path: Path) -> Path:
+    path.mkdir(parents=True)
+    git(path, "init", "-q", "-b", "main")
+    (path / "README").write_text("hello\n")
+    git(path, "add", "README")
+    git(path, "commit", "-q", "-m", "init")
+    return path
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> Path:
+    return make_repo(tmp_path / "repo")
+
+
+@pytest.fixture
+def pienv(tmp_path: Path, repo: Path, base_image: str) -> Iterator[Pienv]:
+    p = Pienv(tmp_path / "store", repo, base_image)
+    yield p
+    _cleanup(p)
+
+
+def _cleanup(p: Pienv) -> None:
+    """Remove this store's containers and images, so the engine does not fill up."""
+    import json
+
+    import docker
+
+    client = docker.from_env()
+    try:
+        store_id = json.loads((p.home / "refs.json").read_text())["store_id"]
+    except (OSError, ValueError, KeyError):
+        return
+    for c in client.api.containers(all=True, filters={"label": f"dev.pienv.store={store_id}"}):
+        client.api.remove_container(c["Id"], force=True)
+    images = client.api.images(filters={"label": f"dev.pienv.store={store_id}"})
+    for img in sorted(images, key=lambda i: -i["Created"]):
+        try:
+            client.api.remove_image(img["Id"], force=True)
+        except docker.errors.APIError:
+            pass
