@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-BASE_TAG = "pienv-test/busybox:1"
+BASE_TAG = "pienv-test/busybox-git:1"
 REQUIRE_ENGINE = bool(os.environ.get("CI") or os.environ.get("PIENV_REQUIRE_ENGINE"))
 
 
@@ -53,12 +53,22 @@ def base_image(engine_available: None, tmp_path_factory: pytest.TempPathFactory)
         pass
     ctx = tmp_path_factory.mktemp("base")
     shutil.copy(_busybox(), ctx / "busybox")
+    # git (plus the shared libraries ldd names) so git can be tested inside the container.
+    copies = ["COPY busybox /bin/busybox"]
+    files = {shutil.which("git") or "/usr/bin/git"}
+    ldd = subprocess.run(["ldd", *files], capture_output=True, text=True, check=True).stdout
+    files |= {w for w in ldd.split() if w.startswith("/")}
+    for i, src in enumerate(sorted(files)):
+        real = os.path.realpath(src)
+        shutil.copy(real, ctx / f"f{i}")
+        copies.append(f"COPY f{i} {src}")
     (ctx / "Dockerfile").write_text(
         "FROM scratch\n"
-        "COPY busybox /bin/busybox\n"
+        + "\n".join(copies)
+        + "\n"
         'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
-        'RUN ["/bin/sh", "-c", "mkdir -p /tmp /home/agent /etc && chmod 1777 /tmp /home/agent'
-        ' && echo root:x:0:0:root:/root:/bin/sh > /etc/passwd"]\n'
+        'RUN ["/bin/sh", "-c", "mkdir -p /tmp /home/agent /etc /usr/bin && chmod 1777 /tmp'
+        ' /home/agent && echo root:x:0:0:root:/root:/bin/sh > /etc/passwd"]\n'
         "ENV PATH=/usr/local/bin:/usr/bin:/bin\n"
         "LABEL org.example.base=busybox\n"
         'CMD ["sh"]\n'

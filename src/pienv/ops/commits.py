@@ -21,8 +21,13 @@ from pienv.ops.context import Context
 ProgressFn = Callable[[int], None]
 
 
+# Docker bind-mounts its init (tini) here for init=True; it is not listed in Mounts.
+ENGINE_MOUNTS = ("/sbin/docker-init",)
+
+
 def mount_filter(changes: list[tuple[str, str]], mounts: list[str]) -> list[tuple[str, str]]:
     """Drop the paths Docker creates as mount points (and their parent dirs): not changes."""
+    mounts = [*mounts, *ENGINE_MOUNTS]
     out = []
     for kind, path in changes:
         if any(path == m or path.startswith(m + "/") for m in mounts):
