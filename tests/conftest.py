@@ -7,6 +7,7 @@ store and stores never see each other's commits (design rule 8).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -63,9 +64,7 @@ def base_image(engine_available: None, tmp_path_factory: pytest.TempPathFactory)
         shutil.copy(real, ctx / f"f{i}")
         copies.append(f"COPY f{i} {src}")
     (ctx / "Dockerfile").write_text(
-        "FROM scratch\n"
-        + "\n".join(copies)
-        + "\n"
+        "FROM scratch\n" + "\n".join(copies) + "\n"
         'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
         'RUN ["/bin/sh", "-c", "mkdir -p /tmp /home/agent /etc /usr/bin && chmod 1777 /tmp'
         ' /home/agent && echo root:x:0:0:root:/root:/bin/sh > /etc/passwd"]\n'
@@ -78,10 +77,16 @@ def base_image(engine_available: None, tmp_path_factory: pytest.TempPathFactory)
 
 
 def git(cwd: Path, *args: str) -> str:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
-    return subprocess.run(["git", *args], cwd=cwd, env=env, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    env = {
+        **os.environ,
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+    }
+    return subprocess.run(
+        ["git", *args], cwd=cwd, env=env, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @dataclass
@@ -98,16 +103,27 @@ class Pienv:
         self.home = home
         self.repo = repo
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("PIENV_")}
-        self.env.update({"PIENV_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "120",
-                         "TERM": "xterm"})
+        self.env.update(
+            {"PIENV_HOME": str(home), "NO_COLOR": "1", "COLUMNS": "120", "TERM": "xterm"}
+        )
         if base:
             self.env["PIENV_BASE_IMAGE"] = base
 
-    def __call__(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-                 timeout: float = 120, check: bool = True) -> Result:
+    def __call__(
+        self,
+        *args: str,
+        cwd: Path | None = None,
+        env: dict[str, str] | None = None,
+        timeout: float = 120,
+        check: bool = True,
+    ) -> Result:
         proc = subprocess.run(
-            [sys.executable, "-m", "pienv", *args], cwd=cwd or self.repo,
-            env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=timeout,
+            [sys.executable, "-m", "pienv", *args],
+            cwd=cwd or self.repo,
+            env={**self.env, **(env or {})},
+            capture_output=True,
+            text=True,
+            timeout=timeout,
             stdin=subprocess.DEVNULL,
         )
         result = Result(proc.returncode, proc.stdout, proc.stderr)
@@ -117,8 +133,13 @@ class Pienv:
 
     def popen(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "pienv", *args], cwd=cwd or self.repo, env=self.env,
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, "-m", "pienv", *args],
+            cwd=cwd or self.repo,
+            env=self.env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
 
     def refs(self) -> dict:  # type: ignore[type-arg]
@@ -166,7 +187,5 @@ def _cleanup(p: Pienv) -> None:
         client.api.remove_container(c["Id"], force=True)
     images = client.api.images(filters={"label": f"dev.pienv.store={store_id}"})
     for img in sorted(images, key=lambda i: -i["Created"]):
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             client.api.remove_image(img["Id"], force=True)
-        except docker.errors.APIError:
-            pass

@@ -11,9 +11,18 @@ from pienv.errors import UsageError
 from pienv.ops.run import select_branch, validate_mount
 from pienv.store import Refs
 
-HOST = {"TERM": "xterm", "LANG": "C", "LC_ALL": "C", "HOME": "/root", "GITHUB_TOKEN": "s",
-        "AWS_SECRET_ACCESS_KEY": "s", "SSH_AUTH_SOCK": "/s", "ANTHROPIC_API_KEY": "k",
-        "RANDOM_VAR": "x", "DOCKER_HOST": "unix:///x"}
+HOST = {
+    "TERM": "xterm",
+    "LANG": "C",
+    "LC_ALL": "C",
+    "HOME": "/root",
+    "GITHUB_TOKEN": "s",
+    "AWS_SECRET_ACCESS_KEY": "s",
+    "SSH_AUTH_SOCK": "/s",
+    "ANTHROPIC_API_KEY": "k",
+    "RANDOM_VAR": "x",
+    "DOCKER_HOST": "unix:///x",
+}
 
 
 def test_default_env_is_allow_list_only() -> None:
@@ -41,8 +50,17 @@ def test_bad_config_is_one_clear_error(tmp_path: Path) -> None:
         config.load(path)
 
 
-@pytest.mark.parametrize("spec", ["/var/run/docker.sock:/s", "~/.ssh:/k", "~/.gnupg:/g",
-                                  "~/.aws/credentials:/a", "~:/h", "/:/r"])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "/var/run/docker.sock:/s",
+        "~/.ssh:/k",
+        "~/.gnupg:/g",
+        "~/.aws/credentials:/a",
+        "~:/h",
+        "/:/r",
+    ],
+)
 def test_secret_mounts_refused(spec: str) -> None:
     with pytest.raises(UsageError, match="refusing to mount"):
         validate_mount(spec, Path.home())
@@ -53,8 +71,12 @@ def test_plain_mount_ok(tmp_path: Path) -> None:
 
 
 def refs() -> Refs:
-    return Refs(store_id="x", head_branch="main", branches={"main": "a", "wt": "b"},
-                worktrees={"/w/wt": "wt"})
+    return Refs(
+        store_id="x",
+        head_branch="main",
+        branches={"main": "a", "wt": "b"},
+        worktrees={"/w/wt": "wt"},
+    )
 
 
 def test_branch_precedence() -> None:

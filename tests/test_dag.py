@@ -10,7 +10,13 @@ from pienv.model import Commit
 
 
 def mk(cid: str, parents: tuple[str, ...], t: int) -> Commit:
-    return Commit(id=cid, parents=parents, branch="b", message=cid, created=f"2026-01-01T00:00:{t:02d}.000000Z")
+    return Commit(
+        id=cid,
+        parents=parents,
+        branch="b",
+        message=cid,
+        created=f"2026-01-01T00:00:{t:02d}.000000Z",
+    )
 
 
 def graph(order: list[str], parents: dict[str, list[str]]) -> list[str]:
@@ -22,23 +28,36 @@ def test_linear() -> None:
 
 
 def test_fork_like_git() -> None:
-    assert graph(["x", "y", "a"], {"x": ["a"], "y": ["a"], "a": []}) == ["* x", "| * y", "|/", "* a"]
+    assert graph(["x", "y", "a"], {"x": ["a"], "y": ["a"], "a": []}) == [
+        "* x",
+        "| * y",
+        "|/",
+        "* a",
+    ]
 
 
 def test_three_way_fork_collapses_adjacent_lanes() -> None:
     order = ["e", "d", "c", "b", "a"]
     parents = {"e": ["a"], "d": ["b"], "c": ["a"], "b": ["a"], "a": []}
-    assert graph(order, parents) == [
-        "* e", "| * d", "| | * c", "| * | b", "| |/", "|/", "* a"]
+    assert graph(order, parents) == ["* e", "| * d", "| | * c", "| * | b", "| |/", "|/", "* a"]
 
 
 def test_merge_draws_backslash() -> None:
     assert graph(["m", "x", "y", "a"], {"m": ["x", "y"], "x": ["a"], "y": ["a"], "a": []}) == [
-        "* m", "|\\", "* | x", "| * y", "|/", "* a"]
+        "* m",
+        "|\\",
+        "* | x",
+        "| * y",
+        "|/",
+        "* a",
+    ]
 
 
 def test_log_order_children_first_newest_first() -> None:
-    commits = {c.id: c for c in [mk("a", (), 1), mk("b", ("a",), 2), mk("c", ("a",), 3), mk("d", ("b",), 4)]}
+    commits = {
+        c.id: c
+        for c in [mk("a", (), 1), mk("b", ("a",), 2), mk("c", ("a",), 3), mk("d", ("b",), 4)]
+    }
     assert dag.log_order(commits, ["d", "c"]) == ["d", "c", "b", "a"]
 
 
@@ -49,7 +68,7 @@ def forests(draw: st.DrawFn) -> dict[str, Commit]:
     for i in range(n):
         ids = list(commits)
         parents: tuple[str, ...] = ()
-        if ids and draw(st.booleans()) or (ids and i > 0 and draw(st.integers(0, 9)) > 0):
+        if (ids and draw(st.booleans())) or (ids and i > 0 and draw(st.integers(0, 9)) > 0):
             parents = (draw(st.sampled_from(ids)),)
         cid = f"c{i:03d}"
         commits[cid] = mk(cid, parents, i % 60)

@@ -9,7 +9,16 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pienv.errors import UsageError
-from pienv.model import COMMIT_KEYS, LABEL, Commit, Rev, RunInfo, check_ref_name, parse_age, parse_rev
+from pienv.model import (
+    COMMIT_KEYS,
+    LABEL,
+    Commit,
+    Rev,
+    RunInfo,
+    check_ref_name,
+    parse_age,
+    parse_rev,
+)
 
 
 @pytest.mark.parametrize(
@@ -33,7 +42,7 @@ def test_parse_rev(text: str, rev: Rev) -> None:
 
 @pytest.mark.parametrize("bad", ["", " main", "main~x", "main@{x}", "~1", "a@{1}@{2}"])
 def test_parse_rev_rejects(bad: str) -> None:
-    with pytest.raises(UsageError, match="bad revision|unknown"):
+    with pytest.raises(UsageError, match=r"bad revision|unknown"):
         parse_rev(bad)
 
 
@@ -43,15 +52,40 @@ def test_parse_rev_suffix_roundtrip(steps: list[tuple[str, int]]) -> None:
     assert parse_rev(text).steps == tuple(steps)
 
 
-GIT_NAMES = ["ok", "feat/x", "a.b", "v1.0", "x-y_z", "a..b", "a b", "-x", "x.lock", "a/.b",
-             "a//b", "x/", "x.", "a~1", "a^", "a:b", "a?", "a*", "a[", "a\\b", "x@{1}",
-             "feat/ü"]
+GIT_NAMES = [
+    "ok",
+    "feat/x",
+    "a.b",
+    "v1.0",
+    "x-y_z",
+    "a..b",
+    "a b",
+    "-x",
+    "x.lock",
+    "a/.b",
+    "a//b",
+    "x/",
+    "x.",
+    "a~1",
+    "a^",
+    "a:b",
+    "a?",
+    "a*",
+    "a[",
+    "a\\b",
+    "x@{1}",
+    "feat/ü",
+]
 
 
 @pytest.mark.parametrize("name", GIT_NAMES)
 def test_ref_names_follow_git(name: str, tmp_path: object) -> None:
-    git_ok = subprocess.run(["git", "check-ref-format", "--branch", name],
-                            capture_output=True).returncode == 0
+    git_ok = (
+        subprocess.run(
+            ["git", "check-ref-format", "--branch", name], capture_output=True
+        ).returncode
+        == 0
+    )
     try:
         check_ref_name(name)
         ours = True
@@ -71,9 +105,19 @@ def test_ref_names_refuse_hex_lookalikes_and_revision_words() -> None:
 
 
 def test_labels_roundtrip_and_complete() -> None:
-    c = Commit(id="ab" * 32, parents=("cd" * 32,), branch="main", message="m: x",
-               created="2026-01-01T00:00:00.000000Z", command=("sh", "-c", "echo 'a b'"),
-               exit_code=3, workspace="/w", git_head="f" * 40, changes=2, run_pid=7)
+    c = Commit(
+        id="ab" * 32,
+        parents=("cd" * 32,),
+        branch="main",
+        message="m: x",
+        created="2026-01-01T00:00:00.000000Z",
+        command=("sh", "-c", "echo 'a b'"),
+        exit_code=3,
+        workspace="/w",
+        git_head="f" * 40,
+        changes=2,
+        run_pid=7,
+    )
     labels = c.labels("store1")
     assert {k.removeprefix(LABEL) for k in labels} == set(COMMIT_KEYS)
     back = Commit.from_labels("sha256:" + c.id, labels)

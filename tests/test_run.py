@@ -9,7 +9,6 @@ from pathlib import Path
 
 import docker
 import pytest
-
 from conftest import Pienv, make_repo
 
 pytestmark = pytest.mark.engine
@@ -36,8 +35,12 @@ def test_first_run_creates_root_and_commit_on_main(pienv: Pienv) -> None:
     assert labels["dev.pienv.exit-code"] == "0"
     assert labels["dev.pienv.changes"] == "1"  # /installed; the /workspace mountpoint is not one
     assert labels["dev.pienv.workspace"] == str(pienv.repo)
-    assert labels["dev.pienv.git-head"] == subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=pienv.repo, capture_output=True, text=True).stdout.strip()
+    assert (
+        labels["dev.pienv.git-head"]
+        == subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=pienv.repo, capture_output=True, text=True
+        ).stdout.strip()
+    )
     root = labels["dev.pienv.parents"]
     assert inspect(root)["Config"]["Labels"]["dev.pienv.kind"] == "root"
     assert labels["org.example.base"] == "busybox"  # the base's own labels are kept
@@ -71,8 +74,12 @@ def test_no_commit_discards(pienv: Pienv) -> None:
 def test_secrets_never_reach_images_and_run_labels_do_not_leak(pienv: Pienv) -> None:
     (pienv.home / "config.toml").parent.mkdir(parents=True, exist_ok=True)
     (pienv.home / "config.toml").write_text('[agent]\npassthrough = ["ANTHROPIC_API_KEY"]\n')
-    env = {"ANTHROPIC_API_KEY": "sk-planted-1", "GITHUB_TOKEN": "ghp_planted_2",
-           "AWS_SECRET_ACCESS_KEY": "aws-planted-3", "SSH_AUTH_SOCK": "/tmp/agent.sock"}
+    env = {
+        "ANTHROPIC_API_KEY": "sk-planted-1",
+        "GITHUB_TOKEN": "ghp_planted_2",
+        "AWS_SECRET_ACCESS_KEY": "aws-planted-3",
+        "SSH_AUTH_SOCK": "/tmp/agent.sock",
+    }
     r = pienv("run", "--", "sh", "-c", "env > /env.txt; cat /env.txt", env=env)
     assert "ANTHROPIC_API_KEY=sk-planted-1" in r.out  # configured passthrough reaches the agent
     for planted in ("ghp_planted_2", "aws-planted-3", "agent.sock"):
@@ -126,8 +133,9 @@ def test_workspace_is_repo_root_from_subdir_and_cwd_outside(pienv: Pienv, tmp_pa
 
 def test_workspace_in_linked_worktree_is_found(pienv: Pienv, tmp_path: Path) -> None:
     wt = tmp_path / "wt"
-    subprocess.run(["git", "worktree", "add", "-q", "-b", "wtb", str(wt)], cwd=pienv.repo,
-                   check=True)
+    subprocess.run(
+        ["git", "worktree", "add", "-q", "-b", "wtb", str(wt)], cwd=pienv.repo, check=True
+    )
     (wt / "sub").mkdir()
     (wt / "only-here").write_text("1")
     assert "only-here" in pienv("run", "--", "ls", "/workspace", cwd=wt / "sub").out
@@ -163,8 +171,9 @@ def test_files_in_workspace_belong_to_host_user(
     subprocess.run(["chown", "-R", "4321:4322", str(pienv.repo)], check=True)
     out: list[bytes] = []
     req = runmod.RunRequest(command=("sh", "-c", "touch /workspace/made-by-agent; id -u"))
-    result = runmod.run(Context(store=Store(pienv.home)), req, pienv.repo, pienv.env,
-                        out.append, out.append)
+    result = runmod.run(
+        Context(store=Store(pienv.home)), req, pienv.repo, pienv.env, out.append, out.append
+    )
     assert result.exit_code == 0
     assert b"".join(out).strip() == b"4321"
     st = (pienv.repo / "made-by-agent").stat()
@@ -174,24 +183,34 @@ def test_files_in_workspace_belong_to_host_user(
 def test_git_inside_uses_agent_identity_unsigned(pienv: Pienv) -> None:
     subprocess.run(["git", "config", "commit.gpgsign", "true"], cwd=pienv.repo, check=True)
     pienv("run", "--", "sh", "-c", "echo x > f && git add f && git commit -q -m agent-commit")
-    show = subprocess.run(["git", "log", "-1", "--format=%an <%ae> %s %G?"], cwd=pienv.repo,
-                          capture_output=True, text=True).stdout.strip()
+    show = subprocess.run(
+        ["git", "log", "-1", "--format=%an <%ae> %s %G?"],
+        cwd=pienv.repo,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
     assert show == "pienv agent <agent@pienv.invalid> agent-commit N"
 
 
 def test_interactive_tty_path(pienv: Pienv) -> None:
     # `script` gives pienv a real pseudo-terminal: the docker CLI attach path is used.
     cmd = f"{os.sys.executable} -m pienv run -- sh -c 'tty; touch /tty-was-here; exit 5'"
-    proc = subprocess.run(["script", "-qec", cmd, "/dev/null"], cwd=pienv.repo, env=pienv.env,
-                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        cwd=pienv.repo,
+        env=pienv.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
     assert "/dev/pts/" in proc.stdout
     assert proc.returncode == 5
     assert pienv("run", "--", "ls", "/tty-was-here").out.strip() == "/tty-was-here"
 
 
 def test_docker_not_running_is_one_line(pienv: Pienv, tmp_path: Path) -> None:
-    r = pienv("run", "--", "true", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"},
-              check=False)
+    r = pienv("run", "--", "true", env={"DOCKER_HOST": f"unix://{tmp_path}/none.sock"}, check=False)
     assert r.code == 1
     assert r.err.strip().splitlines() == [r.err.strip()]
     assert r.err.startswith("pienv: error: Docker is not running")
@@ -233,7 +252,9 @@ def test_image_prune_keeps_every_commit(pienv: Pienv) -> None:
     subprocess.run(["docker", "image", "prune", "-f"], check=True, capture_output=True)
     assert {i["Id"] for i in store_images(pienv)} == before
     for cid in before:
-        assert any(t.startswith(f"pienv/{pienv.refs()['store_id']}:") for t in inspect(cid)["RepoTags"])
+        assert any(
+            t.startswith(f"pienv/{pienv.refs()['store_id']}:") for t in inspect(cid)["RepoTags"]
+        )
 
 
 def test_two_stores_do_not_see_each_other(pienv: Pienv, tmp_path: Path, base_image: str) -> None:

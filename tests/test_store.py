@@ -47,8 +47,10 @@ def test_cas_refuses_stale_expectation_and_writes_nothing(store: Store) -> None:
     with store.transaction("x") as txn:
         txn.move_branch("main", None, A)
     before = store.refs_path.read_bytes()
-    with pytest.raises(ConcurrentUpdate, match="moved from cccccccccccc to aaaaaaaaaaaa meanwhile"), \
-            store.transaction("y") as txn:
+    with (
+        pytest.raises(ConcurrentUpdate, match="moved from cccccccccccc to aaaaaaaaaaaa meanwhile"),
+        store.transaction("y") as txn,
+    ):
         txn.move_branch("main", C, B)  # we believed it was at C
     assert store.refs_path.read_bytes() == before
     assert len(store.reflog("main")) == 1
@@ -106,7 +108,9 @@ def test_corrupt_store_refused(store: Store, content: str) -> None:
         store.load_refs()
 
 
-def test_atomic_write_leaves_no_temp_and_old_content_on_failure(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_atomic_write_leaves_no_temp_and_old_content_on_failure(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
     before = store.refs_path.read_bytes()
 
     def boom(*_a: object) -> None:

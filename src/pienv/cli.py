@@ -472,13 +472,18 @@ def worktree_add(
     branch: Annotated[
         str | None, typer.Argument(help="Git + env branch name (default: PATH's name).")
     ] = None,
-    from_rev: Annotated[str | None, typer.Option("--from", help="Env start (default HEAD).")] = None,
+    from_rev: Annotated[
+        str | None, typer.Option("--from", help="Env start (default HEAD).")
+    ] = None,
 ) -> None:
     """A git worktree on a new git branch, and an env branch bound to it."""
     from pienv.ops import worktree
 
     r = worktree.add(_ctx(), Path.cwd(), path, branch, from_rev)
-    ui.out(f"Worktree {r.path} on git branch '{r.branch}', env branch '{r.branch}' at {r.env_head[:12]}.")
+    ui.out(
+        f"Worktree {r.path} on git branch '{r.branch}', "
+        f"env branch '{r.branch}' at {r.env_head[:12] or '(first run)'}."
+    )
     ui.note(f"cd {r.path} && pienv run   # runs there use env branch {r.branch!r}")
 
 
@@ -583,8 +588,10 @@ def clean_orphans(
         ui.out("no orphans to remove")
         return
     for o in listed:
-        ui.out(f"{'would remove' if dry_run else 'remove'} {o.container[:12]} ({o.branch or 'HEAD'}, "
-               f"{ui.size(o.size)} of changes)")
+        ui.out(
+            f"{'would remove' if dry_run else 'remove'} {o.container[:12]} ({o.branch or 'HEAD'}, "
+            f"{ui.size(o.size)} of changes)"
+        )
     if dry_run:
         return
     if not yes and not typer.confirm("Remove these containers and lose their changes?"):
@@ -648,7 +655,9 @@ def flatten(
 
 @base_app.command("build")
 def base_build(
-    directory: Annotated[Path | None, typer.Argument(help="Build context (default built-in).")] = None,
+    directory: Annotated[
+        Path | None, typer.Argument(help="Build context (default built-in).")
+    ] = None,
 ) -> None:
     """Rebuild the base image (new roots, reset --system/--all use it)."""
     from pienv.ops import base
@@ -685,7 +694,9 @@ def doctor(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def fsck(
-    repair: Annotated[bool, typer.Option("--repair", help="Rebuild index and refs from labels.")] = False,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Rebuild index and refs from labels.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Check every ref, tag and reflog entry against the engine and the index."""

@@ -154,6 +154,8 @@ def _collapse(width: int, into: int, lane: int) -> str:
 
 def _shift_left(width: int, gone: int) -> str:
     # A lane ended (root commit) at ``gone``; the lanes right of it move one left.
-    return " ".join("|" for _ in range(gone)) + (" " if gone else "") + " ".join(
-        "/" for _ in range(gone + 1, width)
+    return (
+        " ".join("|" for _ in range(gone))
+        + (" " if gone else "")
+        + " ".join("/" for _ in range(gone + 1, width))
     )

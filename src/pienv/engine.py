@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,12 @@ def _translate(exc: BaseException) -> EngineError:
         )
     if any(
         s in low
-        for s in ("connection refused", "no such file", "connection aborted", "error while fetching")
+        for s in (
+            "connection refused",
+            "no such file",
+            "connection aborted",
+            "error while fetching",
+        )
     ):
         return EngineError(
             "Docker is not running (cannot reach the engine at "
@@ -109,7 +114,7 @@ class Engine:
 
         try:
             with translated():
-                return dict(self.api.inspect_image(ref))
+                return dict(self.api.inspect_image(ref))  # type: ignore[no-untyped-call]
         except EngineError as exc:
             if isinstance(exc.__cause__, docker.errors.NotFound):
                 return None
@@ -181,7 +186,7 @@ class Engine:
         entrypoint: list[str],
         user: str = "",
         workdir: str = "",
-        binds: dict[str, dict[str, str]] | None = None,
+        binds: Mapping[str, Mapping[str, str]] | None = None,
         labels: dict[str, str] | None = None,
         tty: bool = False,
         stdin: bool = False,
@@ -191,7 +196,7 @@ class Engine:
     ) -> str:
         with translated():
             host_config = self.api.create_host_config(
-                binds=binds or {},
+                binds=dict(binds or {}),
                 network_mode=network,
                 init=True,
                 privileged=False,
@@ -241,8 +246,14 @@ class Engine:
         env["DOCKER_HOST"] = self._cli_host
         try:
             proc = subprocess.run(
-                ["docker", "start", "--attach", "--interactive", f"--detach-keys={detach_keys}",
-                 cid],
+                [
+                    "docker",
+                    "start",
+                    "--attach",
+                    "--interactive",
+                    f"--detach-keys={detach_keys}",
+                    cid,
+                ],
                 env=env,
                 check=False,
             )
@@ -253,7 +264,7 @@ class Engine:
             ) from exc
         return proc.returncode
 
-    def wait(self, cid: str, timeout: float | None = None) -> int:
+    def wait(self, cid: str, timeout: int | None = None) -> int:
         with translated():
             result = self.api.wait(cid, timeout=timeout)
         return int(result.get("StatusCode", 1))

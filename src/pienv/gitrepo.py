@@ -6,6 +6,7 @@ import os
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pienv.errors import UsageError
 
@@ -33,8 +34,7 @@ def find(path: Path) -> RepoInfo | None:
             controldir = Path(repo.controldir()).resolve()
             common = Path(repo.commondir()).resolve()
             try:
-                head = repo.refs.read_ref(b"HEAD") or b""
-                sha = repo.head().decode() if head else ""
+                sha = repo.head().decode()
             except KeyError:
                 sha = ""  # unborn branch
             return RepoInfo(root=root, head=sha, common_dir=common, gitdir=controldir)
@@ -46,9 +46,8 @@ def current_branch(root: Path) -> str:
     from dulwich.repo import Repo
 
     with Repo(str(root)) as repo:
-        ref = repo.refs.follow(b"HEAD")[0]
-        name = ref[-1] if ref else b""
-    return name.decode().removeprefix("refs/heads/")
+        target = repo.refs.get_symrefs().get(b"HEAD", b"")  # type: ignore[call-overload]
+    return bytes(target).decode().removeprefix("refs/heads/")
 
 
 def add_worktree(repo_root: Path, path: Path, branch: str) -> None:
@@ -58,7 +57,8 @@ def add_worktree(repo_root: Path, path: Path, branch: str) -> None:
     from dulwich.worktree import add_worktree as dulwich_add
 
     with Repo(str(repo_root)) as repo:
-        if b"refs/heads/" + branch.encode() in repo.refs:
+        ref: Any = b"refs/heads/" + branch.encode()  # dulwich types refs as a NewType
+        if repo.refs.as_dict().get(ref):
             raise UsageError(f"git branch {branch!r} already exists in {repo_root}")
         try:
             repo.head()

@@ -128,7 +128,7 @@ def acquire(
     """
     locks_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path(locks_dir, branch), os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = None if wait in (None, 0) else time.monotonic() + float(wait)  # type: ignore[arg-type]
+    deadline = None if not wait else time.monotonic() + float(wait)
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -162,7 +162,7 @@ class Transaction:
     def move_branch(
         self, name: str, expected: str | None, new: str, what: str | None = None
     ) -> None:
-        """Point branch ``name`` at ``new`` if it still holds ``expected`` (None = must not exist)."""
+        """Point ``name`` at ``new`` if it still holds ``expected`` (None: must not exist)."""
         current = self.refs.branches.get(name)
         if current != expected:
             if expected is None:

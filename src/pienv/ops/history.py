@@ -46,9 +46,7 @@ class LogResult:
     connectors: dict[int, list[str]] = field(default_factory=dict)
 
 
-def log(
-    ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph: bool
-) -> LogResult:
+def log(ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph: bool) -> LogResult:
     refs = ctx.refs()
     commits = ctx.store.commits()
     if all_refs:
@@ -73,7 +71,9 @@ def log(
         if row.commit is None:
             connectors.setdefault(len(entries) - 1, []).append(row.graph)
         else:
-            entries.append(LogEntry(commits[row.commit], tuple(deco.get(row.commit, ())), row.graph))
+            entries.append(
+                LogEntry(commits[row.commit], tuple(deco.get(row.commit, ())), row.graph)
+            )
     return LogResult(entries, connectors)
 
 
@@ -90,7 +90,9 @@ class ShowResult:
 def show(ctx: Context, rev: str) -> ShowResult:
     refs = ctx.refs()
     cid = ctx.resolve(rev, refs)
-    return ShowResult(ctx.commit(cid), tuple(decorations(refs).get(cid, ())), ctx.store.changes(cid))
+    return ShowResult(
+        ctx.commit(cid), tuple(decorations(refs).get(cid, ())), ctx.store.changes(cid)
+    )
 
 
 @dataclass(frozen=True)

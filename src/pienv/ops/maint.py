@@ -106,9 +106,8 @@ def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool)
                 result.bytes_freed += commits[cid].size
                 continue
             engine.untag(f"{repo}:{short(cid)}")
-            if engine.inspect_image(cid) is not None and engine.remove_image(cid):
-                result.bytes_freed += commits[cid].size
-            elif engine.inspect_image(cid) is None:
+            # False: a kept commit still builds on this image's layers (only untagged).
+            if engine.remove_image(cid):
                 result.bytes_freed += commits[cid].size
             del commits[cid]
             ctx.store.forget_commit_files(cid)
@@ -138,7 +137,9 @@ class FlattenResult:
     old_depth: int
 
 
-def flatten(ctx: Context, branch: str | None, on_bytes: Callable[[int], None] | None) -> FlattenResult:
+def flatten(
+    ctx: Context, branch: str | None, on_bytes: Callable[[int], None] | None
+) -> FlattenResult:
     refs = ctx.refs()
     name = branch or refs.head_branch
     if not name or name not in refs.branches:
@@ -273,15 +274,25 @@ def doctor(ctx: Context) -> list[Check]:
     checks.append(Check("engine", "ok", f"Docker {version.get('Version')} at {engine.base_url}"))
     driver = info.get("Driver", "?")
     checks.append(
-        Check("storage driver", "ok" if driver == "overlay2" else "warn", driver,
-              "" if driver == "overlay2" else "pienv is tested on overlay2")
+        Check(
+            "storage driver",
+            "ok" if driver == "overlay2" else "warn",
+            driver,
+            "" if driver == "overlay2" else "pienv is tested on overlay2",
+        )
     )
     root = info.get("DockerRootDir", "/var/lib/docker")
     try:
         free = shutil.disk_usage(root).free
         level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
-        checks.append(Check("free disk", level, f"{free / 1e9:.1f} GB free at {root}",
-                            "" if level == "ok" else "`pienv prune` or `docker system prune`"))
+        checks.append(
+            Check(
+                "free disk",
+                level,
+                f"{free / 1e9:.1f} GB free at {root}",
+                "" if level == "ok" else "`pienv prune` or `docker system prune`",
+            )
+        )
     except OSError:
         checks.append(Check("free disk", "warn", f"cannot read {root} from here (remote engine?)"))
     if refs is None:
@@ -291,33 +302,62 @@ def doctor(ctx: Context) -> list[Check]:
     if engine.inspect_image(base_ref) is not None:
         checks.append(Check("base", "ok", base_ref))
     else:
-        checks.append(Check("base", "warn", f"{base_ref} is not built",
-                            "`pienv base build` (the first run builds it too)"))
+        checks.append(
+            Check(
+                "base",
+                "warn",
+                f"{base_ref} is not built",
+                "`pienv base build` (the first run builds it too)",
+            )
+        )
     limit = ctx.config.flatten_at
     for name, head in sorted(refs.branches.items()):
         img = engine.inspect_image(head)
         if img is None:
-            checks.append(Check(f"branch {name}", "fail", f"head {short(head)} image missing",
-                                "`pienv fsck --repair`"))
+            checks.append(
+                Check(
+                    f"branch {name}",
+                    "fail",
+                    f"head {short(head)} image missing",
+                    "`pienv fsck --repair`",
+                )
+            )
             continue
         d = depth(img)
         level = "ok" if d < limit else "warn" if d < MAX_DEPTH - 5 else "fail"
-        checks.append(Check(f"branch {name}", level, f"depth {d}/{MAX_DEPTH} (flatten at {limit})",
-                            "" if level == "ok" else f"`pienv flatten {name}`"))
+        checks.append(
+            Check(
+                f"branch {name}",
+                level,
+                f"depth {d}/{MAX_DEPTH} (flatten at {limit})",
+                "" if level == "ok" else f"`pienv flatten {name}`",
+            )
+        )
     stale = []
     for path in ctx.store.locks_dir.glob("*.lock"):
         name = unquote(path.name.removesuffix(".lock"))
         holder = locks.read_holder(ctx.store.locks_dir, name)
         if holder and not locks.is_locked(ctx.store.locks_dir, name):
             stale.append(name)
-    checks.append(Check("locks", "warn" if stale else "ok",
-                        f"stale: {', '.join(stale)}" if stale else "no stale locks",
-                        "they are taken over automatically; `pienv unlock BRANCH`" if stale else ""))
+    checks.append(
+        Check(
+            "locks",
+            "warn" if stale else "ok",
+            f"stale: {', '.join(stale)}" if stale else "no stale locks",
+            "they are taken over automatically; `pienv unlock BRANCH`" if stale else "",
+        )
+    )
     from pienv.ops.recovery import orphans
 
     found = orphans(ctx, with_size=False)
-    checks.append(Check("orphans", "warn" if found else "ok", f"{len(found)} orphan run(s)",
-                        "`pienv orphans`, then `pienv recover --all`" if found else ""))
+    checks.append(
+        Check(
+            "orphans",
+            "warn" if found else "ok",
+            f"{len(found)} orphan run(s)",
+            "`pienv orphans`, then `pienv recover --all`" if found else "",
+        )
+    )
     return checks
 
 
@@ -394,8 +434,17 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
             info = engine.inspect_image(cid) or {}
             parent = engine.inspect_image(c.parents[0]) if c.parents else None
             size = int(info.get("Size", 0)) - int((parent or {}).get("Size", 0))
-            rebuilt.append(Commit(**{**c.to_json(), "parents": c.parents, "command": c.command,
-                                     "size": max(size, 0), "layers": depth(info)}))
+            rebuilt.append(
+                Commit(
+                    **{
+                        **c.to_json(),
+                        "parents": c.parents,
+                        "command": c.command,
+                        "size": max(size, 0),
+                        "layers": depth(info),
+                    }
+                )
+            )
             r.fixed.append(f"indexed {short(cid)} from its labels")
         dropped = [cid for cid in index if cid not in on_engine]
         for cid in dropped:
@@ -415,7 +464,9 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
         if candidates:
             newest = candidates[-1].id
             new_refs.branches[name] = newest
-            entries.append(ReflogEntry(name, current, newest, now_rfc3339(), "fsck", "fsck: rebuilt"))
+            entries.append(
+                ReflogEntry(name, current, newest, now_rfc3339(), "fsck", "fsck: rebuilt")
+            )
             r.fixed.append(f"branch {name} -> {short(newest)} (newest commit labelled {name})")
         else:
             new_refs.branches.pop(name, None)
@@ -427,8 +478,8 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
     if refs_broken:
         r.unrestorable.append("tags and worktree bindings are not in image labels: re-create them")
     if new_refs.head_branch and new_refs.head_branch not in new_refs.branches:
-        new_refs.head_branch = "main" if "main" in new_refs.branches else next(
-            iter(sorted(new_refs.branches)), "main"
+        new_refs.head_branch = (
+            "main" if "main" in new_refs.branches else next(iter(sorted(new_refs.branches)), "main")
         )
     repo = f"pienv/{store_id}"
     for cid in on_engine:

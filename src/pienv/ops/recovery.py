@@ -118,7 +118,9 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
     if target is not None:
         found = [o for o in found if o.container.startswith(target) or o.name == target]
         if not found:
-            raise UsageError(f"no orphan container {target!r} in this store", hint="`pienv orphans`")
+            raise UsageError(
+                f"no orphan container {target!r} in this store", hint="`pienv orphans`"
+            )
         if found[0].state == "running":
             raise UsageError(
                 f"container {target} is still running",

@@ -125,9 +125,9 @@ def validate_mount(spec: str, home: Path) -> tuple[str, str, str]:
     return str(host), parts[1], mode
 
 
-def container_env(ctx: Context, req: RunRequest, branch: str, environ: Mapping[str, str]) -> dict[
-    str, str
-]:
+def container_env(
+    ctx: Context, req: RunRequest, branch: str, environ: Mapping[str, str]
+) -> dict[str, str]:
     env = ctx.config.container_env(dict(environ), req.env_names)
     env.update(
         {
@@ -158,7 +158,9 @@ def container_env(ctx: Context, req: RunRequest, branch: str, environ: Mapping[s
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:
     lines = [
-        f"{k}={shlex.quote(v)}\n" for k, v in sorted(env.items()) if re.fullmatch(r"[A-Za-z_]\w*", k)
+        f"{k}={shlex.quote(v)}\n"
+        for k, v in sorted(env.items())
+        if re.fullmatch(r"[A-Za-z_]\w*", k)
     ]
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as fh:
@@ -240,12 +242,14 @@ def run(
         if depth(parent_image) >= ctx.config.flatten_at:
             flat = flatten_image(ctx, parent, branch)
             _move(ctx, branch, parent, flat.id, f"flatten: {depth(parent_image)} layers -> 1")
-            notes.append(f"flattened {short(parent)} ({depth(parent_image)} layers) to {flat.short}")
+            notes.append(
+                f"flattened {short(parent)} ({depth(parent_image)} layers) to {flat.short}"
+            )
             parent, parent_image = flat.id, engine.inspect_image(flat.id) or {}
 
         command = req.command or (LOGIN_SHELL if req.shell else ctx.config.agent_command)
         token = secrets.token_hex(6)
-        env_path = ctx.store.runs_dir / f"{token}.env"
+        env_path = env_file = ctx.store.runs_dir / f"{token}.env"
         write_env_file(env_path, container_env(ctx, req, branch, environ))
         binds = {str(ws.path): {"bind": WORKSPACE, "mode": "rw"}}
         binds[str(env_path)] = {"bind": ENV_FILE, "mode": "ro"}
@@ -294,7 +298,7 @@ def run(
             child.engine().wait(cid)
             finalize(child, cid, info, None, req.no_commit, mounts)
             with contextlib.suppress(OSError):
-                os.unlink(env_path)  # type: ignore[arg-type]
+                os.unlink(env_file)
 
         guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
         exit_code = _attach(engine, cid, req.interactive, out, err)
