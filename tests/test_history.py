@@ -1,0 +1,187 @@
+"""History commands against the real engine: branch, checkout, reset, reflog, tag, log --graph,
+show, diff (--packages), and their errors."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import Pienv
+
+pytestmark = pytest.mark.engine
+
+
+def short(p: Pienv, ref: str = "main") -> str:
+    return p.head(ref)[:12]
+
+
+def test_branch_run_checkout_reset_reflog_undo(pienv: Pienv) -> None:
+    pienv("run", "--", "touch", "/base-tool")
+    base = pienv.head()
+    assert pienv("branch", "experiment").out.strip() == f"Created branch experiment at {base[:12]}."
+    assert pienv("checkout", "experiment").out.startswith("Switched to branch 'experiment'")
+    pienv("run", "--", "touch", "/risky")
+    risky = pienv.head("experiment")
+    assert pienv.head("main") == base  # main untouched
+    # back on main the risky install is not there
+    pienv("checkout", "main")
+    assert pienv("run", "--", "ls", "/risky", check=False).code != 0
+    # reset experiment back, then undo the reset through the reflog
+    pienv("checkout", "experiment")
+    out = pienv("reset", "HEAD~1").out
+    assert out.strip() == f"experiment is now at {base[:12]} (was {risky[:12]})."
+    assert pienv.head("experiment") == base
+    rows = json.loads(pienv("reflog", "--json").out)
+    assert [r["selector"] for r in rows[:2]] == ["experiment@{0}", "experiment@{1}"]
+    assert rows[0]["what"] == "reset: moving to HEAD~1" and rows[1]["new"] == risky
+    pienv("reset", "experiment@{1}")
+    assert pienv.head("experiment") == risky
+    assert pienv("run", "--", "ls", "/risky").out == "/risky\n"
+
+
+def test_log_graph_exact(pienv: Pienv) -> None:
+    pienv("run", "-m", "tools", "--", "touch", "/a")
+    pienv("branch", "exp")
+    pienv("run", "-m", "main work", "--", "touch", "/b")
+    pienv("run", "-b", "exp", "-m", "exp work", "--", "touch", "/c")
+    pienv("tag", "v1", "exp")
+    out = pienv("log", "--graph", "--all").out
+    lines = [re.sub(r"\s+\(\d+[smhd] ago\)$", "", line) for line in out.splitlines()]
+    root = json.loads(pienv("log", "--json").out)[-1]["id"][:12]
+    tools = pienv.head("exp")  # exp's parent
+    tools_id = json.loads(pienv("show", "exp~1", "--json").out)["id"][:12]
+    assert lines == [
+        f"* {short(pienv, 'exp')} (exp, tag: v1) exp work",
+        f"| * {short(pienv)} (HEAD -> main) main work",
+        "|/",
+        f"* {tools_id} tools",
+        f"* {root} root: base pienv-test/busybox-git:1",
+    ]
+    assert tools  # exp head exists
+    assert "\x1b[" not in out  # NO_COLOR
+
+
+def test_log_limits_and_json(pienv: Pienv) -> None:
+    for i in range(3):
+        pienv("run", "--", "touch", f"/f{i}")
+    rows = json.loads(pienv("log", "-n", "2", "--json").out)
+    assert len(rows) == 2 and rows[0]["refs"] == ["HEAD -> main"]
+    assert rows[0]["parents"] == [rows[1]["id"]]
+    assert set(rows[0]) >= {"id", "short", "parents", "branch", "message", "created", "command",
+                            "exit_code", "workspace", "git_head", "changes", "size", "layers"}
+
+
+def test_show_metadata_and_changes(pienv: Pienv) -> None:
+    pienv("run", "--", "sh", "-c", "mkdir -p /opt/t && touch /opt/t/a /opt/t/b && exit 3",
+          check=False)
+    out = pienv("show").out
+    assert out.splitlines()[0].startswith(f"commit {pienv.head()} (HEAD -> main)")
+    assert "\nexit code:  3\n" in out and "\ncommand:    sh -c mkdir" in out
+    assert "A /opt/t/a" in out and "4 paths changed: 4 added, 0 changed, 0 deleted" in out
+    data = json.loads(pienv("show", "HEAD", "--json").out)
+    assert {"kind": "A", "path": "/opt/t/b"} in data["paths"]
+
+
+def test_diff_paths_and_packages(pienv: Pienv) -> None:
+    status = "Package: {p}\nStatus: install ok installed\nVersion: {v}\n\n"
+    pienv("run", "--", "sh", "-c",
+          "mkdir -p /var/lib/dpkg && printf '" + status.format(p="curl", v="7.0").replace("\n", "\\n")
+          + "' > /var/lib/dpkg/status && touch /old")
+    pienv("tag", "before")
+    pienv("run", "--", "sh", "-c",
+          "printf '" + (status.format(p="curl", v="8.0") + status.format(p="jq", v="1.7"))
+          .replace("\n", "\\n") + "' > /var/lib/dpkg/status; rm /old; "
+          "mkdir -p /usr/lib/python3/dist-packages/requests-2.32.0.dist-info && "
+          "touch /usr/lib/python3/dist-packages/requests-2.32.0.dist-info/METADATA; "
+          "mkdir -p /usr/lib/node_modules/left-pad && "
+          "echo '{\"version\": \"1.3.0\"}' > /usr/lib/node_modules/left-pad/package.json")
+    data = json.loads(pienv("diff", "before", "--packages", "--json").out)
+    assert "/old" in data["deleted"]
+    assert "/var/lib/dpkg/status" in data["changed"]
+    assert "/usr/lib/node_modules/left-pad/package.json" in data["added"]
+    assert data["packages"]["dpkg"] == {"added": ["jq 1.7"], "removed": [],
+                                        "upgraded": ["curl 7.0 -> 8.0"]}
+    assert data["packages"]["pip"]["added"] == ["requests 2.32.0"]
+    assert data["packages"]["npm"]["added"] == ["left-pad 1.3.0"]
+    text = pienv("diff", "before", "--packages").out
+    assert "dpkg  upgraded  curl 7.0 -> 8.0" in text
+
+
+def test_tags(pienv: Pienv) -> None:
+    pienv("run", "--", "touch", "/a")
+    pienv("tag", "good")
+    assert json.loads(pienv("tag", "--json").out) == [{"name": "good", "commit": pienv.head()}]
+    r = pienv("tag", "good", check=False)
+    assert r.code == 1 and "already exists" in r.err
+    pienv("tag", "-d", "good")
+    assert json.loads(pienv("tag", "--json").out) == []
+
+
+def test_branch_list_delete_rename(pienv: Pienv) -> None:
+    pienv("run", "--", "touch", "/a")
+    pienv("branch", "keep")
+    pienv("run", "-b", "lonely", "--", "touch", "/only-here")
+    rows = {b["name"]: b for b in json.loads(pienv("branch", "--json").out)}
+    assert rows["main"]["current"] and rows["lonely"]["commits"] == 3
+    r = pienv("branch", "-d", "main", check=False)
+    assert r.code == 1 and "it is the current branch" in r.err
+    r = pienv("branch", "-d", "lonely", check=False)
+    assert r.code == 1 and "branch -D lonely" in r.err
+    pienv("branch", "-m", "keep", "kept")
+    assert "kept" in {b["name"] for b in json.loads(pienv("branch", "--json").out)}
+    assert json.loads(pienv("reflog", "kept", "--json").out)[-1]["what"].startswith("branch: created")
+    pienv("branch", "-D", "lonely")
+    assert "lonely" not in pienv.refs()["branches"]
+    table = pienv("branch").out
+    assert re.search(r"\*\s+main\s+" + pienv.head()[:12], table)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("show", "nosuch"), "unknown revision 'nosuch'"),
+        (("reset", "HEAD~9"), "has no parent #1"),
+        (("branch", "bad..name"), "invalid branch name 'bad..name'"),
+        (("checkout", "-b", "a b"), "invalid branch name 'a b'"),
+        (("reflog", "nope"), "no reflog for 'nope'"),
+    ],
+)
+def test_errors_are_one_line(pienv: Pienv, args: tuple[str, ...], message: str) -> None:
+    pienv("run", "--", "touch", "/a")
+    r = pienv(*args, check=False)
+    assert r.code == 1
+    assert r.err.startswith("pienv: error: ") and message in r.err
+    assert len(r.err.strip().splitlines()) == 1
+
+
+def test_ambiguous_prefix_lists_candidates(pienv: Pienv) -> None:
+    ids = set()
+    for i in range(40):  # enough commits that two share a first hex digit... and 4-char prefix?
+        pienv("run", "--", "touch", f"/p{i}")
+        ids.add(pienv.head())
+        prefixes = [c[:4] for c in ids]
+        dup = next((p for p in prefixes if prefixes.count(p) > 1), None)
+        if dup:
+            break
+    else:
+        # No 4-hex collision: an unknown 4-hex prefix is then the thing to check.
+        r = pienv("show", "ffff" if all(not c.startswith("ffff") for c in ids) else "0000",
+                  check=False)
+        assert r.code == 1 and "unknown revision" in r.err
+        return
+    r = pienv("show", dup, check=False)
+    assert r.code == 1 and "ambiguous revision" in r.err
+
+
+def test_checkout_detached_and_run_advances_it(pienv: Pienv) -> None:
+    pienv("run", "--", "touch", "/a")
+    first = pienv.head()
+    pienv("run", "--", "touch", "/b")
+    r = pienv("checkout", first[:8])
+    assert "detached" in r.out and "runs will advance a detached HEAD" in r.err
+    pienv("run", "--", "touch", "/c")
+    refs = pienv.refs()
+    assert refs["head"]["detached"] != first and "branch" not in refs["head"]
+    assert "HEAD is detached" in pienv("status").err
