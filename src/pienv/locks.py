@@ -46,7 +46,10 @@ def process_start(pid: int) -> str:
     except OSError:
         return ""
     # Field 22; the command name (field 2) may contain spaces, so split after its ')'.
-    return stat.rsplit(")", 1)[1].split()[19]
+    fields = stat.rsplit(")", 1)[1].split()
+    if fields[0] in ("Z", "X"):
+        return ""  # a zombie is dead, even if its parent has not reaped it yet
+    return fields[19]
 
 
 def lock_path(locks_dir: Path, branch: str) -> Path:
