@@ -97,3 +97,11 @@ def test_reachability_and_ancestry() -> None:
     assert dag.ancestors(g, "b") == {"a", "b"}
     assert dag.reachable(g, ["b", "c"]) == {"a", "b", "c"}
     assert dag.is_ancestor(g, "a", "c") and not dag.is_ancestor(g, "b", "c")
+
+
+@given(forests())
+def test_plain_ancestor_walk_matches_networkx(commits: dict[str, Commit]) -> None:
+    g = dag.build(commits)
+    sets = dag.ancestor_sets(commits, list(commits))
+    for cid in commits:
+        assert sets[cid] == dag.ancestors(g, cid)

@@ -53,6 +53,26 @@ def is_ancestor(g: nx.DiGraph, older: str, newer: str) -> bool:
     return older == newer or (older in g and newer in g and nx.has_path(g, newer, older))
 
 
+def ancestor_sets(commits: Mapping[str, Commit], heads: Iterable[str]) -> dict[str, set[str]]:
+    """``ancestors`` of several heads by a plain walk, for listings (branch, status).
+
+    The same answer as ``ancestors(build(commits), head)``, without importing networkx: that
+    import alone costs ~90 ms of the 300 ms a listing may take over 1,000 commits.
+    """
+    out: dict[str, set[str]] = {}
+    for head in heads:
+        seen: set[str] = set()
+        stack = [head] if head in commits else []
+        while stack:
+            cid = stack.pop()
+            if cid in seen:
+                continue
+            seen.add(cid)
+            stack.extend(p for p in commits[cid].parents if p in commits)
+        out[head] = seen
+    return out
+
+
 def log_order(commits: Mapping[str, Commit], starts: Iterable[str]) -> list[str]:
     """Commits reachable from ``starts``, children before parents, newest first otherwise.
 

@@ -137,10 +137,10 @@ class BranchInfo:
 def branches(ctx: Context) -> list[BranchInfo]:
     refs = ctx.refs()
     commits = ctx.store.commits()
-    g = dag.build(commits)
+    ancestry = dag.ancestor_sets(commits, refs.branches.values())
     out = []
     for name, cid in sorted(refs.branches.items()):
-        anc = dag.ancestors(g, cid)
+        anc = ancestry[cid]
         c = commits.get(cid)
         out.append(
             BranchInfo(

@@ -47,8 +47,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
     head = commits.get(head_id) if head_id else None
     size = 0
     if head_id:
-        g = dag.build(commits)
-        size = sum(commits[c].size for c in dag.ancestors(g, head_id))
+        size = sum(commits[c].size for c in dag.ancestor_sets(commits, [head_id])[head_id])
     held = []
     for path in sorted(ctx.store.locks_dir.glob("*.lock")):
         from urllib.parse import unquote
