@@ -8,8 +8,8 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import Pienv
+
 from pienv.ops import base
 
 
@@ -19,8 +19,16 @@ def test_dockerfile_parses_with_expected_parts() -> None:
     assert steps[0] == ("FROM", "ubuntu:24.04")
     assert {"ARG", "RUN", "ENV", "USER", "WORKDIR"} <= set(words)
     text = " ".join(a for _, a in steps)
-    for needed in ("AGENT_UID", "AGENT_GID", "build-essential", "git", "ripgrep", "nodesource",
-                   "NOPASSWD", "useradd"):
+    for needed in (
+        "AGENT_UID",
+        "AGENT_GID",
+        "build-essential",
+        "git",
+        "ripgrep",
+        "nodesource",
+        "NOPASSWD",
+        "useradd",
+    ):
         assert needed in text
     assert ("USER", "agent") in steps and ("WORKDIR", "/workspace") in steps
 

@@ -7,7 +7,6 @@ import json
 import re
 
 import pytest
-
 from conftest import Pienv
 
 pytestmark = pytest.mark.engine
@@ -69,13 +68,27 @@ def test_log_limits_and_json(pienv: Pienv) -> None:
     rows = json.loads(pienv("log", "-n", "2", "--json").out)
     assert len(rows) == 2 and rows[0]["refs"] == ["HEAD -> main"]
     assert rows[0]["parents"] == [rows[1]["id"]]
-    assert set(rows[0]) >= {"id", "short", "parents", "branch", "message", "created", "command",
-                            "exit_code", "workspace", "git_head", "changes", "size", "layers"}
+    assert set(rows[0]) >= {
+        "id",
+        "short",
+        "parents",
+        "branch",
+        "message",
+        "created",
+        "command",
+        "exit_code",
+        "workspace",
+        "git_head",
+        "changes",
+        "size",
+        "layers",
+    }
 
 
 def test_show_metadata_and_changes(pienv: Pienv) -> None:
-    pienv("run", "--", "sh", "-c", "mkdir -p /opt/t && touch /opt/t/a /opt/t/b && exit 3",
-          check=False)
+    pienv(
+        "run", "--", "sh", "-c", "mkdir -p /opt/t && touch /opt/t/a /opt/t/b && exit 3", check=False
+    )
     out = pienv("show").out
     assert out.splitlines()[0].startswith(f"commit {pienv.head()} (HEAD -> main)")
     assert "\nexit code:  3\n" in out and "\ncommand:    sh -c mkdir" in out
@@ -86,23 +99,38 @@ def test_show_metadata_and_changes(pienv: Pienv) -> None:
 
 def test_diff_paths_and_packages(pienv: Pienv) -> None:
     status = "Package: {p}\nStatus: install ok installed\nVersion: {v}\n\n"
-    pienv("run", "--", "sh", "-c",
-          "mkdir -p /var/lib/dpkg && printf '" + status.format(p="curl", v="7.0").replace("\n", "\\n")
-          + "' > /var/lib/dpkg/status && touch /old")
+    pienv(
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "mkdir -p /var/lib/dpkg && printf '"
+        + status.format(p="curl", v="7.0").replace("\n", "\\n")
+        + "' > /var/lib/dpkg/status && touch /old",
+    )
     pienv("tag", "before")
-    pienv("run", "--", "sh", "-c",
-          "printf '" + (status.format(p="curl", v="8.0") + status.format(p="jq", v="1.7"))
-          .replace("\n", "\\n") + "' > /var/lib/dpkg/status; rm /old; "
-          "mkdir -p /usr/lib/python3/dist-packages/requests-2.32.0.dist-info && "
-          "touch /usr/lib/python3/dist-packages/requests-2.32.0.dist-info/METADATA; "
-          "mkdir -p /usr/lib/node_modules/left-pad && "
-          "echo '{\"version\": \"1.3.0\"}' > /usr/lib/node_modules/left-pad/package.json")
+    pienv(
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "printf '"
+        + (status.format(p="curl", v="8.0") + status.format(p="jq", v="1.7")).replace("\n", "\\n")
+        + "' > /var/lib/dpkg/status; rm /old; "
+        "mkdir -p /usr/lib/python3/dist-packages/requests-2.32.0.dist-info && "
+        "touch /usr/lib/python3/dist-packages/requests-2.32.0.dist-info/METADATA; "
+        "mkdir -p /usr/lib/node_modules/left-pad && "
+        'echo \'{"version": "1.3.0"}\' > /usr/lib/node_modules/left-pad/package.json',
+    )
     data = json.loads(pienv("diff", "before", "--packages", "--json").out)
     assert "/old" in data["deleted"]
     assert "/var/lib/dpkg/status" in data["changed"]
     assert "/usr/lib/node_modules/left-pad/package.json" in data["added"]
-    assert data["packages"]["dpkg"] == {"added": ["jq 1.7"], "removed": [],
-                                        "upgraded": ["curl 7.0 -> 8.0"]}
+    assert data["packages"]["dpkg"] == {
+        "added": ["jq 1.7"],
+        "removed": [],
+        "upgraded": ["curl 7.0 -> 8.0"],
+    }
     assert data["packages"]["pip"]["added"] == ["requests 2.32.0"]
     assert data["packages"]["npm"]["added"] == ["left-pad 1.3.0"]
     text = pienv("diff", "before", "--packages").out
@@ -131,7 +159,9 @@ def test_branch_list_delete_rename(pienv: Pienv) -> None:
     assert r.code == 1 and "branch -D lonely" in r.err
     pienv("branch", "-m", "keep", "kept")
     assert "kept" in {b["name"] for b in json.loads(pienv("branch", "--json").out)}
-    assert json.loads(pienv("reflog", "kept", "--json").out)[-1]["what"].startswith("branch: created")
+    assert json.loads(pienv("reflog", "kept", "--json").out)[-1]["what"].startswith(
+        "branch: created"
+    )
     pienv("branch", "-D", "lonely")
     assert "lonely" not in pienv.refs()["branches"]
     table = pienv("branch").out
@@ -167,8 +197,9 @@ def test_ambiguous_prefix_lists_candidates(pienv: Pienv) -> None:
             break
     else:
         # No 4-hex collision: an unknown 4-hex prefix is then the thing to check.
-        r = pienv("show", "ffff" if all(not c.startswith("ffff") for c in ids) else "0000",
-                  check=False)
+        r = pienv(
+            "show", "ffff" if all(not c.startswith("ffff") for c in ids) else "0000", check=False
+        )
         assert r.code == 1 and "unknown revision" in r.err
         return
     r = pienv("show", dup, check=False)

@@ -8,7 +8,6 @@ import threading
 from pathlib import Path
 
 import pytest
-
 from conftest import Pienv, git
 
 pytestmark = pytest.mark.engine
@@ -23,8 +22,16 @@ def test_worktree_add_list_remove(pienv: Pienv, tmp_path: Path) -> None:
     assert pienv.refs()["worktrees"] == {str(wt): "agent-a"}
     assert pienv.head("agent-a") == pienv.head("main")
     rows = json.loads(pienv("worktree", "list", "--json").out)
-    assert rows == [{"path": str(wt), "env_branch": "agent-a", "env_head": pienv.head("main"),
-                     "git_branch": "agent-a", "holder_pid": None, "exists": True}]
+    assert rows == [
+        {
+            "path": str(wt),
+            "env_branch": "agent-a",
+            "env_head": pienv.head("main"),
+            "git_branch": "agent-a",
+            "holder_pid": None,
+            "exists": True,
+        }
+    ]
     # a run inside the worktree uses its bound branch, and status says why
     pienv("run", "--", "touch", "/a-only", cwd=wt)
     assert pienv.head("agent-a") != pienv.head("main")
@@ -46,8 +53,9 @@ def test_two_worktrees_run_at_once_each_with_own_state(pienv: Pienv, tmp_path: P
     results: dict[str, subprocess.CompletedProcess[str]] = {}
 
     def go(name: str, wt: Path) -> None:
-        proc = pienv.popen("run", "--", "sh", "-c",
-                           f"sleep 2; touch /state-{name}; ls /workspace", cwd=wt)
+        proc = pienv.popen(
+            "run", "--", "sh", "-c", f"sleep 2; touch /state-{name}; ls /workspace", cwd=wt
+        )
         out, err = proc.communicate(timeout=60)
         results[name] = subprocess.CompletedProcess([], proc.returncode, out, err)
 
@@ -77,8 +85,10 @@ def test_same_branch_refused_then_wait_proceeds(pienv: Pienv) -> None:
 def test_git_commit_inside_worktree_lands_on_its_branch(pienv: Pienv, tmp_path: Path) -> None:
     wt = tmp_path / "feature"
     pienv("worktree", "add", str(wt), "feature")
-    script = ("git status --short && echo change > agent.txt && git add agent.txt && "
-              "git commit -q -m 'agent did this' && git log --oneline -1")
+    script = (
+        "git status --short && echo change > agent.txt && git add agent.txt && "
+        "git commit -q -m 'agent did this' && git log --oneline -1"
+    )
     r = pienv("run", "--", "sh", "-c", script, cwd=wt)
     assert "agent did this" in r.out
     assert git(pienv.repo, "log", "-1", "--format=%s", "feature") == "agent did this"
@@ -99,8 +109,9 @@ def test_stress_four_agents_ten_runs_each(pienv: Pienv, tmp_path: Path) -> None:
 
     def agent(n: str) -> None:
         for i in range(10):
-            r = pienv("run", "--", "sh", "-c", f"echo {i} >> /log-{n}", cwd=tmp_path / n,
-                      check=False)
+            r = pienv(
+                "run", "--", "sh", "-c", f"echo {i} >> /log-{n}", cwd=tmp_path / n, check=False
+            )
             if r.code != 0:
                 errors.append(r.err)
 
@@ -122,7 +133,8 @@ def test_stress_four_agents_ten_runs_each(pienv: Pienv, tmp_path: Path) -> None:
         for m in names:
             if m != n:
                 assert pienv("run", "--", "ls", f"/log-{m}", cwd=tmp_path / n, check=False).code
-        moves += sum(1 for r in json.loads(pienv("reflog", n, "--json").out)
-                     if r["what"].startswith("run:"))
+        moves += sum(
+            1 for r in json.loads(pienv("reflog", n, "--json").out) if r["what"].startswith("run:")
+        )
     assert moves == 40
     assert json.loads(pienv("status", "--json").out)["locks"] == []

@@ -7,11 +7,9 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 import docker
 import pytest
-
 from conftest import Pienv
 
 pytestmark = pytest.mark.engine
@@ -29,7 +27,8 @@ def wait_for(pred, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
 def run_containers(p: Pienv) -> list[dict]:  # type: ignore[type-arg]
     sid = p.refs()["store_id"]
     return docker.from_env().api.containers(
-        all=True, filters={"label": [f"dev.pienv.store={sid}", "dev.pienv.role=run"]})
+        all=True, filters={"label": [f"dev.pienv.store={sid}", "dev.pienv.role=run"]}
+    )
 
 
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL])
@@ -55,7 +54,7 @@ def test_orphan_recovered_onto_new_branch_when_branch_moved(pienv: Pienv) -> Non
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     # Kill pienv *and* its finalizer: nothing is left to commit the container.
     cid = run_containers(pienv)[0]["Id"]
-    finalizers = [int(p) for p in os.popen(f"pgrep -f 'pienv run'").read().split()]
+    finalizers = [int(p) for p in os.popen("pgrep -f 'pienv run'").read().split()]
     for pid in finalizers:
         if pid != os.getpid():
             os.kill(pid, signal.SIGKILL)
@@ -106,7 +105,9 @@ def test_clean_orphans_and_unlock(pienv: Pienv) -> None:
     assert pienv("unlock", "main").out.strip() == "unlocked main (it was not held)"
 
 
-def test_failed_commit_keeps_container_and_branch(pienv: Pienv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_commit_keeps_container_and_branch(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pienv.engine import Engine
     from pienv.errors import EngineError
     from pienv.ops import run as runmod
@@ -122,10 +123,15 @@ def test_failed_commit_keeps_container_and_branch(pienv: Pienv, monkeypatch: pyt
         raise EngineError("Docker ran out of disk space: no space left on device")
 
     monkeypatch.setattr(Engine, "commit", full_disk)
-    with pytest.raises(EngineError, match="container .* is kept and the branch did not move"):
-        runmod.run(Context(store=Store(pienv.home)),
-                   runmod.RunRequest(command=("touch", "/precious")), pienv.repo, pienv.env,
-                   lambda b: None, lambda b: None)
+    with pytest.raises(EngineError, match=r"container .* is kept and the branch did not move"):
+        runmod.run(
+            Context(store=Store(pienv.home)),
+            runmod.RunRequest(command=("touch", "/precious")),
+            pienv.repo,
+            pienv.env,
+            lambda b: None,
+            lambda b: None,
+        )
     monkeypatch.undo()
     assert pienv.head() == head
     cid = run_containers(pienv)[0]["Id"]
@@ -198,7 +204,9 @@ def test_flatten_keeps_config_and_content(pienv: Pienv) -> None:
     assert pienv("run", "--", "ls", "/f0", "/f2").code == 0
 
 
-def test_150_runs_on_one_branch_never_dead_end(pienv: Pienv, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_150_runs_on_one_branch_never_dead_end(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from pienv.ops import run as runmod
     from pienv.ops.context import Context
     from pienv.store import Store
