@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import time
 
 import docker
@@ -31,6 +32,20 @@ def run_containers(p: Pienv) -> list[dict]:  # type: ignore[type-arg]
     )
 
 
+def orphan_a_run(p: Pienv, script: str) -> str:
+    """Start a run, then SIGKILL pienv *and* its forked finalizer, so nothing is left to commit
+    the container; wait for the container to finish and return its id."""
+    proc = p.popen("run", "--", "sh", "-c", f"{script}; echo up; sleep 1")
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    cid = str(run_containers(p)[0]["Id"])
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    for pid in [*map(int, children.stdout.split()), proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(30)
+    docker.from_env().api.wait(cid)
+    return cid
+
+
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL])
 def test_pienv_dying_mid_run_loses_nothing(pienv: Pienv, sig: int) -> None:
     pienv("run", "--", "true")
@@ -49,16 +64,7 @@ def test_pienv_dying_mid_run_loses_nothing(pienv: Pienv, sig: int) -> None:
 
 def test_orphan_recovered_onto_new_branch_when_branch_moved(pienv: Pienv) -> None:
     pienv("run", "--", "touch", "/base")
-    client = docker.from_env()
-    proc = pienv.popen("run", "--", "sh", "-c", "touch /orphaned-work; echo up; sleep 2")
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    # Kill pienv *and* its finalizer: nothing is left to commit the container.
-    cid = run_containers(pienv)[0]["Id"]
-    finalizers = [int(p) for p in os.popen("pgrep -f 'pienv run'").read().split()]
-    for pid in finalizers:
-        if pid != os.getpid():
-            os.kill(pid, signal.SIGKILL)
-    client.api.wait(cid)
+    cid = orphan_a_run(pienv, "touch /orphaned-work")
     rows = json.loads(pienv("orphans", "--json").out)
     assert [r["container"] for r in rows] == [cid]
     assert rows[0]["holder_alive"] is False and rows[0]["state"] == "exited"
@@ -75,24 +81,14 @@ def test_orphan_recovered_onto_new_branch_when_branch_moved(pienv: Pienv) -> Non
 
 def test_next_run_commits_a_finished_orphan(pienv: Pienv) -> None:
     pienv("run", "--", "true")
-    proc = pienv.popen("run", "--", "sh", "-c", "touch /late; echo up; sleep 1")
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    cid = run_containers(pienv)[0]["Id"]
-    for pid in [int(p) for p in os.popen("pgrep -f 'pienv run'").read().split()]:
-        os.kill(pid, signal.SIGKILL)
-    docker.from_env().api.wait(cid)
+    cid = orphan_a_run(pienv, "touch /late")
     r = pienv("run", "--", "ls", "/late")
     assert f"orphan {cid[:12]} committed as" in r.err and r.out == "/late\n"
 
 
 def test_clean_orphans_and_unlock(pienv: Pienv) -> None:
     pienv("run", "--", "true")
-    proc = pienv.popen("run", "--", "sh", "-c", "touch /x; echo up; sleep 1")
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    cid = run_containers(pienv)[0]["Id"]
-    for pid in [int(p) for p in os.popen("pgrep -f 'pienv run'").read().split()]:
-        os.kill(pid, signal.SIGKILL)
-    docker.from_env().api.wait(cid)
+    orphan_a_run(pienv, "touch /x")
     assert "would remove" in pienv("clean-orphans", "--dry-run").out
     pienv("clean-orphans", "--yes")
     assert run_containers(pienv) == []

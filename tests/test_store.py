@@ -166,3 +166,16 @@ def test_wait_for_lock_times_out(store: Store) -> None:
     with pytest.raises(BranchBusy):
         locks.acquire(store.locks_dir, "main", "/w", wait=0.3)
     lock.release()
+
+
+def test_rename_moves_head_bindings_and_reflog(store: Store) -> None:
+    with store.transaction("x") as txn:
+        txn.move_branch("main", None, A)
+        txn.refs.worktrees["/w"] = "main"
+    with store.transaction("rename") as txn:
+        txn.rename_branch("main", "trunk")
+    refs = store.load_refs()
+    assert refs.branches == {"trunk": A} and refs.head_branch == "trunk"
+    assert refs.worktrees == {"/w": "trunk"}
+    assert store.reflog("main") == []
+    assert [e.what for e in store.reflog("trunk")] == ["x", "branch: renamed main to trunk"]

@@ -14,15 +14,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pienv.errors import EngineError
-from pienv.model import LABEL, full_hex
+from pienv.model import full_hex
 
 if TYPE_CHECKING:
     import docker
 
 KIND = {0: "C", 1: "A", 2: "D"}
-# Labels a run container carries; commits overwrite every one of them (see model.COMMIT_KEYS).
-ROLE_RUN = LABEL + "role=run"
-ROLE_COMMIT = LABEL + "role=commit"
 MAX_DEPTH = 125  # overlay2 refuses to commit past this many layers ("max depth exceeded")
 
 
@@ -66,13 +63,6 @@ def translated() -> Iterator[None]:
         raise EngineError(f"Docker: {exc.explanation or exc}") from exc
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         raise _translate(exc) from exc
-
-
-def is_not_found(exc: BaseException) -> bool:
-    import docker.errors
-
-    cause = exc.__cause__ or exc
-    return isinstance(cause, docker.errors.NotFound)
 
 
 class Engine:
@@ -223,10 +213,6 @@ class Engine:
             created = self.api.create_container(image, command=["true"], labels=labels or {})
         return str(created["Id"])
 
-    def start(self, cid: str) -> None:
-        with translated():
-            self.api.start(cid)
-
     def run_streaming(self, cid: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Start ``cid`` and yield its (stdout, stderr) chunks until it exits.
 
@@ -314,17 +300,39 @@ class Engine:
 
     # -- flatten ---------------------------------------------------------------------------
 
+    def export_stream(self, cid: str) -> Iterator[bytes]:
+        """The container's whole filesystem as a tar, streamed in 1 MiB chunks."""
+        with translated():
+            yield from self.api.export(cid, chunk_size=1 << 20)
+
+    def read_archive(self, cid: str, path: str) -> bytes | None:
+        """A tar of ``path`` in the container, or None if it does not exist."""
+        import docker.errors
+
+        try:
+            with translated():
+                chunks, _ = self.api.get_archive(cid, path)
+                return b"".join(chunks)
+        except EngineError as exc:
+            if isinstance(exc.__cause__, docker.errors.NotFound):
+                return None
+            raise
+
+    def write_archive(self, cid: str, directory: str, data: bytes) -> None:
+        """Extract a tar into ``directory`` of the container (owners and modes kept)."""
+        with translated():
+            self.api.put_archive(cid, directory, data)
+
     def export_container(self, cid: str, on_bytes: Callable[[int], None] | None = None) -> str:
         """Stream container ``cid``'s whole filesystem into a new one-layer image (no config)."""
+
+        def counted() -> Iterator[bytes]:
+            for chunk in self.export_stream(cid):
+                if on_bytes:
+                    on_bytes(len(chunk))
+                yield chunk
+
         with translated():
-            chunks = self.api.export(cid, chunk_size=1 << 20)
-
-            def counted() -> Iterator[bytes]:
-                for chunk in chunks:
-                    if on_bytes:
-                        on_bytes(len(chunk))
-                    yield chunk
-
             result = self.api.import_image_from_data(counted())
         return _imported_id(result)
 

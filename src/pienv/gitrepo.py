@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,14 +93,6 @@ def remove_worktree(repo_root: Path, path: Path) -> None:
 
     with Repo(str(repo_root)) as repo:
         dulwich_remove(repo, str(path), force=True)
-
-
-def git_available() -> bool:
-    try:
-        subprocess.run(["git", "--version"], capture_output=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return False
-    return True
 
 
 def home_dir() -> Path:

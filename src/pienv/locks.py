@@ -17,7 +17,7 @@ import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from pienv.errors import BranchBusy
 from pienv.model import now_rfc3339
@@ -104,6 +104,11 @@ def read_holder(locks_dir: Path, branch: str) -> Holder | None:
         )
     except (KeyError, ValueError):
         return None
+
+
+def lock_names(locks_dir: Path) -> list[str]:
+    """Branches that have a lock file (held or not), sorted."""
+    return sorted(unquote(p.name.removesuffix(".lock")) for p in locks_dir.glob("*.lock"))
 
 
 def is_locked(locks_dir: Path, branch: str) -> bool:

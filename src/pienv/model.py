@@ -83,6 +83,19 @@ class Commit:
     def short(self) -> str:
         return short(self.id)
 
+    @classmethod
+    def draft(cls, branch: str, message: str, kind: str, **fields: Any) -> Commit:
+        """A commit not made yet: no id, created now."""
+        return cls(
+            id="",
+            branch=branch,
+            message=message,
+            kind=kind,
+            created=now_rfc3339(),
+            parents=fields.pop("parents", ()),
+            **fields,
+        )
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["parents"] = list(self.parents)

@@ -155,6 +155,7 @@ class Transaction:
         self.refs = refs
         self.what = what
         self.entries: list[ReflogEntry] = []
+        self.renames: dict[str, str] = {}  # old branch name -> new, applied to the reflog
 
     def _log(self, ref: str, old: str | None, new: str | None, what: str | None) -> None:
         self.entries.append(ReflogEntry(ref, old, new, now_rfc3339(), who(), what or self.what))
@@ -175,6 +176,23 @@ class Transaction:
             )
         self.refs.branches[name] = new
         self._log(name, expected, new, what)
+
+    def rename_branch(self, old: str, new: str) -> str:
+        """Rename a branch; HEAD, worktree bindings and the reflog follow (as `git branch -m`)."""
+        if old not in self.refs.branches:
+            raise UsageError(f"branch {old!r} not found")
+        if new in self.refs.branches:
+            raise UsageError(f"branch {new!r} already exists")
+        cid = self.refs.branches.pop(old)
+        self.refs.branches[new] = cid
+        if self.refs.head_branch == old:
+            self.refs.head_branch = new
+        for path, bound in self.refs.worktrees.items():
+            if bound == old:
+                self.refs.worktrees[path] = new
+        self.renames[old] = new
+        self._log(new, cid, cid, f"branch: renamed {old} to {new}")
+        return cid
 
     def delete_branch(self, name: str, expected: str, what: str | None = None) -> None:
         if self.refs.branches.get(name) != expected:
@@ -296,6 +314,11 @@ class Store:
         with self._store_lock():
             txn = Transaction(self.load_refs(), what)
             yield txn
+            if txn.renames:
+                entries = self.reflog()
+                for e in entries:
+                    e.ref = txn.renames.get(e.ref, e.ref)
+                self.rewrite_reflog(entries)
             if txn.entries:
                 # Reflog first: a crash between the two writes over-reports a move (harmless,
                 # it only keeps a commit alive) instead of losing the record of one.

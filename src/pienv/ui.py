@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -33,16 +34,30 @@ def out(text: str = "", style: str | None = None) -> None:
     console().print(text, style=style, markup=False)
 
 
+def _paint(text: str, sgr: str) -> str:
+    # One-line messages skip rich: importing rich.console costs ~30 ms on every `pienv run`.
+    # NO_COLOR (non-empty) and non-terminals get plain text, as rich would do.
+    stream = sys.stderr
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
+        return text
+    return f"\x1b[{sgr}m{text}\x1b[0m"
+
+
+def _line(text: str) -> None:
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def note(text: str) -> None:
-    err_console().print(f"pienv: {text}", style="dim", markup=False)
+    _line(_paint(f"pienv: {text}", "2"))
 
 
 def warn(text: str) -> None:
-    err_console().print(f"pienv: warning: {text}", style="yellow", markup=False)
+    _line(_paint(f"pienv: warning: {text}", "33"))
 
 
 def error(text: str) -> None:
-    err_console().print(f"pienv: error: {text}", style="bold red", markup=False)
+    _line(_paint(f"pienv: error: {text}", "1;31"))
 
 
 def emit_json(data: Any) -> None:

@@ -7,7 +7,6 @@ then appended to the commit index. Moving a ref is the caller's business.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,7 +14,7 @@ from typing import Any
 
 from pienv.engine import Engine, commit_conf, depth
 from pienv.errors import EngineError
-from pienv.model import Commit, now_rfc3339, short
+from pienv.model import Commit, short
 from pienv.ops.context import Context
 
 ProgressFn = Callable[[int], None]
@@ -47,8 +46,7 @@ def finish(
     parent_image: dict[str, Any] | None,
 ) -> Commit:
     """Tag the new image, measure it, and index it."""
-    refs = ctx.refs()
-    engine.tag(image_id, ctx.repository(refs), short(image_id))
+    engine.tag(image_id, ctx.repository(), short(image_id))
     info = engine.inspect_image(image_id) or {}
     size = int(info.get("Size", 0)) - int((parent_image or {}).get("Size", 0))
     done = replace(commit, id=image_id, size=max(size, 0), layers=depth(info))
@@ -56,26 +54,32 @@ def finish(
     return done
 
 
+def commit_fresh(
+    engine: Engine,
+    image: str,
+    config_from: dict[str, Any],
+    labels: dict[str, str],
+    prepare: Callable[[str], None] | None = None,
+) -> str:
+    """Commit a never-started container of ``image`` with ``config_from``'s config + labels;
+    ``prepare`` may copy files into the container first."""
+    cid = engine.create_stopped(image)
+    try:
+        if prepare is not None:
+            prepare(cid)
+        return engine.commit(cid, commit_conf(config_from, labels))
+    finally:
+        engine.remove_container(cid, force=True)
+
+
 def make_root(ctx: Context, base_image: str, branch: str) -> Commit:
     """A commit holding the base image as is (no layer added), labelled for this store."""
     engine = ctx.engine()
-    refs = ctx.refs()
     base = engine.inspect_image(base_image)
     if base is None:
         raise EngineError(f"base image {base_image!r} is not there")
-    draft = Commit(
-        id="",
-        parents=(),
-        branch=branch,
-        message=f"root: base {base_image}",
-        created=now_rfc3339(),
-        kind="root",
-    )
-    cid = engine.create_stopped(base["Id"])
-    try:
-        image_id = engine.commit(cid, commit_conf(base, draft.labels(refs.store_id)))
-    finally:
-        engine.remove_container(cid, force=True)
+    draft = Commit.draft(branch, f"root: base {base_image}", "root")
+    image_id = commit_fresh(engine, base["Id"], base, draft.labels(ctx.store_id))
     return finish(ctx, engine, image_id, draft, [], None)
 
 
@@ -88,17 +92,16 @@ def commit_container(
 ) -> Commit:
     """Commit a run container on top of its parent; flatten and retry once at max depth."""
     engine = ctx.engine()
-    store_id = ctx.refs().store_id
     draft = replace(draft, container=cid)
     try:
-        image_id = engine.commit(cid, commit_conf(parent_image, draft.labels(store_id)))
+        image_id = engine.commit(cid, commit_conf(parent_image, draft.labels(ctx.store_id)))
     except EngineError as exc:
         if "max depth" not in str(exc):
             raise
         # Docker refuses a layer past ~125: squash the container's whole filesystem (its
         # changes included) into one layer and commit that with the parent's config.
         draft = replace(draft, flattened_from=draft.parents[0] if draft.parents else "")
-        image_id = _squash_commit(engine, cid, parent_image, draft.labels(store_id), None)
+        image_id = _squash_commit(engine, cid, parent_image, draft.labels(ctx.store_id), None)
     return finish(ctx, engine, image_id, draft, changes, parent_image)
 
 
@@ -111,20 +114,18 @@ def flatten_image(
     if info is None:
         raise EngineError(f"image {short(image_id)} is not there")
     old = ctx.store.commits().get(image_id)
-    draft = Commit(
-        id="",
+    draft = Commit.draft(
+        branch,
+        f"flatten {short(image_id)} ({depth(info)} layers -> 1)",
+        "flatten",
         parents=(image_id,),
-        branch=branch,
-        message=f"flatten {short(image_id)} ({depth(info)} layers -> 1)",
-        created=now_rfc3339(),
-        kind="flatten",
         flattened_from=image_id,
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",
     )
     cid = engine.create_stopped(image_id)
     try:
-        new_id = _squash_commit(engine, cid, info, draft.labels(ctx.refs().store_id), on_bytes)
+        new_id = _squash_commit(engine, cid, info, draft.labels(ctx.store_id), on_bytes)
     finally:
         engine.remove_container(cid, force=True)
     return finish(ctx, engine, new_id, draft, [], info)
@@ -139,19 +140,12 @@ def _squash_commit(
 ) -> str:
     """Export container ``cid`` as one layer, then give it ``config_from``'s config + labels."""
     flat = engine.export_container(cid, on_bytes)
-    holder = engine.create_stopped(flat)
     try:
-        return engine.commit(holder, commit_conf(config_from, labels))
+        return commit_fresh(engine, flat, config_from, labels)
     finally:
-        engine.remove_container(holder, force=True)
         # The bare imported image is only an intermediate; its layer lives on in the commit.
         engine.remove_image(flat)
 
 
 def host_ids() -> str:
     return f"{os.getuid()}:{os.getgid()}"
-
-
-def safe_remove(engine: Engine, cid: str) -> None:
-    with contextlib.suppress(EngineError):
-        engine.remove_container(cid, force=True)

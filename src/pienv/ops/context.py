@@ -34,9 +34,13 @@ class Context:
     def refs(self) -> Refs:
         return self.store.load_refs()
 
-    def repository(self, refs: Refs | None = None) -> str:
+    @cached_property
+    def store_id(self) -> str:
+        return self.refs().store_id
+
+    def repository(self) -> str:
         """The Docker repository holding this store's commit tags."""
-        return f"pienv/{(refs or self.refs()).store_id}"
+        return f"pienv/{self.store_id}"
 
     def commit(self, cid: str) -> Commit:
         try:

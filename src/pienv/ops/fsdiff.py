@@ -31,19 +31,9 @@ class Snapshot:
 def scan(engine: Engine, image: str) -> Snapshot:
     cid = engine.create_stopped(image)
     try:
-        with engine_stream(engine, cid) as stream:
-            return _read_tar(stream)
+        return _read_tar(_ChunkReader(engine.export_stream(cid)))
     finally:
         engine.remove_container(cid, force=True)
-
-
-@contextlib.contextmanager
-def engine_stream(engine: Engine, cid: str) -> Any:
-    from pienv.engine import translated
-
-    with translated():
-        chunks = engine.api.export(cid, chunk_size=1 << 20)
-        yield _ChunkReader(chunks)
 
 
 class _ChunkReader:

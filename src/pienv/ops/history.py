@@ -206,27 +206,9 @@ def delete_branch(ctx: Context, name: str, force: bool) -> str:
 
 def rename_branch(ctx: Context, old: str, new: str) -> None:
     check_ref_name(new)
-    refs = ctx.refs()
-    if old not in refs.branches:
-        raise UsageError(f"branch {old!r} not found")
     _refuse_busy(ctx, old)
     with ctx.store.transaction(f"branch: renamed {old} to {new}") as txn:
-        cid = txn.refs.branches[old]
-        txn.move_branch(new, None, cid)
-        del txn.refs.branches[old]
-        txn.entries.pop()  # the rename is recorded below, with the old history carried over
-        if txn.refs.head_branch == old:
-            txn.refs.head_branch = new
-        for path, b in list(txn.refs.worktrees.items()):
-            if b == old:
-                txn.refs.worktrees[path] = new
-        # The reflog follows the branch (as `git branch -m` moves logs/refs/heads/OLD).
-        entries = ctx.store.reflog()
-        for e in entries:
-            if e.ref == old:
-                e.ref = new
-        ctx.store.rewrite_reflog(entries)
-        txn._log(new, cid, cid, f"branch: renamed {old} to {new}")
+        txn.rename_branch(old, new)
 
 
 # -- checkout / reset -------------------------------------------------------------------------

@@ -10,14 +10,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import unquote
 
 from pienv import dag, locks
-from pienv.engine import MAX_DEPTH, commit_conf, depth
+from pienv.engine import MAX_DEPTH, depth
 from pienv.errors import PienvError, StoreError, UsageError
 from pienv.model import LABEL, Commit, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import base as basemod
-from pienv.ops.commits import finish, flatten_image, make_root
+from pienv.ops.commits import commit_fresh, finish, flatten_image, make_root
 from pienv.ops.context import Context
 from pienv.store import ReflogEntry, Refs
 
@@ -69,9 +68,9 @@ def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool)
         g = dag.build(commits)
         protected: set[str] = set()
         busy = {
-            unquote(p.name.removesuffix(".lock"))
-            for p in ctx.store.locks_dir.glob("*.lock")
-            if locks.is_locked(ctx.store.locks_dir, unquote(p.name.removesuffix(".lock")))
+            name
+            for name in locks.lock_names(ctx.store.locks_dir)
+            if locks.is_locked(ctx.store.locks_dir, name)
         }
         for name, head in refs.branches.items():
             if keep is None or name in busy:
@@ -96,7 +95,7 @@ def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool)
         victims = [c for c in dag.log_order(commits, list(commits)) if c not in protected]
         in_use = _images_in_use(ctx)
         engine = ctx.engine()
-        repo = ctx.repository(refs)
+        repo = ctx.repository()
         for cid in victims:  # children before parents, so parents become free
             if cid in in_use:
                 result.kept_in_use.append((cid, f"used by container {in_use[cid][:12]}"))
@@ -205,37 +204,21 @@ def _base_with_home(ctx: Context, base_image: str, old: str, branch: str, home: 
     if base is None:
         raise UsageError(f"base image {base_image} is not there")
     src = engine.create_stopped(old)
-    dst = engine.create_stopped(base["Id"])
     try:
-        from pienv.engine import translated
-
-        with translated():
-            try:
-                chunks, _ = engine.api.get_archive(src, home)
-                data = b"".join(chunks)
-            except Exception as exc:  # the old env has no home: start clean
-                from pienv.engine import is_not_found
-
-                if not is_not_found(exc) and "Could not find" not in str(exc):
-                    raise
-                data = b""
-            if data:
-                parent = os.path.dirname(home.rstrip("/")) or "/"
-                engine.api.put_archive(dst, parent, data)
-        paths = _tar_paths(data, os.path.dirname(home.rstrip("/")))
-        draft = Commit(
-            id="",
-            parents=(),
-            branch=branch,
-            message=f"reset --system from {short(old)}: fresh base, {home} kept",
-            created=now_rfc3339(),
-            kind="reset-system",
-        )
-        image_id = engine.commit(dst, commit_conf(base, draft.labels(ctx.refs().store_id)))
-        return finish(ctx, engine, image_id, draft, [("A", p) for p in paths], base)
+        data = engine.read_archive(src, home) or b""  # no home in the old env: start clean
     finally:
         engine.remove_container(src, force=True)
-        engine.remove_container(dst, force=True)
+    parent = os.path.dirname(home.rstrip("/")) or "/"
+    draft = Commit.draft(
+        branch, f"reset --system from {short(old)}: fresh base, {home} kept", "reset-system"
+    )
+
+    def copy_home(cid: str) -> None:
+        if data:
+            engine.write_archive(cid, parent, data)
+
+    image_id = commit_fresh(engine, base["Id"], base, draft.labels(ctx.store_id), copy_home)
+    return finish(ctx, engine, image_id, draft, [("A", p) for p in _tar_paths(data, parent)], base)
 
 
 def _tar_paths(data: bytes, prefix: str) -> list[str]:
@@ -334,8 +317,7 @@ def doctor(ctx: Context) -> list[Check]:
             )
         )
     stale = []
-    for path in ctx.store.locks_dir.glob("*.lock"):
-        name = unquote(path.name.removesuffix(".lock"))
+    for name in locks.lock_names(ctx.store.locks_dir):
         holder = locks.read_holder(ctx.store.locks_dir, name)
         if holder and not locks.is_locked(ctx.store.locks_dir, name):
             stale.append(name)
@@ -376,7 +358,7 @@ class FsckResult:
 
 def _store_id(ctx: Context) -> str:
     try:
-        return ctx.refs().store_id
+        return ctx.store_id
     except StoreError:
         pass
     for c in ctx.store.commits().values():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 from pienv import locks
 from pienv.errors import UsageError
@@ -187,12 +186,3 @@ def unlock(ctx: Context, branch: str, force: bool) -> UnlockResult:
         )
     locks.force_clear(locks_dir, branch)
     return UnlockResult(branch=branch, was_locked=held, holder=holder)
-
-
-def age(started: str) -> float:
-    from pienv.model import parse_time
-
-    try:
-        return (datetime.now(UTC) - parse_time(started)).total_seconds()
-    except ValueError:
-        return 0.0

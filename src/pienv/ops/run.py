@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import secrets
 import shlex
 import signal
 import socket
@@ -221,8 +220,6 @@ def run(
         check_ref_name(branch)
     notes: list[str] = []
     engine = ctx.engine()
-    engine.version()  # fail early and clearly when Docker is not there
-
     lock, stale = locks.acquire(ctx.store.locks_dir, branch or DETACHED, str(ws.path), req.wait)
     guard = None
     env_path: Path | None = None
@@ -248,7 +245,7 @@ def run(
             parent, parent_image = flat.id, engine.inspect_image(flat.id) or {}
 
         command = req.command or (LOGIN_SHELL if req.shell else ctx.config.agent_command)
-        token = secrets.token_hex(6)
+        token = os.urandom(6).hex()
         env_path = env_file = ctx.store.runs_dir / f"{token}.env"
         write_env_file(env_path, container_env(ctx, req, branch, environ))
         binds = {str(ws.path): {"bind": WORKSPACE, "mode": "rw"}}
@@ -385,13 +382,15 @@ def finalize(
     A failed commit keeps the container (and says how to recover it).
     """
     engine = ctx.engine()
-    state = engine.inspect_container(cid)
-    if state is None:
-        raise EngineError(f"container {cid[:12]} is gone")
-    if exit_code is None:
-        exit_code = int(state["State"].get("ExitCode", 0))
-    if mounts is None:
-        mounts = [m["Destination"] for m in state.get("Mounts", [])]
+    if exit_code is None or mounts is None:
+        # Recovery paths: read what the finished run no longer knows from the container.
+        state = engine.inspect_container(cid)
+        if state is None:
+            raise EngineError(f"container {cid[:12]} is gone")
+        if exit_code is None:
+            exit_code = int(state["State"].get("ExitCode", 0))
+        if mounts is None:
+            mounts = [m["Destination"] for m in state.get("Mounts", [])]
     result = RunResult(exit_code=exit_code, branch=info.branch, rule="", parent=info.parent)
     done = {c.container for c in ctx.store.commits().values() if c.container}
     if cid in done:
@@ -405,13 +404,11 @@ def finalize(
         return result
     parent_image = engine.inspect_image(info.parent) or {}
     cmd = " ".join(info.command) or "agent"
-    draft = Commit(
-        id="",
+    draft = Commit.draft(
+        info.branch,
+        info.message or f"run: {cmd} (exit {exit_code})",
+        "run",
         parents=(info.parent,),
-        branch=info.branch,
-        message=info.message or f"run: {cmd} (exit {exit_code})",
-        created=now_rfc3339(),
-        kind="run",
         command=info.command,
         exit_code=exit_code,
         workspace=info.workspace,

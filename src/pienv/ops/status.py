@@ -49,10 +49,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
     if head_id:
         size = sum(commits[c].size for c in dag.ancestor_sets(commits, [head_id])[head_id])
     held = []
-    for path in sorted(ctx.store.locks_dir.glob("*.lock")):
-        from urllib.parse import unquote
-
-        name = unquote(path.name.removesuffix(".lock"))
+    for name in locks.lock_names(ctx.store.locks_dir):
         if locks.is_locked(ctx.store.locks_dir, name):
             holder = locks.read_holder(ctx.store.locks_dir, name)
             if holder:
