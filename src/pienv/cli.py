@@ -731,27 +731,35 @@ def _root(
 # -- entry point ------------------------------------------------------------------------------
 
 
+def _click_exceptions() -> Any:
+    """Click's exception classes: typer >= 0.26 vendors click as typer._click (no `click`
+    package is installed then); older typer depends on click itself."""
+    import importlib
+
+    try:
+        return importlib.import_module("typer._click.exceptions")
+    except ImportError:
+        return importlib.import_module("click.exceptions")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI with pienv's exit-code contract: 0 ok, 1 user error, 3 internal, 130 ^C."""
-    import click
-
     try:
         rc = app(args=argv, standalone_mode=False)
     except PienvError as exc:
         ui.error(str(exc))
         sys.exit(exc.code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        sys.exit(130)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2 if isinstance(exc, click.UsageError) else 1)
-    except KeyboardInterrupt:
+    except typer.Exit as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except (typer.Abort, KeyboardInterrupt):
         sys.exit(130)
     except BrokenPipeError:
         sys.exit(0)
     except Exception as exc:
+        click = _click_exceptions()
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            sys.exit(2 if isinstance(exc, click.UsageError) else 1)
         log = _log_internal()
         ui.error(f"internal error: {exc.__class__.__name__}: {exc} (traceback in {log})")
         sys.exit(3)
