@@ -48,6 +48,7 @@ def test_default_base_build_sends_context_and_needs_only_a_registry(pienv: Pienv
     assert r.code == 1
     # The context was read and the first step reached: only the missing registry stops it.
     assert "base build failed" in r.err and "registry" in r.err
+    assert "set PIENV_BASE_IMAGE" in r.err and len(r.err.strip().splitlines()) == 1
     assert "Traceback" not in r.err
 
 

@@ -63,7 +63,7 @@ def _do_run(req: Any) -> None:
     if result.commit:
         ui.note(
             f"committed {result.commit.short} on {result.branch or 'HEAD'} "
-            f"({result.changes} paths changed)"
+            f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
         )
     elif req.no_commit:
         ui.note("--no-commit: the environment changes were discarded")

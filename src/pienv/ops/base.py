@@ -7,7 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pienv.errors import UsageError
+from pienv.errors import EngineError, UsageError
 from pienv.ops.context import Context
 
 BASE_TAG = "pienv-base:default"
@@ -57,7 +57,14 @@ def build(ctx: Context, directory: Path | None, on_line: Callable[[str], None]) 
     context = directory or base_images_dir() / "default"
     if not (context / "Dockerfile").is_file():
         raise UsageError(f"no Dockerfile in {context}")
-    image = ctx.engine().build(context, BASE_TAG, build_args(), on_line)
+    try:
+        image = ctx.engine().build(context, BASE_TAG, build_args(), on_line)
+    except EngineError as exc:
+        raise EngineError(
+            exc.message,
+            hint="the default base pulls ubuntu:24.04 and NodeSource: it needs a registry; "
+            "or set PIENV_BASE_IMAGE to an image this engine already has",
+        ) from exc
     return BaseResult(image=image, built=True, source=str(context))
 
 
