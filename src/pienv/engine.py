@@ -1,17 +1,27 @@
-"""The only module that talks to Docker (docker-py, plus the docker CLI for TTY attach).
+"""The only module that talks to Docker.
 
-Everything returns plain data (ids, dicts, lists); Docker exceptions become EngineError with
-a message that says what to do.
+JSON calls (the whole run loop among them) go through one small REST layer, `Engine._call`.
+On a local unix socket (the default engine, rootless Docker, a unix DOCKER_HOST or context)
+that layer speaks HTTP/1.1 on the socket itself: importing docker-py and requests costs about
+60 ms per command, a quarter of a no-op `docker run`. Any other endpoint (tcp, TLS, ssh) goes
+through docker-py's own session. Streams that need more (build contexts, export/import,
+archives) always use docker-py; TTY sessions use the docker CLI.
+
+Everything returns plain data (ids, dicts, lists); failures become EngineError with a message
+that says what to do.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote, urlencode
 
 from pienv.errors import EngineError
 from pienv.model import full_hex
@@ -21,6 +31,16 @@ if TYPE_CHECKING:
 
 KIND = {0: "C", 1: "A", 2: "D"}
 MAX_DEPTH = 125  # overlay2 refuses to commit past this many layers ("max depth exceeded")
+DEFAULT_SOCKET = "unix:///var/run/docker.sock"
+_NO_TIMEOUT = -1.0  # for calls that last as long as the container or the commit does
+
+
+class HTTPError(EngineError):
+    """The engine answered with an error status (404: no such object, 409: conflict)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"Docker: {message[:300]}")
+        self.status = status
 
 
 def _translate(exc: BaseException) -> EngineError:
@@ -32,7 +52,7 @@ def _translate(exc: BaseException) -> EngineError:
             hint="add your user to the `docker` group (then log in again) or use a rootless "
             "Docker context",
         )
-    if any(
+    if isinstance(exc, (FileNotFoundError, ConnectionRefusedError)) or any(
         s in low
         for s in (
             "connection refused",
@@ -54,88 +74,242 @@ def _translate(exc: BaseException) -> EngineError:
 
 @contextlib.contextmanager
 def translated() -> Iterator[None]:
-    import docker.errors
-    import requests.exceptions
-
+    """docker-py's and the socket's exceptions as EngineError."""
     try:
         yield
-    except docker.errors.NotFound as exc:
-        raise EngineError(f"Docker: {exc.explanation or exc}") from exc
-    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+    except EngineError:
+        raise
+    except OSError as exc:
         raise _translate(exc) from exc
+    except Exception as exc:
+        import docker.errors
+        import requests.exceptions
+
+        if isinstance(exc, docker.errors.NotFound):
+            raise HTTPError(404, str(exc.explanation or exc)) from exc
+        if isinstance(exc, docker.errors.APIError):
+            status = exc.status_code or 500
+            if "no space left on device" in str(exc).lower():
+                raise _translate(exc) from exc
+            raise HTTPError(status, str(exc.explanation or exc)) from exc
+        if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+            raise _translate(exc) from exc
+        raise
+
+
+def endpoint(environ: Mapping[str, str] | None = None) -> str:
+    """The engine Docker's own CLI would use: DOCKER_HOST, else the current context's host."""
+    env = os.environ if environ is None else environ
+    host = env.get("DOCKER_HOST")
+    if host:
+        return host
+    config_dir = Path(env.get("DOCKER_CONFIG") or Path.home() / ".docker")
+    name = env.get("DOCKER_CONTEXT")
+    if not name:
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            name = json.loads((config_dir / "config.json").read_text()).get("currentContext")
+    if not name or name == "default":
+        return DEFAULT_SOCKET
+    import hashlib
+
+    meta = config_dir / "contexts" / "meta" / hashlib.sha256(name.encode()).hexdigest()
+    try:
+        data = json.loads((meta / "meta.json").read_text())
+        return str(data["Endpoints"]["docker"]["Host"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise EngineError(
+            f"Docker context {name!r} is not readable",
+            hint="`docker context ls` lists them; `docker context use default` resets",
+        ) from exc
+
+
+class _Response:
+    """An HTTP/1.1 response read off a socket: status line, headers, then the body."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = bytearray()
+        line = self._line()
+        try:
+            self.status = int(line.split(b" ", 2)[1])
+        except (IndexError, ValueError):
+            raise EngineError(f"Docker answered {bytes(line[:80])!r}, not HTTP") from None
+        self.headers: dict[str, str] = {}
+        while True:
+            line = self._line()
+            if not line:
+                break
+            key, _, value = line.decode("latin-1").partition(":")
+            self.headers[key.strip().lower()] = value.strip()
+
+    def _fill(self) -> bool:
+        data = self.sock.recv(65536)
+        self.buf += data
+        return bool(data)
+
+    def _line(self) -> bytes:
+        while (i := self.buf.find(b"\r\n")) < 0:
+            if not self._fill():
+                raise EngineError("Docker closed the connection mid-answer")
+        line = bytes(self.buf[:i])
+        del self.buf[: i + 2]
+        return line
+
+    def read(self, n: int) -> bytes:
+        """Exactly ``n`` bytes, or fewer only at end of stream."""
+        while len(self.buf) < n and self._fill():
+            pass
+        data = bytes(self.buf[:n])
+        del self.buf[:n]
+        return data
+
+    def body(self) -> bytes:
+        if self.status in (204, 304):
+            return b""
+        if self.headers.get("transfer-encoding", "").lower() == "chunked":
+            parts = []
+            while size := int(self._line().split(b";")[0] or b"0", 16):
+                parts.append(self.read(size))
+                self._line()
+            return b"".join(parts)
+        if "content-length" in self.headers:
+            return self.read(int(self.headers["content-length"]))
+        while self._fill():
+            pass
+        return self.read(len(self.buf))
 
 
 class Engine:
     """A connection to one Docker engine (DOCKER_HOST or the current Docker context)."""
 
-    def __init__(self, timeout: int = 300) -> None:
-        import docker
+    def __init__(self, timeout: int = 300, *, sdk: bool = False) -> None:
+        self.timeout = timeout
+        self.base_url = endpoint()
+        self._cli_host = self.base_url
+        local = self.base_url.startswith("unix://") and not os.environ.get("DOCKER_TLS_VERIFY")
+        # None: every call goes through docker-py (tcp, TLS and ssh endpoints, or sdk=True).
+        self._socket = self.base_url[len("unix://") :] if local and not sdk else None
+        self._client: docker.DockerClient | None = None
 
-        base_url = os.environ.get("DOCKER_HOST")
-        if not base_url:
-            with contextlib.suppress(Exception):
-                from docker.context import ContextAPI
+    @property
+    def api(self) -> docker.APIClient:
+        """docker-py's low-level client, made on first use (it costs ~60 ms of imports)."""
+        if self._client is None:
+            import docker
 
-                ctx = ContextAPI.get_current_context()
-                if ctx is not None and ctx.Host and ctx.name != "default":
-                    base_url = ctx.Host
+            with translated():
+                if self.base_url == os.environ.get("DOCKER_HOST"):
+                    # from_env also honours DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+                    self._client = docker.from_env(timeout=self.timeout)
+                else:
+                    self._client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout)
+        return self._client.api
+
+    # -- the REST layer --------------------------------------------------------------------
+
+    def _call(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """One API call; the decoded JSON answer (None when empty). Errors: HTTPError."""
+        data = None if body is None else json.dumps(body).encode()
+        limit = self.timeout if timeout is None else timeout
         with translated():
-            self.client: docker.DockerClient = docker.DockerClient(
-                base_url=base_url or "unix:///var/run/docker.sock", timeout=timeout
-            )
-        self.api = self.client.api
-        self.base_url: str = self.api.base_url if base_url is None else base_url
-        self._cli_host = base_url or "unix:///var/run/docker.sock"
+            if self._socket is not None:
+                target = path + (f"?{urlencode(query)}" if query else "")
+                with self._connect(limit) as sock:
+                    sock.sendall(self._request_head(method, target, data) + (data or b""))
+                    resp = _Response(sock)
+                    status, raw = resp.status, resp.body()
+            else:
+                api = self.api
+                r = api.request(
+                    method,
+                    f"{api.base_url}/v{api.api_version}{path}",
+                    params=dict(query or {}),
+                    data=data,
+                    headers={"Content-Type": "application/json"} if data else None,
+                    timeout=None if limit == _NO_TIMEOUT else limit,
+                )
+                status, raw = r.status_code, r.content
+        if status >= 400:
+            try:
+                message = str(json.loads(raw)["message"])
+            except (ValueError, KeyError, TypeError):
+                message = raw.decode(errors="replace").strip() or f"HTTP {status}"
+            if "no space left on device" in message.lower():
+                raise EngineError(f"Docker ran out of disk space: {message[:200]}")
+            raise HTTPError(status, message)
+        return json.loads(raw) if raw.strip() else None
+
+    def _connect(self, timeout: float) -> socket.socket:
+        assert self._socket is not None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(None if timeout == _NO_TIMEOUT else timeout)
+        try:
+            sock.connect(self._socket)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    @staticmethod
+    def _request_head(method: str, target: str, data: bytes | None, upgrade: bool = False) -> bytes:
+        # Unversioned paths: the engine answers with its own API version, so pienv neither
+        # pays a version round-trip nor breaks when an engine drops an old version.
+        lines = [f"{method} {target} HTTP/1.1", "Host: docker", "User-Agent: pienv"]
+        if data is not None:
+            lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+        elif method == "POST":
+            lines.append("Content-Length: 0")
+        lines += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+    @staticmethod
+    def _id(ref: str) -> str:
+        return quote(ref, safe="/:@")
 
     # -- engine ----------------------------------------------------------------------------
 
     def version(self) -> dict[str, Any]:
-        with translated():
-            return dict(self.api.version())
+        return dict(self._call("GET", "/version"))
 
     def info(self) -> dict[str, Any]:
-        with translated():
-            return dict(self.api.info())
+        return dict(self._call("GET", "/info"))
 
     # -- images ----------------------------------------------------------------------------
 
     def inspect_image(self, ref: str) -> dict[str, Any] | None:
-        import docker.errors
-
         try:
-            with translated():
-                return dict(self.api.inspect_image(ref))  # type: ignore[no-untyped-call]
-        except EngineError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
+            return dict(self._call("GET", f"/images/{self._id(ref)}/json"))
+        except HTTPError as exc:
+            if exc.status == 404:
                 return None
             raise
 
     def images(self, label_filters: list[str]) -> list[dict[str, Any]]:
-        # The low-level call: client.images.list() inspects every image (7x slower).
-        with translated():
-            return list(self.api.images(filters={"label": label_filters}))
+        # /images/json, not docker-py's images.list(), which inspects every image (7x slower).
+        return list(self._call("GET", "/images/json", _filters(label=label_filters)) or [])
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
-        with translated():
-            self.api.tag(image_id, repository, tag, force=True)
+        self._call("POST", f"/images/{self._id(image_id)}/tag", {"repo": repository, "tag": tag})
 
     def untag(self, ref: str) -> None:
-        import docker.errors
-
-        with contextlib.suppress(docker.errors.NotFound), translated():
-            self.api.remove_image(ref, noprune=False)
+        with contextlib.suppress(HTTPError):
+            self._call("DELETE", f"/images/{self._id(ref)}", {"noprune": "0"})
 
     def remove_image(self, image_id: str) -> bool:
         """Remove an image; False if a container or child still needs it."""
-        import docker.errors
-
         try:
-            with translated():
-                self.api.remove_image(image_id, force=False, noprune=False)
-        except EngineError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
+            self._call("DELETE", f"/images/{self._id(image_id)}", {"force": "0", "noprune": "0"})
+        except HTTPError as exc:
+            if exc.status == 404:
                 return True
-            if isinstance(exc.__cause__, docker.errors.APIError):
+            if exc.status == 409:
                 return False
             raise
         return True
@@ -184,47 +358,73 @@ class Engine:
         hostname: str | None = None,
         name: str | None = None,
     ) -> str:
-        with translated():
-            host_config = self.api.create_host_config(
-                binds=dict(binds or {}),
-                network_mode=network,
-                init=True,
-                privileged=False,
-            )
-            created = self.api.create_container(
-                image,
-                entrypoint=entrypoint,
-                # An explicit empty Cmd: the image's Cmd must not be appended to our argv.
-                command=[],
-                user=user or None,
-                working_dir=workdir or None,
-                labels=labels or {},
-                tty=tty,
-                stdin_open=stdin,
-                host_config=host_config,
-                hostname=hostname,
-                name=name,
-            )
+        config: dict[str, Any] = {
+            "Image": image,
+            "Entrypoint": entrypoint,
+            # An explicit empty Cmd: the image's Cmd must not be appended to our argv.
+            "Cmd": [],
+            "Labels": labels or {},
+            "Tty": tty,
+            "OpenStdin": stdin,
+            "StdinOnce": stdin,
+            "AttachStdin": stdin,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "HostConfig": {
+                "Binds": [f"{host}:{b['bind']}:{b['mode']}" for host, b in (binds or {}).items()],
+                "NetworkMode": network,
+                "Init": True,
+                "Privileged": False,
+            },
+        }
+        if user:
+            config["User"] = user
+        if workdir:
+            config["WorkingDir"] = workdir
+        if hostname:
+            config["Hostname"] = hostname
+        created = self._call("POST", "/containers/create", {"name": name} if name else None, config)
         return str(created["Id"])
 
     def create_stopped(self, image: str, labels: dict[str, str] | None = None) -> str:
         """A container that is never started (for commits and exports of an image)."""
-        with translated():
-            created = self.api.create_container(image, command=["true"], labels=labels or {})
+        created = self._call(
+            "POST",
+            "/containers/create",
+            None,
+            {"Image": image, "Cmd": ["true"], "Labels": labels or {}},
+        )
         return str(created["Id"])
 
     def run_streaming(self, cid: str) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Start ``cid`` and yield its (stdout, stderr) chunks until it exits.
 
         The attach is made before the start: attaching to a container that already exited
-        can block forever, and a short command may exit before a late attach arrives.
+        can block forever, and a short command may exit before a late attach arrives. No
+        ``logs`` replay (as `docker run`): the engine answers the attach before it subscribes
+        and reads the log, so output written in between would arrive twice.
         """
-        with translated():
-            stream = self.api.attach(
-                cid, stdout=True, stderr=True, stream=True, logs=True, demux=True
+        if self._socket is None:
+            with translated():
+                stream = self.api.attach(
+                    cid, stdout=True, stderr=True, stream=True, logs=False, demux=True
+                )
+                self.api.start(cid)
+                yield from stream
+            return
+        query = urlencode({"stream": 1, "stdout": 1, "stderr": 1})
+        with translated(), self._connect(_NO_TIMEOUT) as sock:
+            sock.sendall(
+                self._request_head("POST", f"/containers/{cid}/attach?{query}", None, True)
             )
-            self.api.start(cid)
-            yield from stream
+            resp = _Response(sock)
+            if resp.status not in (101, 200):
+                raise HTTPError(resp.status, resp.body().decode(errors="replace").strip())
+            self._call("POST", f"/containers/{cid}/start")
+            # Not a TTY: the stream is multiplexed, 8-byte frame headers (stream, 0, 0, 0, size).
+            while len(header := resp.read(8)) == 8:
+                data = resp.read(int.from_bytes(header[4:], "big"))
+                yield (data, None) if header[0] != 2 else (None, data)
 
     def attach_interactive(self, cid: str, detach_keys: str = "ctrl-^,ctrl-q") -> int:
         """Start and attach through the docker CLI (raw TTY, resize, signals): its exit code."""
@@ -251,52 +451,44 @@ class Engine:
         return proc.returncode
 
     def wait(self, cid: str, timeout: int | None = None) -> int:
-        with translated():
-            result = self.api.wait(cid, timeout=timeout)
+        result = self._call(
+            "POST", f"/containers/{cid}/wait", timeout=_NO_TIMEOUT if timeout is None else timeout
+        )
         return int(result.get("StatusCode", 1))
 
     def stop(self, cid: str, timeout: int = 10) -> None:
-        import docker.errors
-
-        with contextlib.suppress(docker.errors.NotFound), translated():
-            self.api.stop(cid, timeout=timeout)
+        with contextlib.suppress(HTTPError):
+            self._call("POST", f"/containers/{cid}/stop", {"t": timeout}, timeout=timeout + 60)
 
     def inspect_container(self, cid: str) -> dict[str, Any] | None:
-        import docker.errors
-
         try:
-            with translated():
-                return dict(self.api.inspect_container(cid))
-        except EngineError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
+            return dict(self._call("GET", f"/containers/{cid}/json"))
+        except HTTPError as exc:
+            if exc.status == 404:
                 return None
             raise
 
     def containers(self, label_filters: list[str]) -> list[dict[str, Any]]:
-        with translated():
-            return list(self.api.containers(all=True, filters={"label": label_filters}, size=False))
+        return list(
+            self._call("GET", "/containers/json", {"all": 1, **_filters(label=label_filters)}) or []
+        )
 
     def container_size(self, cid: str) -> int:
-        with translated():
-            rows = self.api.containers(all=True, filters={"id": cid}, size=True)
+        rows = self._call("GET", "/containers/json", {"all": 1, "size": 1, **_filters(id=[cid])})
         return int(rows[0].get("SizeRw", 0)) if rows else 0
 
     def diff(self, cid: str) -> list[tuple[str, str]]:
-        with translated():
-            rows = self.api.diff(cid) or []
+        rows = self._call("GET", f"/containers/{cid}/changes") or []
         return [(KIND.get(r["Kind"], "C"), r["Path"]) for r in rows]
 
     def commit(self, cid: str, conf: dict[str, Any]) -> str:
         """Commit with exactly ``conf`` as the image config (labels included)."""
-        with translated():
-            result = self.api.commit(cid, conf=conf)
+        result = self._call("POST", "/commit", {"container": cid}, conf, timeout=_NO_TIMEOUT)
         return full_hex(result["Id"])
 
     def remove_container(self, cid: str, force: bool = False) -> None:
-        import docker.errors
-
-        with contextlib.suppress(docker.errors.NotFound), translated():
-            self.api.remove_container(cid, force=force, v=True)
+        with contextlib.suppress(HTTPError):
+            self._call("DELETE", f"/containers/{cid}", {"force": int(force), "v": 1})
 
     # -- flatten ---------------------------------------------------------------------------
 
@@ -307,14 +499,12 @@ class Engine:
 
     def read_archive(self, cid: str, path: str) -> bytes | None:
         """A tar of ``path`` in the container, or None if it does not exist."""
-        import docker.errors
-
         try:
             with translated():
                 chunks, _ = self.api.get_archive(cid, path)
                 return b"".join(chunks)
-        except EngineError as exc:
-            if isinstance(exc.__cause__, docker.errors.NotFound):
+        except HTTPError as exc:
+            if exc.status == 404:
                 return None
             raise
 
@@ -337,9 +527,11 @@ class Engine:
         return _imported_id(result)
 
 
-def _imported_id(result: Any) -> str:
-    import json
+def _filters(**filters: list[str]) -> dict[str, str]:
+    return {"filters": json.dumps(filters)}
 
+
+def _imported_id(result: Any) -> str:
     text = result if isinstance(result, str) else str(result)
     for line in text.splitlines():
         with contextlib.suppress(ValueError):
