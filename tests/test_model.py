@@ -127,7 +127,7 @@ def test_labels_roundtrip_and_complete() -> None:
 def test_run_labels_are_all_overwritten_by_commit_labels() -> None:
     # Docker merges the run container's labels into the commit: every key a run container
     # carries must be one the commit sets itself, or it would leak into history.
-    info = RunInfo("s", "main", "p" * 64, "host", 1, "2", "t", "/w", ("x",), "", "")
+    info = RunInfo("s", "main", "p" * 64, "host", 1, "2", "t", "/w", ("x",), "")
     assert set(info.labels()) <= set(Commit("", (), "", "", "").labels("s"))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import Pienv, make_repo
+from conftest import Pienv, git, make_repo
 
 pytestmark = pytest.mark.engine
 
@@ -190,6 +190,14 @@ def test_git_inside_uses_agent_identity_unsigned(pienv: Pienv) -> None:
         text=True,
     ).stdout.strip()
     assert show == "pienv agent <agent@pienv.invalid> agent-commit N"
+
+
+def test_commit_records_the_git_head_the_run_ended_on(pienv: Pienv) -> None:
+    before = git(pienv.repo, "rev-parse", "HEAD")
+    pienv("run", "--", "sh", "-c", "touch /tool && git commit -q --allow-empty -m by-agent")
+    after = git(pienv.repo, "rev-parse", "HEAD")
+    assert after != before
+    assert inspect(pienv.head())["Config"]["Labels"]["dev.pienv.git-head"] == after
 
 
 def test_interactive_tty_path(pienv: Pienv) -> None:

@@ -173,7 +173,6 @@ class RunInfo:
     workspace: str
     command: tuple[str, ...]
     message: str
-    git_head: str = ""
 
     def labels(self) -> dict[str, str]:
         # Keys shared with COMMIT_KEYS on purpose: the commit overwrites every one of them.
@@ -189,7 +188,6 @@ class RunInfo:
             LABEL + "workspace": self.workspace,
             LABEL + "command": json.dumps(list(self.command)),
             LABEL + "message": self.message,
-            LABEL + "git-head": self.git_head,
         }
 
     @classmethod
@@ -210,7 +208,6 @@ class RunInfo:
             workspace=get("workspace"),
             command=tuple(json.loads(command)) if command else (),
             message=get("message"),
-            git_head=get("git-head"),
         )
 
 

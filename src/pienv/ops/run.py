@@ -17,7 +17,6 @@ from pienv import gitrepo, locks
 from pienv.engine import depth
 from pienv.errors import ConcurrentUpdate, EngineError, PienvError, UsageError
 from pienv.model import Commit, RunInfo, check_ref_name, now_rfc3339, short
-from pienv.ops import base as basemod
 from pienv.ops import guard as guardmod
 from pienv.ops.commits import commit_container, flatten_image, host_ids, make_root, mount_filter
 from pienv.ops.context import Context
@@ -180,6 +179,8 @@ def ensure_root(ctx: Context, branch: str, notes: list[str]) -> str:
             txn.move_branch(branch, None, start)
         notes.append(f"created branch {branch!r} at {short(start)}")
         return start
+    from pienv.ops import base as basemod
+
     result = basemod.ensure(ctx)
     if result.built:
         notes.append(f"built the base image from {result.source}")
@@ -269,7 +270,6 @@ def run(
             workspace=str(ws.path),
             command=tuple(command),
             message=req.message or "",
-            git_head=ws.repo.head if ws.repo else "",
         )
         cid = engine.create(
             parent,
@@ -412,7 +412,8 @@ def finalize(
         command=info.command,
         exit_code=exit_code,
         workspace=info.workspace,
-        git_head=info.git_head,
+        # The checkout the environment ended up paired with (the agent may commit meanwhile).
+        git_head=gitrepo.head_commit(Path(info.workspace)) if info.workspace else "",
         changes=len(changes),
         run_host=info.host,
         run_pid=info.pid,

@@ -1,0 +1,74 @@
+"""gitrepo.find (git's discovery by hand, on every run) against dulwich's Repo.discover."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import git, make_repo
+from dulwich.errors import NotGitRepository
+from dulwich.repo import Repo
+
+from pienv import gitrepo
+
+
+def dulwich_view(path: Path) -> tuple[Path, Path, Path] | None:
+    try:
+        with Repo.discover(str(path)) as repo:
+            return (
+                Path(os.path.realpath(repo.path)),
+                Path(os.path.realpath(repo.commondir())),
+                Path(os.path.realpath(repo.controldir())),
+            )
+    except NotGitRepository:
+        return None
+
+
+def ours(path: Path) -> tuple[Path, Path, Path] | None:
+    info = gitrepo.find(path)
+    return None if info is None else (info.root, info.common_dir, info.gitdir)
+
+
+@pytest.fixture
+def layouts(tmp_path: Path) -> dict[str, Path]:
+    repo = make_repo(tmp_path / "repo")
+    (repo / "a" / "b").mkdir(parents=True)
+    git(repo, "worktree", "add", "-q", "-b", "wt", str(tmp_path / "wt"))
+    (tmp_path / "wt" / "deep").mkdir()
+    (tmp_path / "plain").mkdir()
+    # A .git directory that is not a repository (no objects/) is skipped, as git does.
+    (repo / "a" / "fake" / ".git").mkdir(parents=True)
+    os.symlink(repo / "a", tmp_path / "link")
+    return {
+        "root": repo,
+        "subdir": repo / "a" / "b",
+        "fake .git": repo / "a" / "fake",
+        "linked worktree": tmp_path / "wt",
+        "worktree subdir": tmp_path / "wt" / "deep",
+        "outside": tmp_path / "plain",
+        "symlink into repo": tmp_path / "link",
+    }
+
+
+def test_find_agrees_with_dulwich(layouts: dict[str, Path]) -> None:
+    for name, path in layouts.items():
+        assert ours(path) == dulwich_view(path), name
+    wt = gitrepo.find(layouts["worktree subdir"])
+    assert wt is not None and wt.is_linked_worktree
+    assert wt.common_dir == layouts["root"].resolve() / ".git"
+    main = gitrepo.find(layouts["subdir"])
+    assert main is not None and not main.is_linked_worktree
+
+
+def test_head_commit(layouts: dict[str, Path]) -> None:
+    assert gitrepo.head_commit(layouts["root"]) == git(layouts["root"], "rev-parse", "HEAD")
+    assert gitrepo.head_commit(layouts["linked worktree"]) == git(
+        layouts["linked worktree"], "rev-parse", "HEAD"
+    )
+    assert gitrepo.head_commit(layouts["subdir"]) == ""  # not a checkout's top directory
+    assert gitrepo.head_commit(layouts["outside"]) == ""
+    unborn = layouts["outside"] / "new"
+    unborn.mkdir()
+    git(unborn, "init", "-q")
+    assert gitrepo.head_commit(unborn) == ""
