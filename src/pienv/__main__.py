@@ -1,3 +1,3 @@
-from pienv.cli import main
+from pienv.entry import main
 
 main()

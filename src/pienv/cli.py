@@ -1,21 +1,21 @@
-"""The command line: parse, call one operation, render its result. The single error handler.
+"""The typer command line: parse, call one operation, render its result.
 
-Heavy modules (docker, networkx, dulwich, rich tables) are imported inside the commands that
-need them, so `pienv --help` and quick listings start fast.
+entry.py is the console script: it holds the error handler and runs the plain forms of
+`run`/`shell` without importing this module. Heavy modules (docker, networkx, dulwich, rich
+tables) are imported inside the commands that need them, so `pienv --help` and quick listings
+start fast.
 """
 
 from __future__ import annotations
 
 import os
-import sys
-import traceback
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from pienv import ui
-from pienv.errors import PienvError, UsageError
+from pienv.errors import UsageError
 
 app = typer.Typer(
     help="A git-like versioned environment in Docker for coding agents.",
@@ -47,31 +47,6 @@ def _commit_json(c: Any, refs: tuple[str, ...] = ()) -> dict[str, Any]:
 # -- run / shell ------------------------------------------------------------------------------
 
 
-def _do_run(req: Any) -> None:
-    from pienv.ops import run as runmod
-
-    def write(stream: Any) -> Any:
-        def sink(data: bytes) -> None:
-            stream.buffer.write(data)
-            stream.flush()
-
-        return sink
-
-    result = runmod.run(_ctx(), req, Path.cwd(), os.environ, write(sys.stdout), write(sys.stderr))
-    for line in result.notes:
-        ui.note(line)
-    if result.commit:
-        ui.note(
-            f"committed {result.commit.short} on {result.branch or 'HEAD'} "
-            f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
-        )
-    elif req.no_commit:
-        ui.note("--no-commit: the environment changes were discarded")
-    else:
-        ui.note("nothing changed in the environment; no commit")
-    raise typer.Exit(result.exit_code)
-
-
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
     command: Annotated[list[str] | None, typer.Argument(help="Command to run (after --).")] = None,
@@ -87,19 +62,16 @@ def run(
     ] = None,
 ) -> None:
     """Run the agent (or CMD) in the env branch's container; commit what it changed."""
-    from pienv.ops.run import RunRequest
-
-    _do_run(
-        RunRequest(
-            command=tuple(command or ()),
-            branch=branch,
-            workdir=workdir,
-            message=message,
-            no_commit=no_commit,
-            interactive=sys.stdin.isatty() and sys.stdout.isatty(),
-            wait=wait,
-            env_names=tuple(env or ()),
-        )
+    # The plain forms of this command never get here: entry.py reads them (runargs.py).
+    _run(
+        "run",
+        command,
+        branch=branch,
+        workdir=workdir,
+        message=message,
+        no_commit=no_commit,
+        wait=wait,
+        envs=env,
     )
 
 
@@ -110,17 +82,13 @@ def shell(
     no_commit: Annotated[bool, typer.Option("--no-commit")] = False,
 ) -> None:
     """An interactive login shell in the env (committed on exit, like run)."""
-    from pienv.ops.run import RunRequest
+    _run("shell", branch=branch, workdir=workdir, no_commit=no_commit)
 
-    _do_run(
-        RunRequest(
-            branch=branch,
-            workdir=workdir,
-            no_commit=no_commit,
-            shell=True,
-            interactive=sys.stdin.isatty(),
-        )
-    )
+
+def _run(name: str, command: list[str] | None = None, **values: Any) -> None:
+    from pienv import entry, runargs
+
+    raise typer.Exit(entry.run_command(runargs.build(name, command, **values)))
 
 
 # -- status / log / show / diff ---------------------------------------------------------------
@@ -742,38 +710,18 @@ def _click_exceptions() -> Any:
         return importlib.import_module("click.exceptions")
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Run the CLI with pienv's exit-code contract: 0 ok, 1 user error, 3 internal, 130 ^C."""
+def invoke(args: list[str]) -> int:
+    """Run the typer app on ``args``; its exit code. PienvError is left to the caller."""
     try:
-        rc = app(args=argv, standalone_mode=False)
-    except PienvError as exc:
-        ui.error(str(exc))
-        sys.exit(exc.code)
+        rc = app(args=args, standalone_mode=False, prog_name="pienv")
     except typer.Exit as exc:
-        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
-    except (typer.Abort, KeyboardInterrupt):
-        sys.exit(130)
-    except BrokenPipeError:
-        sys.exit(0)
+        return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
+    except typer.Abort:
+        return 130
     except Exception as exc:
         click = _click_exceptions()
         if isinstance(exc, click.ClickException):
             exc.show()
-            sys.exit(2 if isinstance(exc, click.UsageError) else 1)
-        log = _log_internal()
-        ui.error(f"internal error: {exc.__class__.__name__}: {exc} (traceback in {log})")
-        sys.exit(3)
-    sys.exit(rc if isinstance(rc, int) else 0)
-
-
-def _log_internal() -> str:
-    from pienv.store import default_home
-
-    path = default_home() / "pienv.log"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(traceback.format_exc())
-    except OSError:
-        return "(unwritable log)"
-    return str(path)
+            return 2 if isinstance(exc, click.UsageError) else 1
+        raise
+    return rc if isinstance(rc, int) else 0

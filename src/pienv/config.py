@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,8 @@ class Config:
 def load(path: Path) -> Config:
     if not path.exists():
         return Config()
+    import tomllib  # only when there is a file: it costs ~10 ms on every run otherwise
+
     try:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:

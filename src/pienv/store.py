@@ -24,7 +24,6 @@ import getpass
 import json
 import os
 import socket
-import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -252,7 +251,7 @@ class Store:
                     f"{self.refs_path} is missing but the store has commits",
                     hint="`pienv fsck --repair` rebuilds it from image labels",
                 )
-            refs = Refs(store_id=uuid.uuid4().hex[:12], base=base)
+            refs = Refs(store_id=os.urandom(6).hex(), base=base)
             write_atomic(self.refs_path, _dump(refs.to_json()))
             return refs
 

@@ -1,0 +1,110 @@
+"""`pienv run` / `pienv shell` argv, read without typer: the run loop's start-up fast path.
+
+Importing typer and building the click command tree costs ~45 ms, a sixth of a whole no-op
+`docker run`. So the entry point reads the plain forms of these two commands itself and
+hands everything else (``--help``, unknown or malformed options, odd values) to the typer
+CLI, which parses the same options and reports errors. tests/test_runargs.py checks, for
+both commands, that this table names exactly the options typer declares and that both
+parsers build the same RunRequest.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+# option spelling -> RunRequest field; "env" collects repeats, the others keep the last.
+VALUED = {
+    "run": {
+        "--branch": "branch",
+        "-b": "branch",
+        "--workdir": "workdir",
+        "-w": "workdir",
+        "--message": "message",
+        "-m": "message",
+        "--wait": "wait",
+        "--env": "env",
+        "-e": "env",
+    },
+    "shell": {"--branch": "branch", "-b": "branch", "--workdir": "workdir", "-w": "workdir"},
+}
+FLAGS = {"run": {"--no-commit": "no_commit"}, "shell": {"--no-commit": "no_commit"}}
+
+
+def parse(argv: list[str]) -> Any:
+    """The RunRequest for ``argv`` (without the program name), or None: let typer parse it."""
+    if not argv or argv[0] not in VALUED:
+        return None
+    name, rest = argv[0], argv[1:]
+    valued, flags = VALUED[name], FLAGS[name]
+    fields: dict[str, Any] = {}
+    envs: list[str] = []
+    command: list[str] = []
+    i = 0
+    while i < len(rest):
+        arg = rest[i]
+        i += 1
+        if arg == "--":
+            command = rest[i:]
+            break
+        if not arg.startswith("-") or arg == "-":
+            command = rest[i - 1 :]  # run stops reading options at its command
+            break
+        if arg in flags:
+            fields[flags[arg]] = True
+            continue
+        if arg.startswith("--"):
+            opt, eq, value = arg.partition("=")
+        else:
+            opt, eq, value = arg[:2], "", arg[2:]
+        if opt not in valued:
+            return None  # --help, -h, unknown: typer's answer
+        if not eq and not value:
+            if i == len(rest):
+                return None
+            value = rest[i]
+            i += 1
+        if not value or value.startswith("-"):
+            return None  # empty or option-like values: typer decides what they mean
+        if valued[opt] == "env":
+            envs.append(value)
+        else:
+            fields[valued[opt]] = value
+    if command and name == "shell":
+        return None
+    return build(name, command, envs=envs, **fields)
+
+
+def build(
+    name: str,
+    command: list[str] | None = None,
+    *,
+    branch: str | None = None,
+    workdir: str | Path | None = None,
+    message: str | None = None,
+    no_commit: bool = False,
+    wait: str | float | None = None,
+    envs: list[str] | None = None,
+) -> Any:
+    """The one place a RunRequest is made from command-line values (both parsers use it)."""
+    from pienv.ops.run import RunRequest
+
+    if isinstance(wait, str):
+        try:
+            wait = float(wait)
+        except ValueError:
+            return None
+    shell = name == "shell"
+    return RunRequest(
+        command=tuple(command or ()),
+        branch=branch,
+        workdir=Path(workdir) if workdir is not None else None,
+        message=message,
+        no_commit=no_commit,
+        # shell needs only a terminal to read from; run also wants one to write to.
+        interactive=sys.stdin.isatty() and (shell or sys.stdout.isatty()),
+        shell=shell,
+        wait=wait,
+        env_names=tuple(envs or ()),
+    )
