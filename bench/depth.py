@@ -18,6 +18,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import _store
+
 
 def main() -> None:
     ap = argparse.ArgumentParser()
@@ -46,6 +48,7 @@ def main() -> None:
         print(f"median per run, first {k}: {first:.3f} s; last {k}: {last:.3f} s "
               f"(ratio {last / first:.2f})")
         print(f"slowest run {max(times):.3f} s (a run that flattened first)")
+        _store.drop(Path(tmp) / "store")
 
 
 if __name__ == "__main__":

@@ -185,7 +185,10 @@ def _cleanup(p: Pienv) -> None:
         return
     for c in client.api.containers(all=True, filters={"label": f"dev.pienv.store={store_id}"}):
         client.api.remove_container(c["Id"], force=True)
-    images = client.api.images(filters={"label": f"dev.pienv.store={store_id}"})
-    for img in sorted(images, key=lambda i: -i["Created"]):
-        with contextlib.suppress(docker.errors.APIError):
-            client.api.remove_image(img["Id"], force=True)
+    # Untag everything: an image whose last tag goes is deleted with its untagged parents
+    # once no child needs it, so whole chains go whatever the order (removing by id fails on
+    # a parent whose child is still there, and commits made in one second tie on Created).
+    for img in client.api.images(filters={"label": f"dev.pienv.store={store_id}"}):
+        for ref in img.get("RepoTags") or [img["Id"]]:
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.remove_image(ref)
