@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -61,6 +60,8 @@ def spawn(lock: BranchLock, workspace: str, takeover: Callable[[], None], log_pa
             lock.record(workspace, pid=os.getpid())
             takeover()
     except BaseException:
+        import traceback
+
         code = 1
         with contextlib.suppress(OSError), open(log_path, "a") as fh:
             fh.write("pienv finalizer failed:\n" + traceback.format_exc())
