@@ -116,6 +116,7 @@ class Pienv:
         env: dict[str, str] | None = None,
         timeout: float = 120,
         check: bool = True,
+        input: str | None = None,
     ) -> Result:
         proc = subprocess.run(
             [sys.executable, "-m", "pienv", *args],
@@ -124,7 +125,7 @@ class Pienv:
             capture_output=True,
             text=True,
             timeout=timeout,
-            stdin=subprocess.DEVNULL,
+            **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
         )
         result = Result(proc.returncode, proc.stdout, proc.stderr)
         if check and proc.returncode != 0:

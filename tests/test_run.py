@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import docker
@@ -198,6 +199,31 @@ def test_commit_records_the_git_head_the_run_ended_on(pienv: Pienv) -> None:
     after = git(pienv.repo, "rev-parse", "HEAD")
     assert after != before
     assert inspect(pienv.head())["Config"]["Labels"]["dev.pienv.git-head"] == after
+
+
+def test_piped_stdin_reaches_the_command(pienv: Pienv) -> None:
+    data = "".join(f"line {i}\n" for i in range(20000))  # 200 KB: many pipe buffers
+    r = pienv("run", "--", "sh", "-c", "wc -l; tail -n 1; echo after", input=data)
+    assert r.out.split("\n")[:2] == ["20000", "after"]  # wc ate it all; then stdin was closed
+    assert pienv("run", "--", "sh", "-c", "cat; echo after").out == "after\n"  # /dev/null
+
+
+def test_open_stdin_does_not_hold_a_command_that_ignores_it(pienv: Pienv) -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pienv", "run", "--", "echo", "hi"],
+        cwd=pienv.repo,
+        env=pienv.env,
+        stdin=subprocess.PIPE,  # kept open for the whole run
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.wait(timeout=60) == 0
+        assert proc.stdout is not None and proc.stdout.read() == b"hi\n"
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            assert stream is not None
+            stream.close()
 
 
 def test_interactive_tty_path(pienv: Pienv) -> None:

@@ -396,8 +396,19 @@ class Engine:
         )
         return str(created["Id"])
 
-    def run_streaming(self, cid: str) -> Iterator[tuple[bytes | None, bytes | None]]:
+    @property
+    def forwards_stdin(self) -> bool:
+        """Whether run_streaming can feed a container's stdin (pienv's own socket transport)."""
+        return self._socket is not None
+
+    def run_streaming(
+        self, cid: str, stdin_fd: int | None = None
+    ) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Start ``cid`` and yield its (stdout, stderr) chunks until it exits.
+
+        ``stdin_fd`` (only when ``forwards_stdin``; the container must have been created with
+        ``stdin=True``) is copied to the container until EOF, which closes the container's
+        stdin, as `docker run -i` does.
 
         The attach is made before the start: attaching to a container that already exited
         can block forever, and a short command may exit before a late attach arrives. No
@@ -412,7 +423,9 @@ class Engine:
                 self.api.start(cid)
                 yield from stream
             return
-        query = urlencode({"stream": 1, "stdout": 1, "stderr": 1})
+        query = urlencode(
+            {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin_fd is not None)}
+        )
         with translated(), self._connect(_NO_TIMEOUT) as sock:
             sock.sendall(
                 self._request_head("POST", f"/containers/{cid}/attach?{query}", None, True)
@@ -420,6 +433,11 @@ class Engine:
             resp = _Response(sock)
             if resp.status not in (101, 200):
                 raise HTTPError(resp.status, resp.body().decode(errors="replace").strip())
+            if stdin_fd is not None:
+                import threading
+
+                # A daemon thread: a stdin that never ends must not keep pienv alive.
+                threading.Thread(target=_pump, args=(stdin_fd, sock), daemon=True).start()
             self._call("POST", f"/containers/{cid}/start")
             # Not a TTY: the stream is multiplexed, 8-byte frame headers (stream, 0, 0, 0, size).
             while len(header := resp.read(8)) == 8:
@@ -525,6 +543,16 @@ class Engine:
         with translated():
             result = self.api.import_image_from_data(counted())
         return _imported_id(result)
+
+
+def _pump(fd: int, sock: socket.socket) -> None:
+    """Copy ``fd`` into the attach socket; at its end half-close, so the engine closes the
+    container's stdin (StdinOnce) while the output keeps streaming back."""
+    with contextlib.suppress(OSError):
+        while data := os.read(fd, 65536):
+            sock.sendall(data)
+    with contextlib.suppress(OSError):
+        sock.shutdown(socket.SHUT_WR)
 
 
 def _filters(**filters: list[str]) -> dict[str, str]:

@@ -57,7 +57,10 @@ def run_command(req: Any) -> int:
 
         return write
 
-    result = runmod.run(Context(), req, Path.cwd(), os.environ, sink(sys.stdout), sink(sys.stderr))
+    stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
+    result = runmod.run(
+        Context(), req, Path.cwd(), os.environ, sink(sys.stdout), sink(sys.stderr), stdin_fd
+    )
     for line in result.notes:
         ui.note(line)
     if result.commit:

@@ -212,7 +212,10 @@ def run(
     environ: Mapping[str, str],
     out: Sink,
     err: Sink,
+    stdin_fd: int | None = None,
 ) -> RunResult:
+    """One run. ``stdin_fd``: forwarded to a non-interactive command until EOF (None: the
+    command's stdin is empty)."""
     ws = find_workspace(cwd, req.workdir)
     ctx.store.init()
     refs = ctx.refs()
@@ -271,6 +274,7 @@ def run(
             command=tuple(command),
             message=req.message or "",
         )
+        forward_stdin = stdin_fd is not None and not req.interactive and engine.forwards_stdin
         cid = engine.create(
             parent,
             entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
@@ -279,7 +283,7 @@ def run(
             binds=binds,
             labels=info.labels(),
             tty=req.interactive,
-            stdin=req.interactive,
+            stdin=req.interactive or forward_stdin,
             network=ctx.config.network,
             name=f"pienv-{refs.store_id[:6]}-{token}",
         )
@@ -298,7 +302,9 @@ def run(
                 os.unlink(env_file)
 
         guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
-        exit_code = _attach(engine, cid, req.interactive, out, err)
+        exit_code = _attach(
+            engine, cid, req.interactive, out, err, stdin_fd if forward_stdin else None
+        )
         # From here on nothing may interrupt the commit (a second signal included).
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
@@ -315,7 +321,9 @@ def run(
                 env_path.unlink()
 
 
-def _attach(engine: Any, cid: str, interactive: bool, out: Sink, err: Sink) -> int:
+def _attach(
+    engine: Any, cid: str, interactive: bool, out: Sink, err: Sink, stdin_fd: int | None
+) -> int:
     """Run the container to its end; on SIGHUP/SIGTERM/Ctrl-C stop it and report 128+n."""
     previous = {
         sig: signal.signal(sig, _raise_interrupted) for sig in (signal.SIGHUP, signal.SIGTERM)
@@ -328,7 +336,7 @@ def _attach(engine: Any, cid: str, interactive: bool, out: Sink, err: Sink) -> i
             engine.attach_interactive(cid)
         else:
             sinks = _SafeSinks(out, err)
-            for stdout, stderr in engine.run_streaming(cid):
+            for stdout, stderr in engine.run_streaming(cid, stdin_fd):
                 if stdout:
                     sinks.out(stdout)
                 if stderr:
