@@ -89,4 +89,4 @@ def test_engine_not_running(
     monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path}/no.sock")
     with pytest.raises(EngineError, match="Docker is not running") as exc:
         Engine(sdk=sdk).containers([])
-    assert "\n" not in str(exc.value)
+    assert f"at unix://{tmp_path}/no.sock" in str(exc.value) and "\n" not in str(exc.value)

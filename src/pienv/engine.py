@@ -43,7 +43,7 @@ class HTTPError(EngineError):
         self.status = status
 
 
-def _translate(exc: BaseException) -> EngineError:
+def _translate(exc: BaseException, where: str) -> EngineError:
     text = str(exc)
     low = text.lower()
     if isinstance(exc, PermissionError) or "permission denied" in low:
@@ -62,8 +62,7 @@ def _translate(exc: BaseException) -> EngineError:
         )
     ):
         return EngineError(
-            "Docker is not running (cannot reach the engine at "
-            f"{os.environ.get('DOCKER_HOST', 'the default socket')})",
+            f"Docker is not running (cannot reach the engine at {where})",
             hint="start it, e.g. `sudo systemctl start docker`, or set DOCKER_HOST",
         )
     if "no space left on device" in low:
@@ -73,14 +72,14 @@ def _translate(exc: BaseException) -> EngineError:
 
 
 @contextlib.contextmanager
-def translated() -> Iterator[None]:
-    """docker-py's and the socket's exceptions as EngineError."""
+def translated(where: str = DEFAULT_SOCKET) -> Iterator[None]:
+    """docker-py's and the socket's exceptions as EngineError; ``where``: the endpoint."""
     try:
         yield
     except EngineError:
         raise
     except OSError as exc:
-        raise _translate(exc) from exc
+        raise _translate(exc, where) from exc
     except Exception as exc:
         import docker.errors
         import requests.exceptions
@@ -90,10 +89,10 @@ def translated() -> Iterator[None]:
         if isinstance(exc, docker.errors.APIError):
             status = exc.status_code or 500
             if "no space left on device" in str(exc).lower():
-                raise _translate(exc) from exc
+                raise _translate(exc, where) from exc
             raise HTTPError(status, str(exc.explanation or exc)) from exc
         if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
-            raise _translate(exc) from exc
+            raise _translate(exc, where) from exc
         raise
 
 
@@ -197,7 +196,7 @@ class Engine:
         if self._client is None:
             import docker
 
-            with translated():
+            with translated(self.base_url):
                 if self.base_url == os.environ.get("DOCKER_HOST"):
                     # from_env also honours DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
                     self._client = docker.from_env(timeout=self.timeout)
@@ -218,7 +217,7 @@ class Engine:
         """One API call; the decoded JSON answer (None when empty). Errors: HTTPError."""
         data = None if body is None else json.dumps(body).encode()
         limit = self.timeout if timeout is None else timeout
-        with translated():
+        with translated(self.base_url):
             if self._socket is not None:
                 target = path + (f"?{urlencode(query)}" if query else "")
                 with self._connect(limit) as sock:
@@ -321,7 +320,7 @@ class Engine:
         buildargs: dict[str, str],
         on_line: Callable[[str], None] | None = None,
     ) -> str:
-        with translated():
+        with translated(self.base_url):
             stream = self.api.build(
                 path=str(context), tag=tag, buildargs=buildargs, rm=True, decode=True
             )
@@ -416,7 +415,7 @@ class Engine:
         and reads the log, so output written in between would arrive twice.
         """
         if self._socket is None:
-            with translated():
+            with translated(self.base_url):
                 stream = self.api.attach(
                     cid, stdout=True, stderr=True, stream=True, logs=False, demux=True
                 )
@@ -426,7 +425,7 @@ class Engine:
         query = urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin_fd is not None)}
         )
-        with translated(), self._connect(_NO_TIMEOUT) as sock:
+        with translated(self.base_url), self._connect(_NO_TIMEOUT) as sock:
             sock.sendall(
                 self._request_head("POST", f"/containers/{cid}/attach?{query}", None, True)
             )
@@ -512,13 +511,13 @@ class Engine:
 
     def export_stream(self, cid: str) -> Iterator[bytes]:
         """The container's whole filesystem as a tar, streamed in 1 MiB chunks."""
-        with translated():
+        with translated(self.base_url):
             yield from self.api.export(cid, chunk_size=1 << 20)
 
     def read_archive(self, cid: str, path: str) -> bytes | None:
         """A tar of ``path`` in the container, or None if it does not exist."""
         try:
-            with translated():
+            with translated(self.base_url):
                 chunks, _ = self.api.get_archive(cid, path)
                 return b"".join(chunks)
         except HTTPError as exc:
@@ -528,7 +527,7 @@ class Engine:
 
     def write_archive(self, cid: str, directory: str, data: bytes) -> None:
         """Extract a tar into ``directory`` of the container (owners and modes kept)."""
-        with translated():
+        with translated(self.base_url):
             self.api.put_archive(cid, directory, data)
 
     def export_container(self, cid: str, on_bytes: Callable[[int], None] | None = None) -> str:
@@ -540,7 +539,7 @@ class Engine:
                     on_bytes(len(chunk))
                 yield chunk
 
-        with translated():
+        with translated(self.base_url):
             result = self.api.import_image_from_data(counted())
         return _imported_id(result)
 
