@@ -1,0 +1,135 @@
+"""engine.py's own HTTP client against a scripted server on a unix socket (no engine needed):
+the framings Docker's Go server uses, and the failures a real engine shows."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from pienv.engine import Engine, HTTPError
+from pienv.errors import EngineError
+
+
+class Server:
+    """Answers each connection with the next scripted reply, and keeps what was asked."""
+
+    def __init__(self, path: Path, replies: list[bytes]) -> None:
+        self.replies = replies
+        self.requests: list[bytes] = []
+        self.sock = socket.socket(socket.AF_UNIX)
+        self.sock.bind(str(path))
+        self.sock.listen()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        for reply in self.replies:
+            conn, _ = self.sock.accept()
+            with conn:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += conn.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(h.split(b":")[1])
+                        for h in head.split(b"\r\n")
+                        if h.lower().startswith(b"content-length")
+                    ),
+                    0,
+                )
+                while len(body) < length:
+                    body += conn.recv(65536)
+                self.requests.append(head + b"\r\n\r\n" + body)
+                conn.sendall(reply)
+
+
+Serve = Callable[..., Server]
+
+
+@pytest.fixture
+def serve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Serve]:
+    path = tmp_path / "docker.sock"
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    servers: list[Server] = []
+
+    def start(*replies: bytes) -> Server:
+        servers.append(Server(path, list(replies)))
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.sock.close()
+
+
+def reply(status: str, body: bytes, chunked: bool = False) -> bytes:
+    if chunked:
+        parts = [body[i : i + 7] for i in range(0, len(body), 7)]
+        framed = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in parts) + b"0\r\n\r\n"
+        return f"HTTP/1.1 {status}\r\nTransfer-Encoding: chunked\r\n\r\n".encode() + framed
+    return f"HTTP/1.1 {status}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def test_content_length_chunked_and_eof_bodies(serve: Serve) -> None:
+    listing = b'[{"Id": "a"}, {"Id": "b"}]'
+    server = serve(
+        reply("200 OK", listing),
+        reply("200 OK", listing, chunked=True),
+        b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + listing,
+        b"HTTP/1.1 204 No Content\r\n\r\n",
+    )
+    engine = Engine()
+    for _ in range(3):
+        assert [c["Id"] for c in engine.containers(["x=1"])] == ["a", "b"]
+    engine.remove_container("abc", force=True)
+    first = server.requests[0].decode()
+    assert first.startswith(
+        "GET /containers/json?all=1&filters=%7B%22label%22%3A+%5B%22x%3D1%22%5D%7D "
+    )
+    assert server.requests[3].startswith(b"DELETE /containers/abc?force=1&v=1 HTTP/1.1\r\n")
+
+
+def test_request_body_is_json(serve: Serve) -> None:
+    server = serve(reply("201 Created", b'{"Id": "c1"}'))
+    cid = Engine().create(
+        "img", entrypoint=["sh"], labels={"k": "v"}, binds={"/h": {"bind": "/c", "mode": "ro"}}
+    )
+    assert cid == "c1"
+    body = server.requests[0].partition(b"\r\n\r\n")[2]
+    import json
+
+    config = json.loads(body)
+    assert config["HostConfig"]["Binds"] == ["/h:/c:ro"] and config["Cmd"] == []
+
+
+def test_error_statuses(serve: Serve) -> None:
+    serve(
+        reply("404 Not Found", b'{"message": "No such image: x"}'),
+        reply(
+            "500 Internal Server Error",
+            b'{"message": "write /var/lib/docker/x: no space left on device"}',
+        ),
+        reply("409 Conflict", b'{"message": "image is being used"}'),
+        reply("500 Internal Server Error", b"plain words"),
+    )
+    engine = Engine()
+    assert engine.inspect_image("x") is None
+    with pytest.raises(EngineError, match=r"^Docker ran out of disk space: write"):
+        engine.commit("c", {})
+    assert engine.remove_image("x") is False
+    with pytest.raises(HTTPError, match=r"^Docker: plain words$") as exc:
+        engine.version()
+    assert exc.value.status == 500
+
+
+def test_broken_answers_are_one_line_errors(serve: Serve) -> None:
+    serve(b"hello there\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-")
+    engine = Engine()
+    with pytest.raises(EngineError, match="not HTTP"):
+        engine.version()
+    with pytest.raises(EngineError, match="closed the connection"):
+        engine.version()
