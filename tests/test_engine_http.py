@@ -127,9 +127,17 @@ def test_error_statuses(serve: Serve) -> None:
 
 
 def test_broken_answers_are_one_line_errors(serve: Serve) -> None:
-    serve(b"hello there\r\n\r\n", b"HTTP/1.1 200 OK\r\nContent-")
+    serve(
+        b"hello there\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\n{}",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+    )
     engine = Engine()
     with pytest.raises(EngineError, match="not HTTP"):
         engine.version()
-    with pytest.raises(EngineError, match="closed the connection"):
+    for _ in range(2):
+        with pytest.raises(EngineError, match="closed the connection mid-answer"):
+            engine.version()
+    with pytest.raises(EngineError, match="malformed"):
         engine.version()

@@ -165,17 +165,26 @@ class _Response:
     def body(self) -> bytes:
         if self.status in (204, 304):
             return b""
-        if self.headers.get("transfer-encoding", "").lower() == "chunked":
-            parts = []
-            while size := int(self._line().split(b";")[0] or b"0", 16):
-                parts.append(self.read(size))
-                self._line()
-            return b"".join(parts)
-        if "content-length" in self.headers:
-            return self.read(int(self.headers["content-length"]))
+        try:
+            if self.headers.get("transfer-encoding", "").lower() == "chunked":
+                parts = []
+                while size := int(self._line().split(b";")[0] or b"0", 16):
+                    parts.append(self._exactly(size))
+                    self._line()
+                return b"".join(parts)
+            if "content-length" in self.headers:
+                return self._exactly(int(self.headers["content-length"]))
+        except ValueError:
+            raise EngineError("Docker sent a malformed answer") from None
         while self._fill():
             pass
         return self.read(len(self.buf))
+
+    def _exactly(self, n: int) -> bytes:
+        data = self.read(n)
+        if len(data) < n:
+            raise EngineError("Docker closed the connection mid-answer")
+        return data
 
 
 class Engine:
