@@ -226,6 +226,22 @@ def test_open_stdin_does_not_hold_a_command_that_ignores_it(pienv: Pienv) -> Non
             stream.close()
 
 
+@pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
+def test_closed_standard_stream_still_runs_and_commits(pienv: Pienv, closed: str) -> None:
+    before = pienv.head() if (pienv.home / "refs.json").exists() else None
+    script = "echo out; echo err >&2; touch /closed-ok; exit 6"
+    proc = subprocess.run(
+        ["sh", "-c", f"exec {sys.executable} -m pienv run -- sh -c '{script}' {closed}"],
+        cwd=pienv.repo,
+        env=pienv.env,
+        capture_output=True,
+        timeout=60,
+    )
+    assert proc.returncode == 6, proc.stderr
+    assert pienv.head() != before
+    assert pienv("run", "--", "ls", "/closed-ok").out == "/closed-ok\n"
+
+
 def test_interactive_tty_path(pienv: Pienv) -> None:
     # `script` gives pienv a real pseudo-terminal: the docker CLI attach path is used.
     cmd = f"{os.sys.executable} -m pienv run -- sh -c 'tty; touch /tty-was-here; exit 5'"

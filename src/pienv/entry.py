@@ -52,8 +52,9 @@ def run_command(req: Any) -> int:
 
     def sink(stream: Any) -> Any:
         def write(data: bytes) -> None:
-            stream.buffer.write(data)
-            stream.flush()
+            if stream is not None:  # None: pienv was started with this stream closed
+                stream.buffer.write(data)
+                stream.flush()
 
         return write
 

@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pienv import ui
+
 # option spelling -> RunRequest field; "env" collects repeats, the others keep the last.
 VALUED = {
     "run": {
@@ -103,7 +105,7 @@ def build(
         message=message,
         no_commit=no_commit,
         # shell needs only a terminal to read from; run also wants one to write to.
-        interactive=sys.stdin.isatty() and (shell or sys.stdout.isatty()),
+        interactive=ui.isatty(sys.stdin) and (shell or ui.isatty(sys.stdout)),
         shell=shell,
         wait=wait,
         env_names=tuple(envs or ()),

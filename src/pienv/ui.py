@@ -38,14 +38,26 @@ def _paint(text: str, sgr: str) -> str:
     # One-line messages skip rich: importing rich.console costs ~30 ms on every `pienv run`.
     # NO_COLOR (non-empty) and non-terminals get plain text, as rich would do.
     stream = sys.stderr
-    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not stream.isatty():
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb" or not isatty(stream):
         return text
     return f"\x1b[{sgr}m{text}\x1b[0m"
 
 
+def isatty(stream: Any) -> bool:
+    """Whether ``stream`` is a terminal (a closed standard stream is None, and is not)."""
+    return stream is not None and stream.isatty()
+
+
 def _line(text: str) -> None:
-    sys.stderr.write(text + "\n")
-    sys.stderr.flush()
+    # stderr may be closed or gone with its terminal: a note must never change the exit code
+    # of the run it reports on, so there is nowhere to say it and nothing else to do.
+    if sys.stderr is None:
+        return
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
 
 
 def note(text: str) -> None:
