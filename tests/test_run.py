@@ -240,6 +240,15 @@ def test_closed_standard_stream_still_runs_and_commits(pienv: Pienv, closed: str
     assert proc.returncode == 6, proc.stderr
     assert pienv.head() != before
     assert pienv("run", "--", "ls", "/closed-ok").out == "/closed-ok\n"
+    for args, code in (("log --json", 0), ("status --json", 0), ("no-such-command", 2)):
+        listing = subprocess.run(
+            ["sh", "-c", f"exec {sys.executable} -m pienv {args} {closed}"],
+            cwd=pienv.repo,
+            env=pienv.env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert listing.returncode == code, (args, listing.stderr)
 
 
 def test_interactive_tty_path(pienv: Pienv) -> None:

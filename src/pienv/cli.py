@@ -8,6 +8,7 @@ start fast.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import Annotated, Any
@@ -721,7 +722,8 @@ def invoke(args: list[str]) -> int:
     except Exception as exc:
         click = _click_exceptions()
         if isinstance(exc, click.ClickException):
-            exc.show()
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr closed
+                exc.show()
             return 2 if isinstance(exc, click.UsageError) else 1
         raise
     return rc if isinstance(rc, int) else 0

@@ -73,7 +73,8 @@ def error(text: str) -> None:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
+    if sys.stdout is not None:  # None: started with stdout closed, as rich treats it
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
 def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> None:
