@@ -297,11 +297,16 @@ def test_busy_branch_refused_with_holder(pienv: Pienv) -> None:
 
 def test_corrupt_store_one_line_and_untouched(pienv: Pienv) -> None:
     pienv("run", "--", "true")
-    (pienv.home / "refs.json").write_text("{broken")
-    for args in (("run", "--", "true"), ("log",), ("status",)):
-        r = pienv(*args, check=False)
-        assert r.code == 1 and "is corrupt" in r.err and "Traceback" not in r.err
-    assert (pienv.home / "refs.json").read_text() == "{broken"
+    refs = pienv.home / "refs.json"
+    good = refs.read_text()
+    refs.write_text("{broken")
+    try:
+        for args in (("run", "--", "true"), ("log",), ("status",)):
+            r = pienv(*args, check=False)
+            assert r.code == 1 and "is corrupt" in r.err and "Traceback" not in r.err
+        assert refs.read_text() == "{broken"
+    finally:
+        refs.write_text(good)  # so the fixture finds the store id and removes its images
 
 
 def test_image_prune_keeps_every_commit(pienv: Pienv) -> None:
@@ -324,7 +329,6 @@ def test_two_stores_do_not_see_each_other(pienv: Pienv, tmp_path: Path, base_ima
         assert pienv.head() != other.head()
         assert len(pienv("log").out.splitlines()) == 2
         assert pienv("run", "--", "ls", "/theirs", check=False).code != 0
-        assert "orphans     0" not in other("status").out or True
         assert other("orphans").out.strip() == "no orphans"
     finally:
         from conftest import _cleanup
