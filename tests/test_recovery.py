@@ -135,6 +135,42 @@ def test_failed_commit_keeps_container_and_branch(
     assert pienv("run", "--", "ls", "/precious").code == 0
 
 
+def test_orphan_already_committed_is_removed_not_committed_again(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pienv died after its commit but before removing the container."""
+    from pienv.engine import Engine
+    from pienv.ops import run as runmod
+    from pienv.ops.context import Context
+    from pienv.store import Store
+
+    pienv("run", "--", "true")
+    for key, value in pienv.env.items():
+        monkeypatch.setenv(key, value)
+
+    def dies(self: Engine, cid: str, force: bool = False) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Engine, "remove_container", dies)
+    with pytest.raises(KeyboardInterrupt):
+        runmod.run(
+            Context(store=Store(pienv.home)),
+            runmod.RunRequest(command=("touch", "/once")),
+            pienv.repo,
+            pienv.env,
+            lambda b: None,
+            lambda b: None,
+        )
+    monkeypatch.undo()
+    head = pienv.head()
+    images = len(docker.from_env().api.images(filters={"label": "dev.pienv.store"}))
+    [orphan] = run_containers(pienv)
+    out = pienv("recover", orphan["Id"][:12]).out
+    assert f"committed as {head[:12]} on 'main'" in out
+    assert pienv.head() == head and run_containers(pienv) == []
+    assert len(docker.from_env().api.images(filters={"label": "dev.pienv.store"})) == images
+
+
 def test_fsck_repair_after_refs_json_deleted(pienv: Pienv) -> None:
     pienv("run", "--", "touch", "/a")
     pienv("run", "-b", "side", "--", "touch", "/b")

@@ -390,8 +390,12 @@ def finalize(
     A failed commit keeps the container (and says how to recover it).
     """
     engine = ctx.engine()
+    # Recovery paths (the finalizer, `recover`) pass no exit code. Only there can the container
+    # already be committed (its pienv died between commit and remove); a live run just made it,
+    # so it skips reading the whole commit index (~12 ms at 1,000 commits).
+    recovering = exit_code is None
     if exit_code is None or mounts is None:
-        # Recovery paths: read what the finished run no longer knows from the container.
+        # Read what the finished run no longer knows from the container.
         state = engine.inspect_container(cid)
         if state is None:
             raise EngineError(f"container {cid[:12]} is gone")
@@ -400,10 +404,11 @@ def finalize(
         if mounts is None:
             mounts = [m["Destination"] for m in state.get("Mounts", [])]
     result = RunResult(exit_code=exit_code, branch=info.branch, rule="", parent=info.parent)
-    done = {c.container for c in ctx.store.commits().values() if c.container}
-    if cid in done:
+    made = [c for c in ctx.store.commits().values() if c.container == cid] if recovering else []
+    if made:
         engine.remove_container(cid, force=True)
-        result.notes.append(f"container {cid[:12]} was already committed")
+        result.commit = made[0]
+        result.notes.append(f"container {cid[:12]} was already committed as {made[0].short}")
         return result
     changes = mount_filter(engine.diff(cid), mounts)
     result.changes = len(changes)
