@@ -228,26 +228,22 @@ def test_open_stdin_does_not_hold_a_command_that_ignores_it(pienv: Pienv) -> Non
 
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
 def test_closed_standard_stream_still_runs_and_commits(pienv: Pienv, closed: str) -> None:
-    before = pienv.head() if (pienv.home / "refs.json").exists() else None
-    script = "echo out; echo err >&2; touch /closed-ok; exit 6"
-    proc = subprocess.run(
-        ["sh", "-c", f"exec {sys.executable} -m pienv run -- sh -c '{script}' {closed}"],
-        cwd=pienv.repo,
-        env=pienv.env,
-        capture_output=True,
-        timeout=60,
-    )
-    assert proc.returncode == 6, proc.stderr
-    assert pienv.head() != before
-    assert pienv("run", "--", "ls", "/closed-ok").out == "/closed-ok\n"
-    for args, code in (("log --json", 0), ("status --json", 0), ("no-such-command", 2)):
-        listing = subprocess.run(
+    def pienv_with_closed(args: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run(
             ["sh", "-c", f"exec {sys.executable} -m pienv {args} {closed}"],
             cwd=pienv.repo,
             env=pienv.env,
             capture_output=True,
             timeout=60,
         )
+
+    before = pienv.head() if (pienv.home / "refs.json").exists() else None
+    proc = pienv_with_closed("run -- sh -c 'echo out; echo err >&2; touch /closed-ok; exit 6'")
+    assert proc.returncode == 6, proc.stderr
+    assert pienv.head() != before
+    assert pienv("run", "--", "ls", "/closed-ok").out == "/closed-ok\n"
+    for args, code in (("log --json", 0), ("status --json", 0), ("no-such-command", 2)):
+        listing = pienv_with_closed(args)
         assert listing.returncode == code, (args, listing.stderr)
 
 
