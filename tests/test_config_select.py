@@ -8,7 +8,8 @@ import pytest
 
 from pienv import config
 from pienv.errors import UsageError
-from pienv.ops.run import select_branch, validate_mount
+from pienv.ops.sandbox import validate_mount
+from pienv.ops.workspace import select_branch
 from pienv.store import Refs
 
 HOST = {

@@ -87,9 +87,12 @@ def shell(
 
 
 def _run(name: str, command: list[str] | None = None, **values: Any) -> None:
-    from pienv import entry, runargs
+    from pienv import runargs
 
-    raise typer.Exit(entry.run_command(runargs.build(name, command, **values)))
+    req = runargs.build(name, command, **values)
+    if req is None:
+        raise UsageError("--wait takes a number of seconds")
+    raise typer.Exit(runargs.run_command(req))
 
 
 # -- status / log / show / diff ---------------------------------------------------------------
@@ -629,7 +632,7 @@ def base_build(
     ] = None,
 ) -> None:
     """Rebuild the base image (new roots, reset --system/--all use it)."""
-    from pienv.ops import base
+    from pienv.ops import baseimage as base
 
     with ui.progress("building base", None) as bar:
         task = bar.add_task("build", total=None)

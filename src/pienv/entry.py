@@ -7,10 +7,8 @@ The typer CLI (cli.py) is imported only when `runargs` hands the command line ov
 
 from __future__ import annotations
 
-import os
 import sys
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 from pienv import ui
 from pienv.errors import PienvError
@@ -39,41 +37,10 @@ def _dispatch(args: list[str]) -> int:
 
     req = runargs.parse(args)
     if req is not None:
-        return run_command(req)
+        return runargs.run_command(req)
     from pienv import cli
 
     return cli.invoke(args)
-
-
-def run_command(req: Any) -> int:
-    """`pienv run` / `pienv shell`: run, report what happened on stderr, return the exit code."""
-    from pienv.ops import run as runmod
-    from pienv.ops.context import Context
-
-    def sink(stream: Any) -> Any:
-        def write(data: bytes) -> None:
-            if stream is not None:  # None: pienv was started with this stream closed
-                stream.buffer.write(data)
-                stream.flush()
-
-        return write
-
-    stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
-    result = runmod.run(
-        Context(), req, Path.cwd(), os.environ, sink(sys.stdout), sink(sys.stderr), stdin_fd
-    )
-    for line in result.notes:
-        ui.note(line)
-    if result.commit:
-        ui.note(
-            f"committed {result.commit.short} on {result.branch or 'HEAD'} "
-            f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
-        )
-    elif req.no_commit:
-        ui.note("--no-commit: the environment changes were discarded")
-    else:
-        ui.note("nothing changed in the environment; no commit")
-    return result.exit_code
 
 
 def _log_internal() -> str:

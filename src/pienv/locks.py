@@ -22,6 +22,9 @@ from urllib.parse import quote, unquote
 from pienv.errors import BranchBusy
 from pienv.model import now_rfc3339
 
+# The lock (and reflog) name of a detached HEAD: runs and resets there lock this name.
+DETACHED = "HEAD"
+
 
 @dataclass(frozen=True)
 class Holder:

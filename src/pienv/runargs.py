@@ -1,4 +1,5 @@
-"""`pienv run` / `pienv shell` argv, read without typer: the run loop's start-up fast path.
+"""`pienv run` / `pienv shell`: argv read without typer (the run loop's start-up fast path),
+and the runner that reports a run's result. Both parsers end here.
 
 Importing typer and building the click command tree costs ~45 ms, a sixth of a whole no-op
 `docker run`. So the entry point reads the plain forms of these two commands itself and
@@ -12,9 +13,12 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pienv import ui
+
+if TYPE_CHECKING:
+    from pienv.ops.run import RunRequest
 
 # option spelling -> RunRequest field; "env" collects repeats, the others keep the last.
 VALUED = {
@@ -34,7 +38,7 @@ VALUED = {
 FLAGS = {"run": {"--no-commit": "no_commit"}, "shell": {"--no-commit": "no_commit"}}
 
 
-def parse(argv: list[str]) -> Any:
+def parse(argv: list[str]) -> RunRequest | None:
     """The RunRequest for ``argv`` (without the program name), or None: let typer parse it."""
     if not argv or argv[0] not in VALUED:
         return None
@@ -88,7 +92,7 @@ def build(
     no_commit: bool = False,
     wait: str | float | None = None,
     envs: list[str] | None = None,
-) -> Any:
+) -> RunRequest | None:
     """The one place a RunRequest is made from command-line values (both parsers use it)."""
     from pienv.ops.run import RunRequest
 
@@ -110,3 +114,36 @@ def build(
         wait=wait,
         env_names=tuple(envs or ()),
     )
+
+
+def run_command(req: RunRequest) -> int:
+    """`pienv run` / `pienv shell`: run, report what happened on stderr, return the exit code."""
+    import os
+
+    from pienv.ops import run as runmod
+    from pienv.ops.context import Context
+
+    def sink(stream: Any) -> Any:
+        def write(data: bytes) -> None:
+            if stream is not None:  # None: pienv was started with this stream closed
+                stream.buffer.write(data)
+                stream.flush()
+
+        return write
+
+    stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
+    result = runmod.run(
+        Context(), req, Path.cwd(), os.environ, sink(sys.stdout), sink(sys.stderr), stdin_fd
+    )
+    for line in result.notes:
+        ui.note(line)
+    if result.commit:
+        ui.note(
+            f"committed {result.commit.short} on {result.branch or 'HEAD'} "
+            f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
+        )
+    elif req.no_commit:
+        ui.note("--no-commit: the environment changes were discarded")
+    else:
+        ui.note("nothing changed in the environment; no commit")
+    return result.exit_code

@@ -14,10 +14,12 @@ from typing import Any
 from pienv import dag, locks
 from pienv.engine import MAX_DEPTH, depth
 from pienv.errors import PienvError, StoreError, UsageError
+from pienv.locks import DETACHED
 from pienv.model import LABEL, Commit, now_rfc3339, parse_age, parse_time, short
-from pienv.ops import base as basemod
+from pienv.ops import baseimage as basemod
 from pienv.ops.commits import commit_fresh, finish, flatten_image, make_root
 from pienv.ops.context import Context
+from pienv.ops.sandbox import AGENT_HOME
 from pienv.store import ReflogEntry, Refs
 
 # -- prune ------------------------------------------------------------------------------------
@@ -171,8 +173,6 @@ def reset_base(
     ctx: Context, keep_home: bool, on_bytes: Callable[[int], None] | None
 ) -> BaseResetResult:
     """A fresh base on the current branch: with ``keep_home`` the agent's home comes along."""
-    from pienv.ops.run import AGENT_HOME, DETACHED
-
     refs = ctx.refs()
     branch = refs.head_branch
     old = refs.head_commit()

@@ -6,8 +6,10 @@ from dataclasses import dataclass
 
 from pienv import locks
 from pienv.errors import UsageError
+from pienv.locks import DETACHED
 from pienv.model import LABEL, RunInfo, short
 from pienv.ops.context import Context
+from pienv.ops.finish import finalize
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,6 @@ class Orphan:
 
 def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
     """Every run container of this store (live runs included), oldest first."""
-    from pienv.ops.run import DETACHED
-
     refs = ctx.refs()
     engine = ctx.engine()
     rows = engine.containers([f"{LABEL}store={refs.store_id}", f"{LABEL}role=run"])
@@ -89,8 +89,6 @@ def orphans(ctx: Context, with_size: bool = True) -> list[Orphan]:
 
 def auto_recover(ctx: Context, branch: str) -> list[str]:
     """Called under ``branch``'s lock by `run`: commit its finished orphans first."""
-    from pienv.ops.run import finalize
-
     notes = []
     for o in run_containers(ctx):
         if o.branch != branch or o.state == "running" or o.holder_alive:
@@ -111,8 +109,6 @@ class Recovered:
 
 def recover(ctx: Context, target: str | None) -> list[Recovered]:
     """Commit one orphan (container id/name prefix) or all recoverable ones (target None)."""
-    from pienv.ops.run import DETACHED, finalize
-
     found = orphans(ctx, with_size=False)
     if target is not None:
         found = [o for o in found if o.container.startswith(target) or o.name == target]

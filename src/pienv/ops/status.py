@@ -11,6 +11,7 @@ from pienv import dag, locks
 from pienv.errors import PienvError
 from pienv.model import Commit
 from pienv.ops.context import Context
+from pienv.ops.workspace import find_workspace, select_branch
 
 
 @dataclass
@@ -34,8 +35,6 @@ class StatusResult:
 
 
 def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
-    from pienv.ops.run import find_workspace, select_branch
-
     refs = ctx.refs()
     try:
         ws = find_workspace(cwd, None).path
