@@ -47,7 +47,7 @@ def typer_request(args: list[str], monkeypatch: pytest.MonkeyPatch) -> Any:
         seen.append(req)
         return 0
 
-    monkeypatch.setattr(entry, "run_command", capture)
+    monkeypatch.setattr(runargs, "run_command", capture)
     assert cli.invoke(args) == 0
     return seen[0]
 
