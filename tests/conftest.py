@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 
 BASE_TAG = "pienv-test/busybox-git:1"
+REALISTIC_BUILD = Path(__file__).parent / "realistic" / "build.sh"
 REQUIRE_ENGINE = bool(os.environ.get("CI") or os.environ.get("PIENV_REQUIRE_ENGINE"))
 
 
@@ -74,6 +75,23 @@ def base_image(engine_available: None, tmp_path_factory: pytest.TempPathFactory)
     )
     client.images.build(path=str(ctx), tag=BASE_TAG, rm=True)
     return BASE_TAG
+
+
+@pytest.fixture(scope="session")
+def realistic_image(engine_available: None) -> str:
+    """Debian bookworm + Node 22 + npm, built by tests/realistic/build.sh (no registry needed)
+    or reused: its tag is keyed by the recipe, and the rootfs is cached so that a wiped
+    engine re-imports it in seconds. A stock image: no agent user, no /home/agent. Mark the
+    tests that use it `realistic`. In CI a failed build fails the tests, never skips them."""
+    proc = subprocess.run(
+        ["bash", str(REALISTIC_BUILD)], capture_output=True, text=True, timeout=1800
+    )
+    if proc.returncode != 0 or not proc.stdout.strip():
+        reason = f"realistic base image not built:\n{proc.stderr[-4000:]}"
+        if REQUIRE_ENGINE:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def git(cwd: Path, *args: str) -> str:
@@ -169,6 +187,14 @@ def repo(tmp_path: Path) -> Path:
 @pytest.fixture
 def pienv(tmp_path: Path, repo: Path, base_image: str) -> Iterator[Pienv]:
     p = Pienv(tmp_path / "store", repo, base_image)
+    yield p
+    _cleanup(p)
+
+
+@pytest.fixture
+def realistic_pienv(tmp_path: Path, repo: Path, realistic_image: str) -> Iterator[Pienv]:
+    """`pienv` on the realistic base (mark the test `realistic`)."""
+    p = Pienv(tmp_path / "store", repo, realistic_image)
     yield p
     _cleanup(p)
 

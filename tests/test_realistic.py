@@ -1,0 +1,42 @@
+"""The realistic tier: pienv on a stock Debian bookworm + Node 22 image (tests/realistic/build.sh)
+instead of the busybox test base."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+from conftest import Pienv
+
+pytestmark = [pytest.mark.engine, pytest.mark.realistic]
+
+
+def test_realistic_image_is_a_stock_image(realistic_image: str) -> None:
+    """What the tier promises the tests built on it: Node 22 and npm on PATH, sudo, and no
+    user prepared for pienv (no `agent`, empty /home)."""
+    script = "node --version; npm --version; command -v sudo; ls -A /home; getent passwd agent"
+    proc = subprocess.run(
+        ["docker", "run", "--rm", realistic_image, "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = proc.stdout.split()
+    assert lines[0] == "v22.23.3"
+    assert lines[1].startswith("10.")
+    assert lines[2] == "/usr/bin/sudo"
+    assert len(lines) == 3, proc.stdout  # nothing in /home, no agent user
+    assert proc.returncode == 2  # getent: not found
+
+
+def test_realistic_run_node_and_noop(realistic_pienv: Pienv) -> None:
+    p = realistic_pienv
+    # The first run after the root commit may still commit Docker's mount points on this
+    # merged-/usr base (issue 9); from then on a no-op run must add nothing.
+    p("run", "--", "true")
+    head = p.head()
+    r = p("run", "--", "node", "--version")
+    assert r.out.strip() == "v22.23.3"
+    r = p("run", "--", "true")
+    assert "no commit" in r.err
+    assert p.head() == head
