@@ -12,6 +12,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,9 @@ import pytest
 
 BASE_TAG = "pienv-test/busybox-git:1"
 REALISTIC_BUILD = Path(__file__).parent / "realistic" / "build.sh"
+NONROOT_SETUP = Path(__file__).parent / "nonroot" / "setup.sh"
+NONROOT_USER = "pienvtest"
+NONROOT_UID = 4321
 REQUIRE_ENGINE = bool(os.environ.get("CI") or os.environ.get("PIENV_REQUIRE_ENGINE"))
 
 
@@ -126,6 +130,7 @@ class Pienv:
         )
         if base:
             self.env["PIENV_BASE_IMAGE"] = base
+        self.command = [sys.executable, "-m", "pienv"]
 
     def __call__(
         self,
@@ -137,7 +142,7 @@ class Pienv:
         input: str | None = None,
     ) -> Result:
         proc = subprocess.run(
-            [sys.executable, "-m", "pienv", *args],
+            [*self.command, *args],
             cwd=cwd or self.repo,
             env={**self.env, **(env or {})},
             capture_output=True,
@@ -152,7 +157,7 @@ class Pienv:
 
     def popen(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "pienv", *args],
+            [*self.command, *args],
             cwd=cwd or self.repo,
             env=self.env,
             stdin=subprocess.DEVNULL,
@@ -189,6 +194,68 @@ def pienv(tmp_path: Path, repo: Path, base_image: str) -> Iterator[Pienv]:
     p = Pienv(tmp_path / "store", repo, base_image)
     yield p
     _cleanup(p)
+
+
+class NonrootPienv(Pienv):
+    """The real console script, run as the non-root user `pienvtest` (uid 4321, in the docker
+    group) from a venv of Debian's python3, on this checkout's code (PYTHONPATH=src)."""
+
+    def __init__(self, home: Path, repo: Path, base: str | None, venv: Path) -> None:
+        super().__init__(home, repo, base)
+        self.uid = NONROOT_UID
+        self.venv = venv
+        runuser = shutil.which("runuser") or "/usr/sbin/runuser"  # not on the user's PATH
+        self.command = [runuser, "-u", NONROOT_USER, "--", str(venv / "bin" / "pienv")]
+        # Only what a login of that user would have, plus the test settings: nothing of
+        # root's environment (HOME=/root, pyenv) leaks into the run.
+        self.env = {
+            k: v for k, v in self.env.items() if k.startswith("PIENV_") or k == "DOCKER_HOST"
+        }
+        self.env.update(
+            {
+                "PATH": "/usr/local/bin:/usr/bin:/bin",
+                "HOME": f"/home/{NONROOT_USER}",
+                "USER": NONROOT_USER,
+                "LOGNAME": NONROOT_USER,
+                "LANG": "C.UTF-8",
+                "PYTHONPATH": str(Path(__file__).resolve().parent.parent / "src"),
+                "PYTHONDONTWRITEBYTECODE": "1",
+                "NO_COLOR": "1",
+                "COLUMNS": "120",
+                "TERM": "xterm",
+            }
+        )
+
+
+@pytest.fixture(scope="session")
+def nonroot_venv(engine_available: None) -> Path:
+    """User pienvtest and its venv, made (idempotently) by tests/nonroot/setup.sh."""
+    if os.geteuid() != 0:
+        proc = None
+        reason = "the non-root tests need root to create and switch to their user"
+    else:
+        proc = subprocess.run(
+            ["bash", str(NONROOT_SETUP)], capture_output=True, text=True, timeout=900
+        )
+        reason = f"non-root test user not set up:\n{proc.stderr[-4000:]}"
+    if proc is None or proc.returncode != 0:
+        if REQUIRE_ENGINE:
+            pytest.fail(reason)
+        pytest.skip(reason)
+    return Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def nonroot(base_image: str, nonroot_venv: Path) -> Iterator[NonrootPienv]:
+    """pienv run by a real non-root user, with its own store and a git repo it owns, in a
+    directory it can reach (pytest's tmp_path is root's, mode 0700). Mark the test `nonroot`."""
+    top = Path(tempfile.mkdtemp(prefix="pienv-nonroot-", dir="/tmp"))
+    make_repo(top / "repo")
+    subprocess.run(["chown", "-R", f"{NONROOT_UID}:{NONROOT_UID}", str(top)], check=True)
+    p = NonrootPienv(top / "store", top / "repo", base_image, nonroot_venv)
+    yield p
+    _cleanup(p)
+    shutil.rmtree(top, ignore_errors=True)
 
 
 @pytest.fixture
