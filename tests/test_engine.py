@@ -50,19 +50,31 @@ def test_run_loop_calls(engine: Engine, base_image: str, label: str) -> None:
     assert bytes(out) == b"out\n" + b"x" * 200000  # frames split across reads reassemble
     assert bytes(err) == b"err\n"
     state = engine.inspect_container(cid)
-    assert state is not None and state["Config"]["WorkingDir"] == "/tmp"
-    assert state["HostConfig"]["Init"] is True and state["HostConfig"]["Privileged"] is False
+    assert state is not None and (state.id, state.status, state.exit_code) == (cid, "exited", 5)
+    assert state.labels[key] == value and state.image_id
+    raw = docker.from_env().api.inspect_container(cid)
+    assert raw["Config"]["WorkingDir"] == "/tmp"
+    assert raw["HostConfig"]["Init"] is True and raw["HostConfig"]["Privileged"] is False
+    assert state.name == raw["Name"].lstrip("/")
     assert ("A", "/made") in engine.diff(cid)
-    assert [c["Id"] for c in engine.containers([label])] == [cid]
+    [row] = engine.containers([label])
+    assert (row.id, row.state, row.name, row.labels[key]) == (cid, "exited", state.name, value)
+    assert row.image_id == state.image_id
 
     image = engine.inspect_image(base_image)
-    assert image is not None
-    conf = dict(image["Config"], Labels={key: value}, Entrypoint=[])
-    new = engine.commit(cid, conf)
-    assert docker.from_env().api.inspect_image(new)["Config"]["Labels"][key] == value
+    assert image is not None and image.depth == len(image.layers) >= 1 and image.size > 0
+    assert image.labels["org.example.base"] == "busybox"
+    new = engine.commit(cid, image, {key: value})
+    made = docker.from_env().api.inspect_image(new)
+    assert made["Config"]["Labels"] == {"org.example.base": "busybox", key: value}
+    assert made["Config"]["Cmd"] == ["sh"] and not made["Config"]["Entrypoint"]
     engine.tag(new, "pienv-test/engine", new[:12])
-    assert f"pienv-test/engine:{new[:12]}" in (engine.inspect_image(new) or {})["RepoTags"]
-    assert [i["Id"] for i in engine.images([label])] == [f"sha256:{new}"]
+    info = engine.inspect_image(new)
+    assert info is not None and info.id == new and info.depth == image.depth + 1
+    assert f"pienv-test/engine:{new[:12]}" in info.tags
+    [listed] = engine.images([label])
+    assert (listed.id, listed.labels[key]) == (new, value)
+    assert f"pienv-test/engine:{new[:12]}" in listed.tags
     user = engine.create_stopped(new, labels={key: value})
     assert engine.remove_image(new) is False  # 409: a container still uses it
     engine.remove_container(user)
@@ -79,7 +91,9 @@ def test_errors_are_one_line(engine: Engine) -> None:
     assert engine.inspect_image("pienv-test/no-such-image:1") is None
     with pytest.raises(EngineError, match="No such image"):
         engine.create("pienv-test/no-such-image:1", entrypoint=["true"])
-    assert engine.version()["ApiVersion"]
+    version = engine.version()
+    assert version.api_version == docker.from_env().version()["ApiVersion"]
+    assert engine.info().driver == docker.from_env().info()["Driver"]
 
 
 @pytest.mark.parametrize("sdk", [False, True])

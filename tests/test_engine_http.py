@@ -1,5 +1,5 @@
-"""engine.py's own HTTP client against a scripted server on a unix socket (no engine needed):
-the framings Docker's Go server uses, and the failures a real engine shows."""
+"""enginehttp.py, the HTTP client engine.py uses on a unix socket, against a scripted server
+(no engine needed): the framings Docker's Go server uses, and the failures a real engine shows."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pienv.engine import Engine, HTTPError
-from pienv.errors import EngineError
+from pienv.engine import Engine
+from pienv.enginehttp import HTTPError
+from pienv.errors import EngineError, MaxDepthExceeded
 
 
 class Server:
@@ -84,7 +85,7 @@ def test_content_length_chunked_and_eof_bodies(serve: Serve) -> None:
     )
     engine = Engine()
     for _ in range(3):
-        assert [c["Id"] for c in engine.containers(["x=1"])] == ["a", "b"]
+        assert [c.id for c in engine.containers(["x=1"])] == ["a", "b"]
     engine.remove_container("abc", force=True)
     first = server.requests[0].decode()
     assert first.startswith(
@@ -115,15 +116,18 @@ def test_error_statuses(serve: Serve) -> None:
         ),
         reply("409 Conflict", b'{"message": "image is being used"}'),
         reply("500 Internal Server Error", b"plain words"),
+        reply("500 Internal Server Error", b'{"message": "max depth exceeded"}'),
     )
     engine = Engine()
     assert engine.inspect_image("x") is None
     with pytest.raises(EngineError, match=r"^Docker ran out of disk space: write"):
-        engine.commit("c", {})
+        engine.commit("c", None, {})
     assert engine.remove_image("x") is False
     with pytest.raises(HTTPError, match=r"^Docker: plain words$") as exc:
         engine.version()
     assert exc.value.status == 500
+    with pytest.raises(MaxDepthExceeded, match="refuses a layer past 125"):
+        engine.commit("c", None, {})
 
 
 def test_broken_answers_are_one_line_errors(serve: Serve) -> None:

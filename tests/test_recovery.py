@@ -115,7 +115,7 @@ def test_failed_commit_keeps_container_and_branch(
     for key, value in pienv.env.items():
         monkeypatch.setenv(key, value)
 
-    def full_disk(self: Engine, cid: str, conf: dict) -> str:  # type: ignore[type-arg]
+    def full_disk(self: Engine, cid: str, like: object, labels: object) -> str:
         raise EngineError("Docker ran out of disk space: no space left on device")
 
     monkeypatch.setattr(Engine, "commit", full_disk)

@@ -4,11 +4,14 @@ JSON calls (the whole run loop among them) go through one small REST layer, `Eng
 On a local unix socket (the default engine, rootless Docker, a unix DOCKER_HOST or context)
 that layer speaks HTTP/1.1 on the socket itself: importing docker-py and requests costs about
 60 ms per command, a quarter of a no-op `docker run`. Any other endpoint (tcp, TLS, ssh) goes
-through docker-py's own session. Streams that need more (build contexts, export/import,
-archives) always use docker-py; TTY sessions use the docker CLI.
+through docker-py's own session. The transport itself lives in `enginehttp.py`. Streams that
+need more (build contexts, export/import, archives) always use docker-py; TTY sessions use the
+docker CLI.
 
-Everything returns plain data (ids, dicts, lists); failures become EngineError with a message
-that says what to do.
+Docker's JSON stays in this module: calls return ids, small typed records (ImageInfo,
+ImageRow, ContainerState, ContainerRow, EngineVersion, EngineInfo) or plain lists; failures
+become EngineError (HTTPError with a status, MaxDepthExceeded) with a message that says what
+to do.
 """
 
 from __future__ import annotations
@@ -16,14 +19,15 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlencode
 
-from pienv.errors import EngineError
+from pienv.enginehttp import NO_TIMEOUT, HTTPError, UnixTransport, frames, pump
+from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import full_hex
 
 if TYPE_CHECKING:
@@ -32,15 +36,147 @@ if TYPE_CHECKING:
 KIND = {0: "C", 1: "A", 2: "D"}
 MAX_DEPTH = 125  # overlay2 refuses to commit past this many layers ("max depth exceeded")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
-_NO_TIMEOUT = -1.0  # for calls that last as long as the container or the commit does
+_NO_TIMEOUT = NO_TIMEOUT
+# Where the engine bind-mounts its init for Init=true (not listed in a container's Mounts):
+# Docker's tini, Podman's catatonit.
+INIT_MOUNTS = ("/sbin/docker-init", "/run/podman-init")
+
+__all__ = [
+    "ContainerRow",
+    "ContainerState",
+    "Engine",
+    "EngineInfo",
+    "EngineVersion",
+    "HTTPError",
+    "ImageInfo",
+    "ImageRow",
+    "MaxDepthExceeded",
+]
 
 
-class HTTPError(EngineError):
-    """The engine answered with an error status (404: no such object, 409: conflict)."""
+# -- records: what ops get instead of Docker's JSON ---------------------------------------------
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Docker: {message[:300]}")
-        self.status = status
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """One image, inspected. ``config`` is the engine's own image config: opaque to ops, it
+    only travels back into `Engine.commit` (so a commit keeps its parent's config)."""
+
+    id: str  # 64 hex, no "sha256:"
+    size: int
+    layers: tuple[str, ...]
+    labels: Mapping[str, str]
+    tags: tuple[str, ...] = ()
+    config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def depth(self) -> int:
+        """Layers in the image: the storage driver refuses a commit past MAX_DEPTH."""
+        return len(self.layers)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> ImageInfo:
+        config = dict(data.get("Config") or {})
+        return cls(
+            id=full_hex(str(data["Id"])),
+            size=int(data.get("Size") or 0),
+            layers=tuple((data.get("RootFS") or {}).get("Layers") or ()),
+            labels=dict(config.get("Labels") or {}),
+            tags=tuple(data.get("RepoTags") or ()),
+            config=config,
+        )
+
+
+@dataclass(frozen=True)
+class ImageRow:
+    """One image of a listing (no layers, no config: listings are cheap)."""
+
+    id: str
+    labels: Mapping[str, str]
+    tags: tuple[str, ...]
+    size: int
+
+    @classmethod
+    def from_api(cls, row: Mapping[str, Any]) -> ImageRow:
+        return cls(
+            id=full_hex(str(row["Id"])),
+            labels=dict(row.get("Labels") or {}),
+            tags=tuple(t for t in row.get("RepoTags") or () if t != "<none>:<none>"),
+            size=int(row.get("Size") or 0),
+        )
+
+
+@dataclass(frozen=True)
+class ContainerRow:
+    """One container of a listing."""
+
+    id: str
+    name: str
+    state: str  # created | running | exited | paused | ...
+    labels: Mapping[str, str]
+    image_id: str  # 64 hex ("" if the engine did not say)
+
+    @classmethod
+    def from_api(cls, row: Mapping[str, Any]) -> ContainerRow:
+        image = str(row.get("ImageID") or "")
+        return cls(
+            id=str(row["Id"]),
+            name=str((row.get("Names") or ["?"])[0]).lstrip("/"),
+            state=str(row.get("State") or ""),
+            labels=dict(row.get("Labels") or {}),
+            image_id=full_hex(image) if image else "",
+        )
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    """One container, inspected."""
+
+    id: str
+    name: str
+    status: str  # created | running | exited | ...
+    exit_code: int
+    mounts: tuple[str, ...]  # the container paths of its mounts
+    labels: Mapping[str, str]
+    image_id: str
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> ContainerState:
+        state = data.get("State") or {}
+        return cls(
+            id=str(data["Id"]),
+            name=str(data.get("Name") or "").lstrip("/"),
+            status=str(state.get("Status") or ""),
+            exit_code=int(state.get("ExitCode") or 0),
+            mounts=tuple(str(m["Destination"]) for m in data.get("Mounts") or ()),
+            labels=dict((data.get("Config") or {}).get("Labels") or {}),
+            image_id=full_hex(str(data.get("Image") or "")),
+        )
+
+
+@dataclass(frozen=True)
+class EngineVersion:
+    version: str
+    api_version: str
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> EngineVersion:
+        return cls(
+            version=str(data.get("Version") or "?"), api_version=str(data.get("ApiVersion") or "?")
+        )
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    driver: str  # storage driver
+    root_dir: str  # where the engine keeps images (on the engine's machine)
+
+    @classmethod
+    def from_api(cls, data: Mapping[str, Any]) -> EngineInfo:
+        return cls(
+            driver=str(data.get("Driver") or "?"),
+            root_dir=str(data.get("DockerRootDir") or "/var/lib/docker"),
+        )
 
 
 def _translate(exc: BaseException, where: str) -> EngineError:
@@ -122,71 +258,6 @@ def endpoint(environ: Mapping[str, str] | None = None) -> str:
         ) from exc
 
 
-class _Response:
-    """An HTTP/1.1 response read off a socket: status line, headers, then the body."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buf = bytearray()
-        line = self._line()
-        try:
-            self.status = int(line.split(b" ", 2)[1])
-        except (IndexError, ValueError):
-            raise EngineError(f"Docker answered {bytes(line[:80])!r}, not HTTP") from None
-        self.headers: dict[str, str] = {}
-        while True:
-            line = self._line()
-            if not line:
-                break
-            key, _, value = line.decode("latin-1").partition(":")
-            self.headers[key.strip().lower()] = value.strip()
-
-    def _fill(self) -> bool:
-        data = self.sock.recv(65536)
-        self.buf += data
-        return bool(data)
-
-    def _line(self) -> bytes:
-        while (i := self.buf.find(b"\r\n")) < 0:
-            if not self._fill():
-                raise EngineError("Docker closed the connection mid-answer")
-        line = bytes(self.buf[:i])
-        del self.buf[: i + 2]
-        return line
-
-    def read(self, n: int) -> bytes:
-        """Exactly ``n`` bytes, or fewer only at end of stream."""
-        while len(self.buf) < n and self._fill():
-            pass
-        data = bytes(self.buf[:n])
-        del self.buf[:n]
-        return data
-
-    def body(self) -> bytes:
-        if self.status in (204, 304):
-            return b""
-        try:
-            if self.headers.get("transfer-encoding", "").lower() == "chunked":
-                parts = []
-                while size := int(self._line().split(b";")[0] or b"0", 16):
-                    parts.append(self._exactly(size))
-                    self._line()
-                return b"".join(parts)
-            if "content-length" in self.headers:
-                return self._exactly(int(self.headers["content-length"]))
-        except ValueError:
-            raise EngineError("Docker sent a malformed answer") from None
-        while self._fill():
-            pass
-        return self.read(len(self.buf))
-
-    def _exactly(self, n: int) -> bytes:
-        data = self.read(n)
-        if len(data) < n:
-            raise EngineError("Docker closed the connection mid-answer")
-        return data
-
-
 class Engine:
     """A connection to one Docker engine (DOCKER_HOST or the current Docker context)."""
 
@@ -197,6 +268,7 @@ class Engine:
         local = self.base_url.startswith("unix://") and not os.environ.get("DOCKER_TLS_VERIFY")
         # None: every call goes through docker-py (tcp, TLS and ssh endpoints, or sdk=True).
         self._socket = self.base_url[len("unix://") :] if local and not sdk else None
+        self._http = UnixTransport(self._socket) if self._socket is not None else None
         self._client: docker.DockerClient | None = None
 
     @property
@@ -227,12 +299,9 @@ class Engine:
         data = None if body is None else json.dumps(body).encode()
         limit = self.timeout if timeout is None else timeout
         with translated(self.base_url):
-            if self._socket is not None:
+            if self._http is not None:
                 target = path + (f"?{urlencode(query)}" if query else "")
-                with self._connect(limit) as sock:
-                    sock.sendall(self._request_head(method, target, data) + (data or b""))
-                    resp = _Response(sock)
-                    status, raw = resp.status, resp.body()
+                status, raw = self._http.request(method, target, data, limit)
             else:
                 api = self.api
                 r = api.request(
@@ -254,54 +323,32 @@ class Engine:
             raise HTTPError(status, message)
         return json.loads(raw) if raw.strip() else None
 
-    def _connect(self, timeout: float) -> socket.socket:
-        assert self._socket is not None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(None if timeout == _NO_TIMEOUT else timeout)
-        try:
-            sock.connect(self._socket)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
-
-    @staticmethod
-    def _request_head(method: str, target: str, data: bytes | None, upgrade: bool = False) -> bytes:
-        # Unversioned paths: the engine answers with its own API version, so pienv neither
-        # pays a version round-trip nor breaks when an engine drops an old version.
-        lines = [f"{method} {target} HTTP/1.1", "Host: docker", "User-Agent: pienv"]
-        if data is not None:
-            lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
-        elif method == "POST":
-            lines.append("Content-Length: 0")
-        lines += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
-        return ("\r\n".join(lines) + "\r\n\r\n").encode()
-
     @staticmethod
     def _id(ref: str) -> str:
         return quote(ref, safe="/:@")
 
     # -- engine ----------------------------------------------------------------------------
 
-    def version(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/version"))
+    def version(self) -> EngineVersion:
+        return EngineVersion.from_api(self._call("GET", "/version"))
 
-    def info(self) -> dict[str, Any]:
-        return dict(self._call("GET", "/info"))
+    def info(self) -> EngineInfo:
+        return EngineInfo.from_api(self._call("GET", "/info"))
 
     # -- images ----------------------------------------------------------------------------
 
-    def inspect_image(self, ref: str) -> dict[str, Any] | None:
+    def inspect_image(self, ref: str) -> ImageInfo | None:
         try:
-            return dict(self._call("GET", f"/images/{self._id(ref)}/json"))
+            return ImageInfo.from_api(self._call("GET", f"/images/{self._id(ref)}/json"))
         except HTTPError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    def images(self, label_filters: list[str]) -> list[dict[str, Any]]:
+    def images(self, label_filters: list[str]) -> list[ImageRow]:
         # /images/json, not docker-py's images.list(), which inspects every image (7x slower).
-        return list(self._call("GET", "/images/json", _filters(label=label_filters)) or [])
+        rows = self._call("GET", "/images/json", _filters(label=label_filters)) or []
+        return [ImageRow.from_api(r) for r in rows]
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         self._call("POST", f"/images/{self._id(image_id)}/tag", {"repo": repository, "tag": tag})
@@ -346,7 +393,7 @@ class Engine:
                 info = self.inspect_image(tag)
                 if info is None:
                     raise EngineError("base build produced no image")
-                image_id = info["Id"]
+                image_id = info.id
         return full_hex(image_id)
 
     # -- containers ------------------------------------------------------------------------
@@ -423,7 +470,7 @@ class Engine:
         ``logs`` replay (as `docker run`): the engine answers the attach before it subscribes
         and reads the log, so output written in between would arrive twice.
         """
-        if self._socket is None:
+        if self._http is None:
             with translated(self.base_url):
                 stream = self.api.attach(
                     cid, stdout=True, stderr=True, stream=True, logs=False, demux=True
@@ -434,23 +481,19 @@ class Engine:
         query = urlencode(
             {"stream": 1, "stdout": 1, "stderr": 1, "stdin": int(stdin_fd is not None)}
         )
-        with translated(self.base_url), self._connect(_NO_TIMEOUT) as sock:
-            sock.sendall(
-                self._request_head("POST", f"/containers/{cid}/attach?{query}", None, True)
-            )
-            resp = _Response(sock)
-            if resp.status not in (101, 200):
-                raise HTTPError(resp.status, resp.body().decode(errors="replace").strip())
-            if stdin_fd is not None:
-                import threading
+        with translated(self.base_url):
+            sock, resp = self._http.upgrade(f"/containers/{cid}/attach?{query}")
+            with sock:
+                if stdin_fd is not None:
+                    import threading
 
-                # A daemon thread: a stdin that never ends must not keep pienv alive.
-                threading.Thread(target=_pump, args=(stdin_fd, sock), daemon=True).start()
-            self._call("POST", f"/containers/{cid}/start")
-            # Not a TTY: the stream is multiplexed, 8-byte frame headers (stream, 0, 0, 0, size).
-            while len(header := resp.read(8)) == 8:
-                data = resp.read(int.from_bytes(header[4:], "big"))
-                yield (data, None) if header[0] != 2 else (None, data)
+                    # A daemon thread: a stdin that never ends must not keep pienv alive.
+                    threading.Thread(target=pump, args=(stdin_fd, sock), daemon=True).start()
+                self._call("POST", f"/containers/{cid}/start")
+                # Not a TTY: the stream is multiplexed (see enginehttp.frames).
+                while (frame := frames(resp)) is not None:
+                    which, data = frame
+                    yield (data, None) if which != 2 else (None, data)
 
     def attach_interactive(self, cid: str, detach_keys: str = "ctrl-^,ctrl-q") -> int:
         """Start and attach through the docker CLI (raw TTY, resize, signals): its exit code."""
@@ -486,18 +529,17 @@ class Engine:
         with contextlib.suppress(HTTPError):
             self._call("POST", f"/containers/{cid}/stop", {"t": timeout}, timeout=timeout + 60)
 
-    def inspect_container(self, cid: str) -> dict[str, Any] | None:
+    def inspect_container(self, cid: str) -> ContainerState | None:
         try:
-            return dict(self._call("GET", f"/containers/{cid}/json"))
+            return ContainerState.from_api(self._call("GET", f"/containers/{cid}/json"))
         except HTTPError as exc:
             if exc.status == 404:
                 return None
             raise
 
-    def containers(self, label_filters: list[str]) -> list[dict[str, Any]]:
-        return list(
-            self._call("GET", "/containers/json", {"all": 1, **_filters(label=label_filters)}) or []
-        )
+    def containers(self, label_filters: list[str]) -> list[ContainerRow]:
+        rows = self._call("GET", "/containers/json", {"all": 1, **_filters(label=label_filters)})
+        return [ContainerRow.from_api(r) for r in rows or []]
 
     def container_size(self, cid: str) -> int:
         rows = self._call("GET", "/containers/json", {"all": 1, "size": 1, **_filters(id=[cid])})
@@ -507,9 +549,21 @@ class Engine:
         rows = self._call("GET", f"/containers/{cid}/changes") or []
         return [(KIND.get(r["Kind"], "C"), r["Path"]) for r in rows]
 
-    def commit(self, cid: str, conf: dict[str, Any]) -> str:
-        """Commit with exactly ``conf`` as the image config (labels included)."""
-        result = self._call("POST", "/commit", {"container": cid}, conf, timeout=_NO_TIMEOUT)
+    def commit(self, cid: str, like: ImageInfo | None, labels: Mapping[str, str]) -> str:
+        """Commit container ``cid`` with ``like``'s image config and ``labels`` added to its
+        labels (pass *every* pienv label: see _commit_conf); the new image's id.
+
+        Raises MaxDepthExceeded when the storage driver refuses another layer.
+        """
+        conf = _commit_conf(like.config if like else {}, labels)
+        try:
+            result = self._call("POST", "/commit", {"container": cid}, conf, timeout=_NO_TIMEOUT)
+        except EngineError as exc:
+            if "max depth exceeded" in str(exc).lower():
+                raise MaxDepthExceeded(
+                    f"the engine refuses a layer past {MAX_DEPTH}: {exc.message}"
+                ) from exc
+            raise
         return full_hex(result["Id"])
 
     def remove_container(self, cid: str, force: bool = False) -> None:
@@ -553,16 +607,6 @@ class Engine:
         return _imported_id(result)
 
 
-def _pump(fd: int, sock: socket.socket) -> None:
-    """Copy ``fd`` into the attach socket; at its end half-close, so the engine closes the
-    container's stdin (StdinOnce) while the output keeps streaming back."""
-    with contextlib.suppress(OSError):
-        while data := os.read(fd, 65536):
-            sock.sendall(data)
-    with contextlib.suppress(OSError):
-        sock.shutdown(socket.SHUT_WR)
-
-
 def _filters(**filters: list[str]) -> dict[str, str]:
     return {"filters": json.dumps(filters)}
 
@@ -579,19 +623,15 @@ def _imported_id(result: Any) -> str:
     raise EngineError(f"Docker import returned no image id: {text[:200]}")
 
 
-def depth(image: dict[str, Any]) -> int:
-    return len(image.get("RootFS", {}).get("Layers", []) or [])
-
-
-def commit_conf(image: dict[str, Any], labels: dict[str, str]) -> dict[str, Any]:
-    """The image's own config with ``labels`` set, safe against Docker's commit merge.
+def _commit_conf(image_config: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:
+    """An image's own config with ``labels`` set, safe against Docker's commit merge.
 
     Docker merges the run container's config into a commit: env entries, labels and (when the
     image has none) entrypoint/cmd of the container survive unless the commit names them.
     Callers pass *every* pienv label; here an empty Entrypoint list (not null) stops the run
     wrapper from becoming the image's entrypoint.
     """
-    conf = dict(image.get("Config") or {})
+    conf = dict(image_config)
     merged = dict(conf.get("Labels") or {})
     merged.update(labels)
     conf["Labels"] = merged

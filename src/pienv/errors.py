@@ -39,3 +39,7 @@ class BranchBusy(PienvError):
 
 class EngineError(PienvError):
     """Docker is unreachable or refused an operation."""
+
+
+class MaxDepthExceeded(EngineError):
+    """The storage driver refuses another layer (overlay2: about 125): flatten first."""

@@ -1,8 +1,8 @@
 """Making env commits: root from a base, a run container, a flattened head.
 
 Every commit is: image committed with its parent's own config plus the full pienv label set
-(engine.commit_conf), tagged in the store's repository so `docker image prune` keeps it,
-then appended to the commit index. Moving a ref is the caller's business.
+(`Engine.commit(cid, parent, labels)`), tagged in the store's repository so `docker image
+prune` keeps it, then appended to the commit index. Moving a ref is the caller's business.
 """
 
 from __future__ import annotations
@@ -10,18 +10,17 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import replace
-from typing import Any
 
-from pienv.engine import Engine, commit_conf, depth
-from pienv.errors import EngineError
+from pienv.engine import INIT_MOUNTS, Engine, ImageInfo
+from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import Commit, short
 from pienv.ops.context import Context
 
 ProgressFn = Callable[[int], None]
 
 
-# Docker bind-mounts its init (tini) here for init=True; it is not listed in Mounts.
-ENGINE_MOUNTS = ("/sbin/docker-init",)
+# The engine bind-mounts its init here for init=True; it is not listed in Mounts.
+ENGINE_MOUNTS = INIT_MOUNTS
 
 
 def mount_filter(changes: list[tuple[str, str]], mounts: list[str]) -> list[tuple[str, str]]:
@@ -43,13 +42,13 @@ def finish(
     image_id: str,
     commit: Commit,
     changes: list[tuple[str, str]] | None,
-    parent_image: dict[str, Any] | None,
+    parent_image: ImageInfo | None,
 ) -> Commit:
     """Tag the new image, measure it, and index it."""
     engine.tag(image_id, ctx.repository(), short(image_id))
-    info = engine.inspect_image(image_id) or {}
-    size = int(info.get("Size", 0)) - int((parent_image or {}).get("Size", 0))
-    done = replace(commit, id=image_id, size=max(size, 0), layers=depth(info))
+    info = engine.inspect_image(image_id)
+    size = (info.size if info else 0) - (parent_image.size if parent_image else 0)
+    done = replace(commit, id=image_id, size=max(size, 0), layers=info.depth if info else 0)
     ctx.store.add_commit(done, changes)
     return done
 
@@ -57,7 +56,7 @@ def finish(
 def commit_fresh(
     engine: Engine,
     image: str,
-    config_from: dict[str, Any],
+    config_from: ImageInfo | None,
     labels: dict[str, str],
     prepare: Callable[[str], None] | None = None,
 ) -> str:
@@ -67,7 +66,7 @@ def commit_fresh(
     try:
         if prepare is not None:
             prepare(cid)
-        return engine.commit(cid, commit_conf(config_from, labels))
+        return engine.commit(cid, config_from, labels)
     finally:
         engine.remove_container(cid, force=True)
 
@@ -79,7 +78,7 @@ def make_root(ctx: Context, base_image: str, branch: str) -> Commit:
     if base is None:
         raise EngineError(f"base image {base_image!r} is not there")
     draft = Commit.draft(branch, f"root: base {base_image}", "root")
-    image_id = commit_fresh(engine, base["Id"], base, draft.labels(ctx.store_id))
+    image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id))
     return finish(ctx, engine, image_id, draft, [], None)
 
 
@@ -87,17 +86,15 @@ def commit_container(
     ctx: Context,
     cid: str,
     draft: Commit,
-    parent_image: dict[str, Any],
+    parent_image: ImageInfo | None,
     changes: list[tuple[str, str]],
 ) -> Commit:
     """Commit a run container on top of its parent; flatten and retry once at max depth."""
     engine = ctx.engine()
     draft = replace(draft, container=cid)
     try:
-        image_id = engine.commit(cid, commit_conf(parent_image, draft.labels(ctx.store_id)))
-    except EngineError as exc:
-        if "max depth" not in str(exc):
-            raise
+        image_id = engine.commit(cid, parent_image, draft.labels(ctx.store_id))
+    except MaxDepthExceeded:
         # Docker refuses a layer past ~125: squash the container's whole filesystem (its
         # changes included) into one layer and commit that with the parent's config.
         draft = replace(draft, flattened_from=draft.parents[0] if draft.parents else "")
@@ -116,7 +113,7 @@ def flatten_image(
     old = ctx.store.commits().get(image_id)
     draft = Commit.draft(
         branch,
-        f"flatten {short(image_id)} ({depth(info)} layers -> 1)",
+        f"flatten {short(image_id)} ({info.depth} layers -> 1)",
         "flatten",
         parents=(image_id,),
         flattened_from=image_id,
@@ -134,7 +131,7 @@ def flatten_image(
 def _squash_commit(
     engine: Engine,
     cid: str,
-    config_from: dict[str, Any],
+    config_from: ImageInfo | None,
     labels: dict[str, str],
     on_bytes: ProgressFn | None,
 ) -> str:

@@ -52,9 +52,9 @@ def finalize(
         if state is None:
             raise EngineError(f"container {cid[:12]} is gone")
         if exit_code is None:
-            exit_code = int(state["State"].get("ExitCode", 0))
+            exit_code = state.exit_code
         if mounts is None:
-            mounts = [m["Destination"] for m in state.get("Mounts", [])]
+            mounts = list(state.mounts)
     result = RunResult(exit_code=exit_code, branch=info.branch, rule="", parent=info.parent)
     made = [c for c in ctx.store.commits().values() if c.container == cid] if recovering else []
     if made:
@@ -67,7 +67,7 @@ def finalize(
     if no_commit or not changes:
         engine.remove_container(cid, force=True)
         return result
-    parent_image = engine.inspect_image(info.parent) or {}
+    parent_image = engine.inspect_image(info.parent)
     cmd = " ".join(info.command) or "agent"
     draft = Commit.draft(
         info.branch,

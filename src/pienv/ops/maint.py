@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pienv import dag, locks
-from pienv.engine import MAX_DEPTH, depth
+from pienv.engine import MAX_DEPTH
 from pienv.errors import PienvError, StoreError, UsageError
 from pienv.locks import DETACHED
 from pienv.model import LABEL, Commit, now_rfc3339, parse_age, parse_time, short
@@ -122,8 +122,7 @@ def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool)
 def _images_in_use(ctx: Context) -> dict[str, str]:
     out = {}
     for row in ctx.engine().containers([]):
-        image = str(row.get("ImageID", "")).removeprefix("sha256:")
-        out[image] = row["Id"]
+        out[row.image_id] = row.id
     return out
 
 
@@ -149,7 +148,7 @@ def flatten(
     try:
         head = ctx.refs().branches[name]
         info = ctx.engine().inspect_image(head)
-        old_depth = depth(info or {})
+        old_depth = info.depth if info else 0
         flat = flatten_image(ctx, head, name, on_bytes)
         with ctx.store.transaction(f"flatten: {old_depth} layers -> 1") as txn:
             txn.move_branch(name, head, flat.id)
@@ -217,7 +216,7 @@ def _base_with_home(ctx: Context, base_image: str, old: str, branch: str, home: 
         if data:
             engine.write_archive(cid, parent, data)
 
-    image_id = commit_fresh(engine, base["Id"], base, draft.labels(ctx.store_id), copy_home)
+    image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), copy_home)
     return finish(ctx, engine, image_id, draft, [("A", p) for p in _tar_paths(data, parent)], base)
 
 
@@ -254,8 +253,8 @@ def doctor(ctx: Context) -> list[Check]:
     except PienvError as exc:
         checks.append(Check("engine", "fail", exc.message, exc.hint or "start Docker"))
         return checks
-    checks.append(Check("engine", "ok", f"Docker {version.get('Version')} at {engine.base_url}"))
-    driver = info.get("Driver", "?")
+    checks.append(Check("engine", "ok", f"Docker {version.version} at {engine.base_url}"))
+    driver = info.driver
     checks.append(
         Check(
             "storage driver",
@@ -264,7 +263,7 @@ def doctor(ctx: Context) -> list[Check]:
             "" if driver == "overlay2" else "pienv is tested on overlay2",
         )
     )
-    root = info.get("DockerRootDir", "/var/lib/docker")
+    root = info.root_dir
     try:
         free = shutil.disk_usage(root).free
         level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
@@ -306,7 +305,7 @@ def doctor(ctx: Context) -> list[Check]:
                 )
             )
             continue
-        d = depth(img)
+        d = img.depth
         level = "ok" if d < limit else "warn" if d < MAX_DEPTH - 5 else "fail"
         checks.append(
             Check(
@@ -364,7 +363,7 @@ def _store_id(ctx: Context) -> str:
     for c in ctx.store.commits().values():
         info = ctx.engine().inspect_image(c.id)
         if info:
-            return str((info["Config"].get("Labels") or {}).get(LABEL + "store", ""))
+            return str(info.labels.get(LABEL + "store", ""))
     raise StoreError(
         f"cannot tell which store {ctx.store.home} was: refs.json and the commit index are gone"
     )
@@ -384,7 +383,7 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
     images = engine.images([f"{LABEL}store={store_id}", f"{LABEL}role=commit"])
     on_engine: dict[str, Commit] = {}
     for row in images:
-        c = Commit.from_labels(row["Id"], row.get("Labels") or {})
+        c = Commit.from_labels(row.id, dict(row.labels))
         on_engine[c.id] = c
     index = ctx.store.commits()
     for cid in index:
@@ -413,9 +412,9 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
             if old is not None:
                 rebuilt.append(old)
                 continue
-            info = engine.inspect_image(cid) or {}
+            info = engine.inspect_image(cid)
             parent = engine.inspect_image(c.parents[0]) if c.parents else None
-            size = int(info.get("Size", 0)) - int((parent or {}).get("Size", 0))
+            size = (info.size if info else 0) - (parent.size if parent else 0)
             rebuilt.append(
                 Commit(
                     **{
@@ -423,7 +422,7 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
                         "parents": c.parents,
                         "command": c.command,
                         "size": max(size, 0),
-                        "layers": depth(info),
+                        "layers": info.depth if info else 0,
                     }
                 )
             )

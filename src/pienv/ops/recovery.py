@@ -54,18 +54,18 @@ def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
     rows = engine.containers([f"{LABEL}store={refs.store_id}", f"{LABEL}role=run"])
     out = []
     for row in rows:
-        info = RunInfo.from_labels(row.get("Labels") or {})
-        cid = row["Id"]
-        state = row.get("State", "")
+        info = RunInfo.from_labels(dict(row.labels))
+        cid = row.id
+        state = row.state
         exit_code = None
         if state == "exited":
             detail = engine.inspect_container(cid)
-            exit_code = int(detail["State"]["ExitCode"]) if detail else None
+            exit_code = detail.exit_code if detail else None
         holder = locks.Holder(info.pid, info.pid_start, info.host, info.started, "", "")
         out.append(
             Orphan(
                 container=cid,
-                name=(row.get("Names") or ["?"])[0].lstrip("/"),
+                name=row.name,
                 branch=info.branch,
                 parent=info.parent,
                 started=info.started,

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pienv import gitrepo, locks
-from pienv.engine import depth
 from pienv.errors import EngineError
 from pienv.locks import DETACHED
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
@@ -122,13 +121,11 @@ def run(
                 f"the image of commit {short(parent)} is gone from the engine",
                 hint="`pienv fsck` shows what is missing; `pienv reset REV` moves past it",
             )
-        if depth(parent_image) >= ctx.config.flatten_at:
+        if parent_image.depth >= ctx.config.flatten_at:
             flat = flatten_image(ctx, parent, branch)
-            move_head(ctx, branch, parent, flat.id, f"flatten: {depth(parent_image)} layers -> 1")
-            notes.append(
-                f"flattened {short(parent)} ({depth(parent_image)} layers) to {flat.short}"
-            )
-            parent, parent_image = flat.id, engine.inspect_image(flat.id) or {}
+            move_head(ctx, branch, parent, flat.id, f"flatten: {parent_image.depth} layers -> 1")
+            notes.append(f"flattened {short(parent)} ({parent_image.depth} layers) to {flat.short}")
+            parent = flat.id
 
         command = req.command or (LOGIN_SHELL if req.shell else ctx.config.agent_command)
         token = os.urandom(6).hex()

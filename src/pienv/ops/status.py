@@ -78,7 +78,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         )
     try:
         version = ctx.engine().version()
-        result.engine = f"Docker {version.get('Version', '?')} at {ctx.engine().base_url}"
+        result.engine = f"Docker {version.version} at {ctx.engine().base_url}"
         result.engine_ok = True
         from pienv.ops.recovery import orphans
 
