@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+
+# The checkout under test, not whatever pienv is installed (COORD: PYTHONPATH=src).
+PYPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 
 
 def pienv(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
@@ -12,17 +17,73 @@ def pienv(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "pienv", *args],
         capture_output=True,
         text=True,
-        env={"PIENV_HOME": str(home), "NO_COLOR": "1", "PATH": "/usr/bin:/bin"},
+        env={"PIENV_HOME": str(home), "NO_COLOR": "1", "PATH": "/usr/bin:/bin", **PYPATH},
         stdin=subprocess.DEVNULL,
     )
 
 
-def test_usage_error_exit_2_and_help_exit_0(tmp_path: Path) -> None:
+def test_usage_error_is_one_line_exit_2_and_help_exit_0(tmp_path: Path) -> None:
     bad = pienv("log", "--no-such-flag", home=tmp_path)
-    assert bad.returncode == 2 and "No such option" in bad.stderr
-    assert "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert bad.stderr == "pienv: error: no such option: --no-such-flag (see `pienv log --help`)\n"
+    bad = pienv("show", "a", "b", home=tmp_path)
+    assert (bad.returncode, bad.stderr.count("\n")) == (2, 1)
+    assert bad.stderr.startswith("pienv: error: got unexpected extra argument")
     ok = pienv("--help", home=tmp_path)
     assert ok.returncode == 0 and "Commands" in ok.stdout
+    bare = pienv(home=tmp_path)
+    assert bare.returncode == 0 and "Commands" in bare.stdout and bare.stderr == ""
+    sub = pienv("worktree", home=tmp_path)
+    assert sub.returncode == 0 and "Commands" in sub.stdout
+
+
+def test_version(tmp_path: Path) -> None:
+    from pienv import __version__
+
+    r = pienv("--version", home=tmp_path)
+    assert (r.returncode, r.stdout, r.stderr) == (0, f"pienv {__version__}\n", "")
+
+
+def _commands() -> list[tuple[str, object]]:
+    import typer
+
+    from pienv.cli import app
+
+    root = typer.main.get_command(app)
+    out = []
+
+    def walk(path: str, cmd: object) -> None:
+        subs = getattr(cmd, "commands", None)
+        if subs:
+            for name, sub in sorted(subs.items()):
+                walk(f"{path} {name}", sub)
+        else:
+            out.append((path, cmd))
+
+    walk("pienv", root)
+    return out
+
+
+def test_every_option_and_argument_has_a_sentence() -> None:
+    missing = []
+    for path, cmd in _commands():
+        for param in cmd.params:  # type: ignore[attr-defined]
+            text = getattr(param, "help", None) or ""
+            if not text.strip().endswith((".", ")")):
+                missing.append(f"{path} {param.name}")
+    assert missing == []
+
+
+def test_top_level_help_at_80_columns_truncates_nothing(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "pienv", "--help"],
+        capture_output=True,
+        text=True,
+        env={"PIENV_HOME": str(tmp_path), "COLUMNS": "80", "PATH": "/usr/bin:/bin", **PYPATH},
+    )
+    commands = r.stdout.split("Commands:")[1]
+    assert "..." not in commands
+    assert all(len(line) <= 80 for line in r.stdout.splitlines())
 
 
 def test_user_error_is_one_line_exit_1(tmp_path: Path) -> None:

@@ -25,18 +25,40 @@ app = typer.Typer(
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
-worktree_app = typer.Typer(help="Git worktrees bound to env branches (one per agent).")
-base_app = typer.Typer(help="The base image new roots start from.")
+worktree_app = typer.Typer(
+    help="Git worktrees bound to env branches (one per agent).", no_args_is_help=True
+)
+base_app = typer.Typer(help="The base image new roots start from.", no_args_is_help=True)
 app.add_typer(worktree_app, name="worktree")
 app.add_typer(base_app, name="base")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output (docs/json.md).")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON instead of text (keys in docs/json.md).")
+]
+
+
+BRANCH_HELP = "The env branch (default: PIENV_PROFILE, the worktree's, or HEAD's)."
+WORKDIR_HELP = "Mount DIR as the workspace (default: the git repo around you)."
+NO_COMMIT_HELP = "Discard the run's environment changes."
 
 
 def _ctx() -> Any:
     from pienv.ops.context import Context
 
     return Context()
+
+
+def _selected(explicit: str | None = None) -> Any:
+    """A Context whose HEAD is the branch the selection rule picks here (design rule 11):
+    --branch (``explicit``) > PIENV_PROFILE > worktree binding > HEAD. Says which rule chose
+    it when that is not the obvious one."""
+    from pienv.ops.workspace import select
+
+    ctx = _ctx()
+    sel = select(ctx, Path.cwd(), os.environ, explicit)
+    if not sel.by_default:
+        ui.note(f"branch {sel.branch} (chosen by {sel.rule})")
+    return ctx
 
 
 def _commit_json(c: Any, refs: tuple[str, ...] = ()) -> dict[str, Any]:
@@ -50,19 +72,39 @@ def _commit_json(c: Any, refs: tuple[str, ...] = ()) -> dict[str, Any]:
 
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
-    command: Annotated[list[str] | None, typer.Argument(help="Command to run (after --).")] = None,
-    branch: Annotated[str | None, typer.Option("--branch", "-b", help="Env branch.")] = None,
-    workdir: Annotated[Path | None, typer.Option("--workdir", "-w", help="Workspace.")] = None,
-    message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
-    no_commit: Annotated[bool, typer.Option("--no-commit", help="Discard env changes.")] = False,
+    command: Annotated[
+        list[str] | None,
+        typer.Argument(metavar="CMD", help="The command to run instead of the agent (after --)."),
+    ] = None,
+    branch: Annotated[
+        str | None, typer.Option("--branch", "-b", metavar="BRANCH", help=BRANCH_HELP)
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", "-w", metavar="DIR", help=WORKDIR_HELP)
+    ] = None,
+    message: Annotated[
+        str | None, typer.Option("--message", "-m", metavar="MSG", help="The env commit's message.")
+    ] = None,
+    no_commit: Annotated[bool, typer.Option("--no-commit", help=NO_COMMIT_HELP)] = False,
     wait: Annotated[
-        float | None, typer.Option("--wait", help="Wait SECONDS for a busy branch (0: forever).")
+        float | None,
+        typer.Option(
+            "--wait", metavar="SECONDS", help="Wait up to SECONDS for a busy branch (0: forever)."
+        ),
     ] = None,
     env: Annotated[
-        list[str] | None, typer.Option("--env", "-e", help="Pass this host variable (NAME).")
+        list[str] | None,
+        typer.Option(
+            "--env", "-e", metavar="NAME", help="Also pass the host variable NAME (repeatable)."
+        ),
     ] = None,
 ) -> None:
-    """Run the agent (or CMD) in the env branch's container; commit what it changed."""
+    """Run the agent (or CMD) in the env branch's container.
+
+    The git repo around the current directory is mounted at /workspace and the command starts
+    in the same subdirectory; when it exits, what it changed in the environment becomes a
+    commit on the branch. The exit code is the command's.
+    """
     # The plain forms of this command never get here: entry.py reads them (runargs.py).
     _run(
         "run",
@@ -78,11 +120,18 @@ def run(
 
 @app.command()
 def shell(
-    branch: Annotated[str | None, typer.Option("--branch", "-b", help="Env branch.")] = None,
-    workdir: Annotated[Path | None, typer.Option("--workdir", "-w")] = None,
-    no_commit: Annotated[bool, typer.Option("--no-commit")] = False,
+    branch: Annotated[
+        str | None, typer.Option("--branch", "-b", metavar="BRANCH", help=BRANCH_HELP)
+    ] = None,
+    workdir: Annotated[
+        Path | None, typer.Option("--workdir", "-w", metavar="DIR", help=WORKDIR_HELP)
+    ] = None,
+    no_commit: Annotated[bool, typer.Option("--no-commit", help=NO_COMMIT_HELP)] = False,
 ) -> None:
-    """An interactive login shell in the env (committed on exit, like run)."""
+    """An interactive login shell in the env.
+
+    Committed on exit like `run`, with the message `shell`.
+    """
     _run("shell", branch=branch, workdir=workdir, no_commit=no_commit)
 
 
@@ -100,7 +149,10 @@ def _run(name: str, command: list[str] | None = None, **values: Any) -> None:
 
 @app.command()
 def status(as_json: JsonOpt = False) -> None:
-    """Store, engine, branch (and why), head, base, size, layer depth, locks, orphans."""
+    """Where you are: branch (and why), head, base, size, locks.
+
+    Also the store, the engine, the layer depth and the orphan runs.
+    """
     from pienv.ops.status import status as get_status
 
     s = get_status(_ctx(), Path.cwd(), os.environ)
@@ -147,16 +199,23 @@ def status(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def log(
-    rev: Annotated[str | None, typer.Argument(help="Start here (default HEAD).")] = None,
-    graph: Annotated[bool, typer.Option("--graph", help="Draw the DAG.")] = False,
-    all_refs: Annotated[bool, typer.Option("--all", help="All branches and tags.")] = False,
-    n: Annotated[int | None, typer.Option("-n", "--max-count", help="At most N.")] = None,
+    rev: Annotated[
+        str | None,
+        typer.Argument(metavar="REV", help="The revision to start from (default: HEAD)."),
+    ] = None,
+    graph: Annotated[bool, typer.Option("--graph", help="Draw the commit graph.")] = False,
+    all_refs: Annotated[
+        bool, typer.Option("--all", help="Start from every branch and tag.")
+    ] = False,
+    n: Annotated[
+        int | None, typer.Option("-n", "--max-count", metavar="N", help="Show at most N commits.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Env commits, newest first."""
     from pienv.ops.history import log as get_log
 
-    result = get_log(_ctx(), rev, all_refs, n, graph)
+    result = get_log(_selected(), rev, all_refs, n, graph)
     if as_json:
         ui.emit_json([_commit_json(e.commit, e.refs) | {"graph": e.graph} for e in result.entries])
         return
@@ -186,14 +245,16 @@ def _print_log(lines: list[str], graph: bool) -> None:
 
 @app.command()
 def show(
-    rev: Annotated[str, typer.Argument(help="A revision.")] = "HEAD",
+    rev: Annotated[
+        str, typer.Argument(metavar="REV", help="The commit to show (default: HEAD).")
+    ] = "HEAD",
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", help="Paths to list.")] = 20,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="List at most N paths.")] = 20,
 ) -> None:
-    """One commit: its metadata and the filesystem changes it recorded."""
+    """One commit: its metadata and the paths it changed."""
     from pienv.ops.history import show as get_show
 
-    r = get_show(_ctx(), rev)
+    r = get_show(_selected(), rev)
     c = r.commit
     if as_json:
         data = _commit_json(c, r.refs)
@@ -236,18 +297,23 @@ def show(
 
 @app.command()
 def diff(
-    rev_a: Annotated[str, typer.Argument(help="Old commit.")],
-    rev_b: Annotated[str | None, typer.Argument(help="New commit (default HEAD).")] = None,
+    rev_a: Annotated[str, typer.Argument(metavar="OLD", help="The old commit.")],
+    rev_b: Annotated[
+        str | None, typer.Argument(metavar="NEW", help="The new commit (default: HEAD).")
+    ] = None,
     packages: Annotated[
-        bool, typer.Option("--packages", help="Debian, pip and npm-global package changes.")
+        bool,
+        typer.Option("--packages", help="Also list Debian, pip and global npm package changes."),
     ] = False,
     as_json: JsonOpt = False,
-    limit: Annotated[int, typer.Option("--limit", help="Paths to list per kind.")] = 50,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="List at most N paths of each kind.")
+    ] = 50,
 ) -> None:
-    """Paths added / changed / deleted between two env commits."""
+    """Paths added, changed and deleted between two env commits."""
     from pienv.ops.history import diff as get_diff
 
-    r = get_diff(_ctx(), rev_a, rev_b, packages)
+    r = get_diff(_selected(), rev_a, rev_b, packages)
     if as_json:
         ui.emit_json(
             {
@@ -283,30 +349,48 @@ def diff(
 
 @app.command()
 def branch(
-    name: Annotated[str | None, typer.Argument(help="Branch to create (or OLD with -m).")] = None,
-    start: Annotated[str | None, typer.Argument(help="Start revision (or NEW with -m).")] = None,
-    delete: Annotated[str | None, typer.Option("-d", "--delete", help="Delete NAME.")] = None,
-    force_delete: Annotated[
-        str | None, typer.Option("-D", help="Delete NAME even if unmerged.")
+    name: Annotated[
+        str | None, typer.Argument(metavar="NAME", help="The branch to create (OLD with -m).")
     ] = None,
-    rename: Annotated[bool, typer.Option("-m", "--move", help="Rename OLD to NEW.")] = False,
+    start: Annotated[
+        str | None,
+        typer.Argument(metavar="START", help="Where it starts (default: HEAD); NEW with -m."),
+    ] = None,
+    delete: Annotated[
+        str | None, typer.Option("-d", "--delete", metavar="NAME", help="Delete branch NAME.")
+    ] = None,
+    force_delete: Annotated[
+        str | None,
+        typer.Option(
+            "-D",
+            "--force-delete",
+            metavar="NAME",
+            help="Delete branch NAME even if nothing else reaches it.",
+        ),
+    ] = None,
+    rename: Annotated[bool, typer.Option("-m", "--move", help="Rename branch OLD to NEW.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """List, create, delete (-d/-D) or rename (-m OLD NEW) env branches."""
+    """List, create, delete or rename env branches.
+
+    `pienv branch` lists them (* marks the current one), `pienv branch NAME [START]` creates
+    one, `-d`/`-D NAME` deletes, `-m OLD NEW` renames.
+    """
     from pienv.ops import history
 
-    ctx = _ctx()
     if delete or force_delete:
+        # refs.json's own HEAD: deleting the branch it names is refused wherever you are.
         target = str(delete or force_delete)
-        cid = history.delete_branch(ctx, target, force=bool(force_delete))
+        cid = history.delete_branch(_ctx(), target, force=bool(force_delete))
         ui.out(f"Deleted branch {target} (was {cid[:12]}).")
         return
     if rename:
         if not name or not start:
             raise UsageError("usage: pienv branch -m OLD NEW")
-        history.rename_branch(ctx, name, start)
+        history.rename_branch(_ctx(), name, start)
         ui.out(f"Renamed branch {name} to {start}.")
         return
+    ctx = _selected()
     if name:
         cid = history.create_branch(ctx, name, start)
         ui.out(f"Created branch {name} at {cid[:12]}.")
@@ -349,14 +433,21 @@ def branch(
 
 @app.command()
 def checkout(
-    target: Annotated[str, typer.Argument(help="Branch, or a revision to detach at.")],
-    start: Annotated[str | None, typer.Argument(help="Start revision with -b.")] = None,
-    create: Annotated[bool, typer.Option("-b", help="Create the branch first.")] = False,
+    target: Annotated[
+        str, typer.Argument(metavar="TARGET", help="A branch, or a revision to detach HEAD at.")
+    ],
+    start: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="START", help="Where the new branch starts with -b (default: HEAD)."
+        ),
+    ] = None,
+    create: Annotated[bool, typer.Option("-b", help="Create branch TARGET first.")] = False,
 ) -> None:
     """Switch the current env branch, or detach HEAD at a commit."""
     from pienv.ops.history import checkout as do_checkout
 
-    r = do_checkout(_ctx(), target, create, start)
+    r = do_checkout(_selected(), target, create, start)
     if r.branch is None:
         ui.out(f"HEAD is now at {r.commit[:12]} (detached).")
         ui.warn("runs will advance a detached HEAD; `pienv checkout -b NAME` keeps them")
@@ -368,14 +459,26 @@ def checkout(
 
 @app.command()
 def reset(
-    rev: Annotated[str | None, typer.Argument(help="Move the current branch here.")] = None,
+    rev: Annotated[
+        str | None, typer.Argument(metavar="REV", help="The revision to move the branch to.")
+    ] = None,
     system: Annotated[
-        bool, typer.Option("--system", help="Fresh base, keeping the agent's home.")
+        bool, typer.Option("--system", help="Start from a fresh base, keeping the agent's home.")
     ] = False,
-    all_: Annotated[bool, typer.Option("--all", help="Back to the bare base.")] = False,
+    all_: Annotated[bool, typer.Option("--all", help="Start from the bare base.")] = False,
+    branch_name: Annotated[
+        str | None,
+        typer.Option(
+            "--branch", "-b", metavar="BRANCH", help="Reset this branch, not the current one."
+        ),
+    ] = None,
 ) -> None:
-    """Move the current branch to REV (environment rollback); the old head stays in the reflog."""
-    ctx = _ctx()
+    """Move the current branch to REV (environment rollback).
+
+    The old head stays in the reflog: `pienv reset BRANCH@{1}` undoes it. `--system` starts
+    the branch from a fresh base keeping the agent's home; `--all` from the bare base.
+    """
+    ctx = _selected(branch_name)
     if system or all_:
         from pienv.ops import maint
 
@@ -393,15 +496,19 @@ def reset(
 
 @app.command()
 def tag(
-    name: Annotated[str | None, typer.Argument(help="Tag to create.")] = None,
-    rev: Annotated[str | None, typer.Argument(help="Revision (default HEAD).")] = None,
-    delete: Annotated[str | None, typer.Option("-d", "--delete", help="Delete NAME.")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="The tag to create.")] = None,
+    rev: Annotated[
+        str | None, typer.Argument(metavar="REV", help="The commit it names (default: HEAD).")
+    ] = None,
+    delete: Annotated[
+        str | None, typer.Option("-d", "--delete", metavar="NAME", help="Delete tag NAME.")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Named snapshots that prune never removes."""
+    """List, create or delete tags: snapshots prune never removes."""
     from pienv.ops import history
 
-    ctx = _ctx()
+    ctx = _selected()
     if delete:
         cid = history.delete_tag(ctx, delete)
         ui.out(f"Deleted tag {delete} (was {cid[:12]}).")
@@ -420,13 +527,19 @@ def tag(
 
 @app.command()
 def reflog(
-    ref: Annotated[str | None, typer.Argument(help="Branch (default current).")] = None,
+    ref: Annotated[
+        str | None,
+        typer.Argument(metavar="REF", help="A branch or tag (default: the current branch)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Every move of a ref; undo one with `pienv reset BRANCH@{N}`."""
+    """Every move of a branch or tag, newest first.
+
+    Undo a move with `pienv reset BRANCH@{N}`.
+    """
     from pienv.ops.history import reflog as get_reflog
 
-    rows = get_reflog(_ctx(), ref)
+    rows = get_reflog(_selected(), ref)
     if as_json:
         ui.emit_json([{"selector": r.selector, **r.entry.to_json()} for r in rows])
         return
@@ -440,15 +553,25 @@ def reflog(
 
 @worktree_app.command("add")
 def worktree_add(
-    path: Annotated[Path, typer.Argument(help="Where the new git worktree goes.")],
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="Where the new git worktree goes.")],
     branch: Annotated[
-        str | None, typer.Argument(help="Git + env branch name (default: PATH's name).")
+        str | None,
+        typer.Argument(
+            metavar="BRANCH", help="The git and env branch (default: PATH's name); may exist."
+        ),
     ] = None,
     from_rev: Annotated[
-        str | None, typer.Option("--from", help="Env start (default HEAD).")
+        str | None,
+        typer.Option(
+            "--from", metavar="REV", help="Where a new env branch starts (default: HEAD)."
+        ),
     ] = None,
 ) -> None:
-    """A git worktree on a new git branch, and an env branch bound to it."""
+    """A git worktree and an env branch bound to it.
+
+    The branch is created (git and env) from HEAD unless it exists: an existing env branch
+    gets a worktree again.
+    """
     from pienv.ops import worktree
 
     r = worktree.add(_ctx(), Path.cwd(), path, branch, from_rev)
@@ -486,10 +609,15 @@ def worktree_list(as_json: JsonOpt = False) -> None:
 
 @worktree_app.command("remove")
 def worktree_remove(
-    path: Annotated[Path, typer.Argument(help="The worktree to remove.")],
-    force: Annotated[bool, typer.Option("--force", help="Even with uncommitted changes.")] = False,
+    path: Annotated[Path, typer.Argument(metavar="PATH", help="The worktree to remove.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Remove it even with uncommitted changes.")
+    ] = False,
 ) -> None:
-    """Remove a git worktree and its binding; the env branch stays (it is history)."""
+    """Remove a git worktree and its binding.
+
+    The env branch stays (it is history); `pienv worktree add PATH BRANCH` brings it back.
+    """
     from pienv.ops import worktree
 
     r = worktree.remove(_ctx(), path, force)
@@ -501,7 +629,7 @@ def worktree_remove(
 
 @app.command()
 def orphans(as_json: JsonOpt = False) -> None:
-    """Run containers whose run never got committed."""
+    """Run containers whose changes never got committed."""
     from pienv.ops import recovery
 
     rows = recovery.orphans(_ctx())
@@ -531,10 +659,15 @@ def orphans(as_json: JsonOpt = False) -> None:
 
 @app.command()
 def recover(
-    container: Annotated[str | None, typer.Argument(help="Orphan container id or name.")] = None,
-    all_: Annotated[bool, typer.Option("--all", help="Every recoverable orphan.")] = False,
+    container: Annotated[
+        str | None, typer.Argument(metavar="CONTAINER", help="The orphan container's id or name.")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Recover every orphan.")] = False,
 ) -> None:
-    """Commit an orphan onto its branch (or onto recovered/<id> if the branch moved)."""
+    """Commit an orphan run onto its branch.
+
+    If the branch moved meanwhile, the commit goes onto a new branch recovered/<id>.
+    """
     from pienv.ops import recovery
 
     if not container and not all_:
@@ -548,10 +681,12 @@ def recover(
 
 @app.command("clean-orphans")
 def clean_orphans(
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only list them.")] = False,
-    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask.")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only list what would be removed.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
-    """Remove orphan containers (their uncommitted changes are lost)."""
+    """Remove orphan run containers and lose their changes."""
     from pienv.ops import recovery
 
     ctx = _ctx()
@@ -574,8 +709,12 @@ def clean_orphans(
 
 @app.command()
 def unlock(
-    branch_name: Annotated[str, typer.Argument(metavar="BRANCH")],
-    force: Annotated[bool, typer.Option("--force", help="Even if the holder is alive.")] = False,
+    branch_name: Annotated[
+        str, typer.Argument(metavar="BRANCH", help="The branch whose lock to clear.")
+    ],
+    force: Annotated[
+        bool, typer.Option("--force", help="Clear it even if the holder is alive.")
+    ] = False,
 ) -> None:
     """Clear a branch lock whose holder is gone."""
     from pienv.ops import recovery
@@ -589,14 +728,23 @@ def unlock(
 
 @app.command()
 def prune(
-    keep: Annotated[int | None, typer.Option("--keep", help="Keep N commits per branch.")] = None,
-    older_than: Annotated[
-        str | None, typer.Option("--older-than", help="Expire reflog entries older (7d, 12h).")
+    keep: Annotated[
+        int | None,
+        typer.Option("--keep", metavar="N", help="Keep only the newest N commits of each branch."),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report.")] = False,
+    older_than: Annotated[
+        str | None,
+        typer.Option(
+            "--older-than", metavar="AGE", help="Expire reflog entries older than AGE (7d, 12h)."
+        ),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would go.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Remove commits no branch, tag or unexpired reflog entry reaches."""
+    """Remove commits nothing reaches; report the bytes freed.
+
+    A commit stays while a branch, a tag or an unexpired reflog entry reaches it.
+    """
     from pienv.ops import maint
 
     r = maint.prune(_ctx(), keep, older_than, dry_run)
@@ -613,12 +761,20 @@ def prune(
 
 @app.command()
 def flatten(
-    branch_name: Annotated[str | None, typer.Argument(metavar="[BRANCH]")] = None,
+    branch_name: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="[BRANCH]", help="The branch to flatten (default: the current one)."
+        ),
+    ] = None,
 ) -> None:
-    """Rewrite a branch head as one layer (keeps its config and history)."""
+    """Rewrite a branch head as one layer.
+
+    The image config and the history stay; runs do this by themselves at flatten_at layers.
+    """
     from pienv.ops import maint
 
-    ctx = _ctx()
+    ctx = _selected(branch_name)
     with ui.progress("flattening", None) as bar:
         task = bar.add_task("flatten", total=None)
         r = maint.flatten(ctx, branch_name, lambda n: bar.advance(task, n))
@@ -628,10 +784,16 @@ def flatten(
 @base_app.command("build")
 def base_build(
     directory: Annotated[
-        Path | None, typer.Argument(help="Build context (default built-in).")
+        Path | None,
+        typer.Argument(
+            metavar="DIR", help="A directory with a Dockerfile (default: the built-in one)."
+        ),
     ] = None,
 ) -> None:
-    """Rebuild the base image (new roots, reset --system/--all use it)."""
+    """Rebuild the base image.
+
+    New stores start from it, and `pienv reset --system` / `--all` move a branch onto it.
+    """
     from pienv.ops import baseimage as base
 
     with ui.progress("building base", None) as bar:
@@ -646,7 +808,10 @@ def base_build(
 
 @app.command()
 def doctor(as_json: JsonOpt = False) -> None:
-    """Check engine, disk, depth, base, store, locks and orphans; say how to fix each."""
+    """Check engine, store, images and locks; say how to fix each.
+
+    Also the free disk, each branch's layer depth, the base and orphan runs.
+    """
     from pienv.ops import maint
 
     checks = maint.doctor(_ctx())
@@ -667,11 +832,14 @@ def doctor(as_json: JsonOpt = False) -> None:
 @app.command()
 def fsck(
     repair: Annotated[
-        bool, typer.Option("--repair", help="Rebuild index and refs from labels.")
+        bool, typer.Option("--repair", help="Rebuild the index and lost refs from image labels.")
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check every ref, tag and reflog entry against the engine and the index."""
+    """Check refs, tags and the reflog against the engine.
+
+    `--repair` rebuilds the commit index and lost refs from the images' labels.
+    """
     from pienv.ops import maint
 
     r = maint.fsck(_ctx(), repair)
@@ -689,15 +857,27 @@ def fsck(
         raise typer.Exit(1)
 
 
-@app.callback()
-def _root(
-    version: Annotated[bool, typer.Option("--version", help="Show the version.")] = False,
-) -> None:
-    if version:
+def _version(value: bool) -> None:
+    if value:
         from pienv import __version__
 
         ui.out(f"pienv {__version__}")
         raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            callback=_version,
+            is_eager=True,  # answered before click asks for a command
+            help="Print pienv's version and exit.",
+        ),
+    ] = False,
+) -> None:
+    pass
 
 
 # -- entry point ------------------------------------------------------------------------------
@@ -714,6 +894,14 @@ def _click_exceptions() -> Any:
         return importlib.import_module("click.exceptions")
 
 
+def _usage_line(exc: Any, click: Any) -> str:
+    message = str(exc.format_message()).rstrip(".")
+    if not isinstance(exc, click.UsageError):
+        return message
+    path = exc.ctx.command_path if exc.ctx is not None else "pienv"
+    return f"{message[:1].lower()}{message[1:]} (see `{path} --help`)"
+
+
 def invoke(args: list[str]) -> int:
     """Run the typer app on ``args``; its exit code. PienvError is left to the caller."""
     try:
@@ -724,9 +912,14 @@ def invoke(args: list[str]) -> int:
         return 130
     except Exception as exc:
         click = _click_exceptions()
+        if type(exc).__name__ == "NoArgsIsHelpError":  # bare `pienv` (or `pienv base`)
+            with contextlib.suppress(OSError, ValueError, AttributeError):  # stdout closed
+                ui.out(getattr(exc, "ctx").get_help())  # noqa: B009 (typed as Exception)
+            return 0
         if isinstance(exc, click.ClickException):
-            with contextlib.suppress(OSError, ValueError, AttributeError):  # stderr closed
-                exc.show()
+            # Usage errors exit 2 (click's and argparse's code; git's 129 is its own), every
+            # other error 1; both as the one line every pienv error is (docs/commands.md).
+            ui.error(_usage_line(exc, click))
             return 2 if isinstance(exc, click.UsageError) else 1
         raise
     return rc if isinstance(rc, int) else 0

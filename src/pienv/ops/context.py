@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import TYPE_CHECKING
@@ -19,6 +20,10 @@ if TYPE_CHECKING:
 class Context:
     store: Store = field(default_factory=Store)
     _engine: Engine | None = None
+    # The branch this command means by HEAD (design rule 11), set by ops.workspace.select from
+    # --branch / PIENV_PROFILE / the worktree binding; None: refs.json's own HEAD. Only reads
+    # see it: transactions re-read refs.json, so a ref move never writes it back.
+    head_branch: str | None = None
 
     @cached_property
     def config(self) -> configmod.Config:
@@ -32,7 +37,10 @@ class Context:
         return self._engine
 
     def refs(self) -> Refs:
-        return self.store.load_refs()
+        refs = self.store.load_refs()
+        if self.head_branch and self.head_branch != refs.head_branch:
+            refs = dataclasses.replace(refs, head_branch=self.head_branch, head_detached=None)
+        return refs
 
     @cached_property
     def store_id(self) -> str:

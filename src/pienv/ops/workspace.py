@@ -10,10 +10,14 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pienv import gitrepo
-from pienv.errors import UsageError
+from pienv.errors import PienvError, UsageError
 from pienv.store import Refs
+
+if TYPE_CHECKING:
+    from pienv.ops.context import Context
 
 
 @dataclass(frozen=True)
@@ -57,3 +61,29 @@ def select_branch(
     if refs.head_branch:
         return refs.head_branch, "HEAD"
     return "", "detached HEAD"
+
+
+@dataclass(frozen=True)
+class Selection:
+    branch: str  # "" = detached HEAD
+    rule: str  # which part of the rule chose it: "--branch", "PIENV_PROFILE", ...
+
+    @property
+    def by_default(self) -> bool:
+        """Chosen by HEAD (or named on the command line): nothing surprising to point out."""
+        return self.rule in ("--branch", "HEAD", "detached HEAD")
+
+
+def select(
+    ctx: Context, cwd: Path, environ: Mapping[str, str], explicit: str | None = None
+) -> Selection:
+    """Apply the selection rule for a command run in ``cwd`` and make ``ctx`` mean that branch
+    by HEAD (``ctx.refs()``, revisions, decorations): log, show, diff, reset, reflog, flatten,
+    tag and branch all act on the branch `pienv run` would use there."""
+    try:
+        ws = find_workspace(cwd, None).path
+    except PienvError:  # / or the home directory: no binding can name them
+        ws = Path(os.path.realpath(cwd))
+    branch, rule = select_branch(ctx.store.load_refs(), explicit, environ, ws)
+    ctx.head_branch = branch or None
+    return Selection(branch, rule)
