@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 # The checkout under test, not whatever pienv is installed (COORD: PYTHONPATH=src).
 PYPATH = {"PYTHONPATH": os.environ["PYTHONPATH"]} if "PYTHONPATH" in os.environ else {}
 

@@ -78,4 +78,5 @@ def test_bad_option_reaches_typer_usage_error(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exc:
         entry.main(["run", "--bogus"])
     assert exc.value.code == 2
-    assert "No such option: --bogus" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err == "pienv: error: no such option: --bogus (see `pienv run --help`)\n"
