@@ -245,17 +245,33 @@ def nonroot_venv(engine_available: None) -> Path:
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture
-def nonroot(base_image: str, nonroot_venv: Path) -> Iterator[NonrootPienv]:
-    """pienv run by a real non-root user, with its own store and a git repo it owns, in a
-    directory it can reach (pytest's tmp_path is root's, mode 0700). Mark the test `nonroot`."""
+@contextlib.contextmanager
+def nonroot_driver(base: str, venv: Path) -> Iterator[NonrootPienv]:
+    """A NonrootPienv with its own store and a git repo it owns, in a directory that user can
+    reach (pytest's tmp_path is root's, mode 0700); removed afterwards with its images."""
     top = Path(tempfile.mkdtemp(prefix="pienv-nonroot-", dir="/tmp"))
     make_repo(top / "repo")
     subprocess.run(["chown", "-R", f"{NONROOT_UID}:{NONROOT_UID}", str(top)], check=True)
-    p = NonrootPienv(top / "store", top / "repo", base_image, nonroot_venv)
-    yield p
-    _cleanup(p)
-    shutil.rmtree(top, ignore_errors=True)
+    p = NonrootPienv(top / "store", top / "repo", base, venv)
+    try:
+        yield p
+    finally:
+        _cleanup(p)
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def nonroot(base_image: str, nonroot_venv: Path) -> Iterator[NonrootPienv]:
+    """pienv run by a real non-root user on the busybox base. Mark the test `nonroot`."""
+    with nonroot_driver(base_image, nonroot_venv) as p:
+        yield p
+
+
+@pytest.fixture
+def nonroot_realistic(realistic_image: str, nonroot_venv: Path) -> Iterator[NonrootPienv]:
+    """pienv run by a real non-root user on the realistic base. Mark it `realistic` too."""
+    with nonroot_driver(realistic_image, nonroot_venv) as p:
+        yield p
 
 
 @pytest.fixture
