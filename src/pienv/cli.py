@@ -575,9 +575,10 @@ def worktree_add(
     from pienv.ops import worktree
 
     r = worktree.add(_ctx(), Path.cwd(), path, branch, from_rev)
+    kept = "existing " if r.existing else ""
     ui.out(
         f"Worktree {r.path} on git branch '{r.branch}', "
-        f"env branch '{r.branch}' at {r.env_head[:12] or '(first run)'}."
+        f"{kept}env branch '{r.branch}' at {r.env_head[:12] or '(first run)'}."
     )
     ui.note(f"cd {r.path} && pienv run   # runs there use env branch {r.branch!r}")
 

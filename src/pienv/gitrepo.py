@@ -71,16 +71,16 @@ def current_branch(root: Path) -> str:
     return bytes(target).decode().removeprefix("refs/heads/")
 
 
-def add_worktree(repo_root: Path, path: Path, branch: str) -> None:
-    """Create a linked worktree at ``path`` on a new git branch ``branch`` from HEAD
-    (what `git worktree add -b BRANCH PATH` does)."""
+def add_worktree(repo_root: Path, path: Path, branch: str) -> bool:
+    """Create a linked worktree at ``path`` on git branch ``branch``: the existing branch
+    (`git worktree add PATH BRANCH`), else a new one from HEAD (`git worktree add -b`).
+    True when the branch was new."""
     from dulwich.repo import Repo
     from dulwich.worktree import add_worktree as dulwich_add
 
     with Repo(str(repo_root)) as repo:
         ref: Any = b"refs/heads/" + branch.encode()  # dulwich types refs as a NewType
-        if repo.refs.as_dict().get(ref):
-            raise UsageError(f"git branch {branch!r} already exists in {repo_root}")
+        existed = bool(repo.refs.as_dict().get(ref))
         try:
             repo.head()
         except KeyError as exc:
@@ -90,6 +90,7 @@ def add_worktree(repo_root: Path, path: Path, branch: str) -> None:
         except ValueError as exc:
             raise UsageError(f"cannot add worktree {path}: {exc}") from exc
         wt.close()
+    return not existed
 
 
 def worktree_paths(repo_root: Path) -> list[Path]:

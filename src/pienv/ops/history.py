@@ -160,6 +160,9 @@ def branches(ctx: Context) -> list[BranchInfo]:
 def create_branch(ctx: Context, name: str, start: str | None) -> str:
     check_ref_name(name)
     refs = ctx.refs()
+    if name in refs.tags:
+        # A branch would shadow the tag of the same name in every revision.
+        raise UsageError(f"{name!r} is a tag", hint="choose another branch name")
     cid = ctx.resolve(start or "HEAD", refs)
     with ctx.store.transaction(f"branch: created from {start or 'HEAD'}") as txn:
         txn.move_branch(name, None, cid)
@@ -206,6 +209,8 @@ def delete_branch(ctx: Context, name: str, force: bool) -> str:
 
 def rename_branch(ctx: Context, old: str, new: str) -> None:
     check_ref_name(new)
+    if new in ctx.refs().tags:
+        raise UsageError(f"{new!r} is a tag", hint="choose another branch name")
     _refuse_busy(ctx, old)
     with ctx.store.transaction(f"branch: renamed {old} to {new}") as txn:
         txn.rename_branch(old, new)
@@ -272,6 +277,9 @@ def tag(ctx: Context, name: str, rev: str | None) -> str:
     refs = ctx.refs()
     if name in refs.tags:
         raise UsageError(f"tag {name!r} already exists", hint=f"`pienv tag -d {name}` first")
+    if name in refs.branches:
+        # A revision names the branch first: such a tag could never be reached by its name.
+        raise UsageError(f"{name!r} is a branch", hint="choose another tag name")
     cid = ctx.resolve(rev or "HEAD", refs)
     with ctx.store.transaction(f"tag: {name}") as txn:
         txn.set_tag(name, cid)

@@ -159,7 +159,7 @@ def run(
             parent,
             entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
             user=host_ids(),
-            workdir=WORKSPACE,
+            workdir=f"{WORKSPACE}/{ws.subdir}" if ws.subdir else WORKSPACE,
             binds=binds,
             labels=info.labels(),
             tty=req.interactive,

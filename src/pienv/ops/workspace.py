@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 class Workspace:
     path: Path
     repo: gitrepo.RepoInfo | None
+    # Where the command was started, relative to ``path`` ("" at the top): a run started in
+    # repo/sub starts in /workspace/sub, as a local command would.
+    subdir: str = ""
 
 
 def find_workspace(cwd: Path, workdir: Path | None) -> Workspace:
@@ -43,7 +46,12 @@ def find_workspace(cwd: Path, workdir: Path | None) -> Workspace:
             f"refusing to mount your home directory {root} as the workspace",
             hint="cd into a project directory, or pass -w DIR",
         )
-    return Workspace(path=root, repo=repo)
+    sub = ""
+    if workdir is None:
+        here = Path(os.path.realpath(cwd))
+        if here != root and root in here.parents:
+            sub = here.relative_to(root).as_posix()
+    return Workspace(path=root, repo=repo, subdir=sub)
 
 
 def select_branch(

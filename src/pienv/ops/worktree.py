@@ -17,6 +17,7 @@ class Added:
     path: str
     branch: str
     env_head: str
+    existing: bool = False  # an env branch that was there already got a worktree again
 
 
 def _main_root(cwd: Path) -> Path:
@@ -36,24 +37,38 @@ def add(ctx: Context, cwd: Path, path: Path, branch: str | None, from_rev: str |
         raise UsageError(f"{target} already exists")
     ctx.store.init()
     refs = ctx.refs()
-    if name in refs.branches:
-        raise UsageError(
-            f"env branch {name!r} already exists", hint="choose another BRANCH for the worktree"
-        )
-    start = ctx.resolve(from_rev, refs) if from_rev else refs.head_commit()
-    if start:
-        with ctx.store.transaction(f"worktree: branch for {target}") as txn:
-            txn.move_branch(name, None, start)
+    existing = name in refs.branches
+    if existing:
+        # A kept env branch (its worktree removed) gets a worktree again; one checkout each.
+        if from_rev:
+            raise UsageError(
+                f"env branch {name!r} already exists; --from only starts a new one",
+                hint=f"`pienv reset -b {name} {from_rev}` moves it",
+            )
+        for bound_path, bound in refs.worktrees.items():
+            if bound == name and Path(bound_path).is_dir():
+                raise UsageError(
+                    f"env branch {name!r} is bound to worktree {bound_path}",
+                    hint=f"work there, or `pienv worktree remove {bound_path}` first",
+                )
+        start: str | None = refs.branches[name]
+    else:
+        start = ctx.resolve(from_rev, refs) if from_rev else refs.head_commit()
+        if start:
+            with ctx.store.transaction(f"worktree: branch for {target}") as txn:
+                txn.move_branch(name, None, start)
     try:
         gitrepo.add_worktree(root, target, name)
     except BaseException:
-        if start:
+        if start and not existing:
             with ctx.store.transaction(f"worktree: undo branch for {target}") as txn:
                 txn.delete_branch(name, start)
         raise
     with ctx.store.transaction(f"worktree: bind {target}") as txn:
+        for stale in [p for p, b in txn.refs.worktrees.items() if b == name]:
+            del txn.refs.worktrees[stale]  # its directory is gone (checked above)
         txn.refs.worktrees[str(target)] = name
-    return Added(path=str(target), branch=name, env_head=start or "")
+    return Added(path=str(target), branch=name, env_head=start or "", existing=existing)
 
 
 @dataclass(frozen=True)
