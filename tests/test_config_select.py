@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from pienv import config
 from pienv.errors import UsageError
-from pienv.ops.sandbox import validate_mount
+from pienv.ops.sandbox import MountPolicy, validate_mount
 from pienv.ops.workspace import select_branch
 from pienv.store import Refs
 
@@ -51,24 +52,83 @@ def test_bad_config_is_one_clear_error(tmp_path: Path) -> None:
         config.load(path)
 
 
+@pytest.fixture
+def policy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MountPolicy:
+    home = tmp_path / "home"
+    for d in (".ssh", ".aws", ".config/gcloud", "src/p"):
+        (home / d).mkdir(parents=True)
+    (home / ".aws" / "credentials").write_text("x")
+    monkeypatch.setenv("HOME", str(home))
+    sock_dir = tmp_path / "engine"
+    sock_dir.mkdir()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{sock_dir}/docker.sock")
+    store = tmp_path / "store"
+    (store / "runs").mkdir(parents=True)
+    os.symlink("/run", tmp_path / "link-to-run")
+    return MountPolicy.of(store, tmp_path / "cfg" / "config.toml")
+
+
 @pytest.mark.parametrize(
-    "spec",
+    "spec, rule",
     [
-        "/var/run/docker.sock:/s",
-        "~/.ssh:/k",
-        "~/.gnupg:/g",
-        "~/.aws/credentials:/a",
-        "~:/h",
-        "/:/r",
+        ("/var/run/docker.sock:/s", "socket"),
+        ("/run:/x", "socket"),
+        ("/var/run:/x", "socket"),
+        ("{tmp}/link-to-run:/x", "socket"),
+        ("{tmp}/engine:/e", "engine's socket ({tmp}/engine/docker.sock)"),
+        ("~/.ssh:/k", "credentials"),
+        ("~/.aws/credentials:/a", "credentials"),
+        ("~/.config:/c", "credentials"),
+        ("~:/h", "home directory or an ancestor"),
+        ("{tmp}/home/src/p/../../..:/h", "home directory or an ancestor"),
+        ("{tmp}:/h", "home directory or an ancestor"),
+        ("/:/r", "/ is never mounted"),
+        ("/proc:/p", "system tree (/proc)"),
+        ("/proc/self:/p", "system tree (/proc)"),
+        ("/sys:/p", "system tree (/sys)"),
+        ("/dev:/p", "system tree (/dev)"),
+        ("/etc:/e", "system tree (/etc)"),
+        ("{tmp}/store/runs/..:/s", "pienv store"),
+        ("{tmp}/cfg:/c", "does not exist"),
+        ("{tmp}/missing:/m", "does not exist"),
+        ("rel/dir:/r", "relative host path"),
     ],
 )
-def test_secret_mounts_refused(spec: str) -> None:
-    with pytest.raises(UsageError, match="refusing to mount"):
-        validate_mount(spec, Path.home())
+def test_mount_policy_refusals(policy: MountPolicy, tmp_path: Path, spec: str, rule: str) -> None:
+    with pytest.raises(UsageError, match="refusing to mount") as exc:
+        validate_mount(spec.format(tmp=tmp_path), policy)
+    assert rule.format(tmp=tmp_path) in exc.value.message
 
 
-def test_plain_mount_ok(tmp_path: Path) -> None:
-    assert validate_mount(f"{tmp_path}:/data:ro", Path.home()) == (str(tmp_path), "/data", "ro")
+def test_mount_policy_store_config_and_boot(policy: MountPolicy, tmp_path: Path) -> None:
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "cfg" / "config.toml").write_text("")
+    with pytest.raises(UsageError, match="pienv config file"):
+        policy.check(tmp_path / "cfg", "x")
+    assert policy.broken_rule(Path("/boot/x")) == "it is in a system tree (/boot)"
+    assert policy.broken_rule(policy.store.parent / "other") == ""
+
+
+def test_plain_mount_ok(policy: MountPolicy, tmp_path: Path) -> None:
+    data = tmp_path / "home" / "src" / "p"
+    assert validate_mount(f"{data}:/data:ro", policy) == (str(data), "/data", "ro")
+    assert validate_mount("~/src/p:/p", policy) == (str(data), "/p", "rw")
+    with pytest.raises(UsageError, match="container path must be absolute"):
+        validate_mount(f"{data}:data", policy)
+
+
+def test_lc_star_narrowed_to_glibc_locale_names() -> None:
+    env = config.Config().container_env({"LC_TIME": "C", "LC_SECRET": "s", "LC_ALL": "C"})
+    assert env == {"LC_TIME": "C", "LC_ALL": "C"}
+
+
+def test_dropped_env_names_each_denied_request() -> None:
+    cfg = config.Config(passthrough=("AWS_*",))
+    assert cfg.dropped_env(HOST, ("GITHUB_TOKEN", "RANDOM_VAR")) == [
+        "AWS_SECRET_ACCESS_KEY (credential)",
+        "GITHUB_TOKEN (credential)",
+    ]
+    assert config.Config().dropped_env(HOST) == []
 
 
 def refs() -> Refs:

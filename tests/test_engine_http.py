@@ -104,7 +104,10 @@ def test_request_body_is_json(serve: Serve) -> None:
     import json
 
     config = json.loads(body)
-    assert config["HostConfig"]["Binds"] == ["/h:/c:ro"] and config["Cmd"] == []
+    assert config["HostConfig"]["Mounts"] == [
+        {"Type": "bind", "Source": "/h", "Target": "/c", "ReadOnly": True}
+    ]
+    assert config["Cmd"] == []
 
 
 def test_error_statuses(serve: Serve) -> None:

@@ -13,6 +13,7 @@
     mounts = ["/data/cache:/cache:ro"]   # extra bind mounts HOST:CONTAINER[:ro|rw]
     network = "bridge"                   # docker network mode
     flatten_at = 100                     # flatten a head at this layer depth
+    protect_git = true                   # .git/hooks, .git/config read-only in the container
 """
 
 from __future__ import annotations
@@ -27,7 +28,23 @@ from pienv.errors import UsageError
 
 DEFAULT_AGENT = ("pi",)
 DEFAULT_INSTALL = "npm install -g --ignore-scripts @earendil-works/pi-coding-agent"
-ALLOWED_ENV = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", "LC_*")
+# The locale variables glibc knows, by name: a pattern like LC_* would pass LC_SECRET too.
+LOCALE_ENV = (
+    "LC_ALL",
+    "LC_CTYPE",
+    "LC_NUMERIC",
+    "LC_TIME",
+    "LC_COLLATE",
+    "LC_MONETARY",
+    "LC_MESSAGES",
+    "LC_PAPER",
+    "LC_NAME",
+    "LC_ADDRESS",
+    "LC_TELEPHONE",
+    "LC_MEASUREMENT",
+    "LC_IDENTIFICATION",
+)
+ALLOWED_ENV = ("TERM", "COLORTERM", "LANG", "LANGUAGE", "TZ", *LOCALE_ENV)
 # Never passed unless named in force_env: credentials and handles to host agents/daemons.
 DENIED_ENV = (
     "GITHUB_TOKEN",
@@ -66,6 +83,7 @@ class Config:
     mounts: tuple[str, ...] = ()
     network: str = "bridge"
     flatten_at: int = DEFAULT_FLATTEN_AT
+    protect_git: bool = True
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -82,6 +100,25 @@ class Config:
                 continue
             out[name] = value
         return out
+
+    def dropped_env(
+        self, environ: dict[str, str] | os._Environ[str], extra_names: tuple[str, ...] = ()
+    ) -> list[str]:
+        """Host variables that were asked for (allow-list, configuration, ``-e``) but are not
+        passed, as "NAME (why)", so a dropped credential is never silent."""
+        wanted = [*ALLOWED_ENV, *self.passthrough, *extra_names]
+        out = []
+        for name in sorted(environ):
+            if matches(name, wanted) and matches(name, DENIED_ENV) and name not in self.force_env:
+                why = "set by pienv" if name in ("HOME", "PATH") else "credential"
+                out.append(f"{name} ({why})")
+        return out
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{key} must be true or false")
+    return value
 
 
 def load(path: Path) -> Config:
@@ -107,6 +144,7 @@ def load(path: Path) -> Config:
             mounts=tuple(run.get("mounts", ())),
             network=str(run.get("network", "bridge")),
             flatten_at=int(run.get("flatten_at", DEFAULT_FLATTEN_AT)),
+            protect_git=_bool(run.get("protect_git", True), "protect_git"),
             source=str(path),
         )
     except (TypeError, ValueError) as exc:

@@ -426,7 +426,17 @@ class Engine:
             "AttachStdout": True,
             "AttachStderr": True,
             "HostConfig": {
-                "Binds": [f"{host}:{b['bind']}:{b['mode']}" for host, b in (binds or {}).items()],
+                # The Mounts form, not "Binds" strings: a host path may hold ':' or ',', and
+                # a missing source is an error instead of a root-owned directory on the host.
+                "Mounts": [
+                    {
+                        "Type": "bind",
+                        "Source": host,
+                        "Target": b["bind"],
+                        "ReadOnly": b["mode"] == "ro",
+                    }
+                    for host, b in (binds or {}).items()
+                ],
                 "NetworkMode": network,
                 "Init": True,
                 "Privileged": False,

@@ -16,10 +16,15 @@ class RepoInfo:
     root: Path  # the checkout's top directory (the worktree's, for a linked worktree)
     common_dir: Path  # the shared .git directory
     gitdir: Path  # this checkout's git dir (.git/worktrees/NAME for a linked worktree)
+    # Why ``common_dir`` is not this checkout's real common git dir ("" when it is, or when
+    # there is none). ``.git`` files and ``commondir`` are files anyone can write, so the
+    # relation is checked before pienv trusts it with a mount.
+    link_problem: str = ""
 
     @property
     def is_linked_worktree(self) -> bool:
-        return self.gitdir != self.common_dir
+        """A linked worktree whose relation to its common dir is real (see `_link_problem`)."""
+        return self.gitdir != self.common_dir and not self.link_problem
 
 
 def find(path: Path) -> RepoInfo | None:
@@ -46,8 +51,28 @@ def find(path: Path) -> RepoInfo | None:
             common = gitdir
             with contextlib.suppress(OSError):
                 common = Path(os.path.realpath(gitdir / (gitdir / "commondir").read_text().strip()))
-            return RepoInfo(root=d, common_dir=common, gitdir=gitdir)
+            problem = _link_problem(dotgit, gitdir, common) if common != gitdir else ""
+            return RepoInfo(root=d, common_dir=common, gitdir=gitdir, link_problem=problem)
     return None
+
+
+def _link_problem(dotgit: Path, gitdir: Path, common: Path) -> str:
+    """Why a ``.git`` file's (gitdir, commondir) pair is not a real linked worktree of a
+    repository ("" when it is): git's own layout is ``<common>/worktrees/<name>``, whose
+    ``gitdir`` file points back at this ``.git`` file, and ``<common>`` is a git directory.
+    A forged pair (a downloaded tarball, an agent's earlier run) could name any host
+    directory, e.g. /var/run or the home directory's parent."""
+    if gitdir.parent != common / "worktrees":
+        return f"{dotgit} names {gitdir}, which is not in {common}/worktrees"
+    try:
+        back = (gitdir / "gitdir").read_text().strip()
+    except OSError:
+        return f"{gitdir} has no gitdir file pointing back at {dotgit}"
+    if Path(os.path.realpath(gitdir / back)) != Path(os.path.realpath(dotgit)):
+        return f"{gitdir}/gitdir points at {back}, not at {dotgit}"
+    if not all((common / n).is_dir() for n in ("objects", "refs")):
+        return f"{common} is not a git directory"
+    return ""
 
 
 def head_commit(root: Path) -> str:

@@ -339,6 +339,19 @@ def doctor(ctx: Context) -> list[Check]:
             "`pienv orphans`, then `pienv recover --all`" if found else "",
         )
     )
+    from pienv.ops.recovery import remove_stale_env_files
+
+    stale_env = remove_stale_env_files(ctx)
+    checks.append(
+        Check(
+            "env files",
+            "warn" if stale_env else "ok",
+            f"removed {len(stale_env)} stale env file(s) of ended runs: {', '.join(stale_env)}"
+            if stale_env
+            else "no stale env files",
+            "they may have held API keys; the runs that wrote them are gone" if stale_env else "",
+        )
+    )
     return checks
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 
 from pienv import locks
@@ -10,6 +12,7 @@ from pienv.locks import DETACHED
 from pienv.model import LABEL, RunInfo, short
 from pienv.ops.context import Context
 from pienv.ops.finish import finalize
+from pienv.ops.sandbox import remove_env_file
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,10 @@ def auto_recover(ctx: Context, branch: str) -> list[str]:
     for o in run_containers(ctx):
         if o.branch != branch or o.state == "running" or o.holder_alive:
             continue
-        result = finalize(ctx, o.container, o.info, None, False)
+        try:
+            result = finalize(ctx, o.container, o.info, None, False)
+        finally:
+            remove_env_file(ctx.store.runs_dir, o.name)
         notes.append(_describe(o, result.commit.short if result.commit else "", result.branch))
     return notes
 
@@ -130,6 +136,7 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
             result = finalize(ctx, o.container, o.info, None, False)
         finally:
             lock.release()
+            remove_env_file(ctx.store.runs_dir, o.name)
         commit = result.commit.short if result.commit else ""
         out.append(
             Recovered(
@@ -160,6 +167,35 @@ def clean(ctx: Context, dry_run: bool) -> list[Orphan]:
         engine = ctx.engine()
         for o in gone:
             engine.remove_container(o.container, force=True)
+            remove_env_file(ctx.store.runs_dir, o.name)
+    return gone
+
+
+# A run writes its env file just before it creates its container: younger files may belong
+# to a run that is still starting.
+ENV_FILE_GRACE = 120.0
+
+
+def remove_stale_env_files(ctx: Context, grace: float = ENV_FILE_GRACE) -> list[str]:
+    """Remove env files (``runs/*.env``, they may hold API keys) that no starting or running
+    run container of this store needs any more; return their names."""
+    live = {
+        o.name.rpartition("-")[2]
+        for o in run_containers(ctx)
+        if o.state in ("created", "running", "restarting", "paused")
+    }
+    gone = []
+    now = time.time()
+    for path in sorted(ctx.store.runs_dir.glob("*.env")):
+        try:
+            young = now - path.stat().st_mtime < grace
+        except OSError:
+            continue
+        if path.stem in live or young:
+            continue
+        with contextlib.suppress(OSError):
+            path.unlink()
+            gone.append(path.name)
     return gone
 
 

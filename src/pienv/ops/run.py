@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pienv import gitrepo, locks
+from pienv import locks
 from pienv.errors import EngineError
 from pienv.locks import DETACHED
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
@@ -25,7 +25,11 @@ from pienv.ops.sandbox import (
     LOGIN_SHELL,
     WORKSPACE,
     WRAPPER,
+    MountPolicy,
     container_env,
+    env_file,
+    git_mounts,
+    run_name,
     validate_mount,
     write_env_file,
 )
@@ -100,13 +104,19 @@ def run(
     """One run. ``stdin_fd``: forwarded to a non-interactive command until EOF (None: the
     command's stdin is empty)."""
     ws = find_workspace(cwd, req.workdir)
+    engine = ctx.engine()
+    # Before anything is written: a workspace holding the store, the config or the engine's
+    # socket would hand the agent what widens its own sandbox (rules 4 and 9).
+    policy = MountPolicy.of(ctx.store.home, ctx.store.config_path, engine.base_url)
+    policy.check(ws.path, "the workspace")
+    mounts_wanted = [validate_mount(spec, policy) for spec in ctx.config.mounts]
+    git_binds, git_notes = git_mounts(ws.path, ws.repo, policy, ctx.config.protect_git)
     ctx.store.init()
     refs = ctx.refs()
     branch, rule = select_branch(refs, req.branch, environ, ws.path)
     if branch:
         check_ref_name(branch)
-    notes: list[str] = []
-    engine = ctx.engine()
+    notes: list[str] = list(git_notes)
     lock, stale = locks.acquire(ctx.store.locks_dir, branch or DETACHED, str(ws.path), req.wait)
     guard = None
     env_path: Path | None = None
@@ -129,18 +139,16 @@ def run(
 
         command = req.command or (LOGIN_SHELL if req.shell else ctx.config.agent_command)
         token = os.urandom(6).hex()
-        env_path = env_file = ctx.store.runs_dir / f"{token}.env"
+        env_path = env_file_path = env_file(ctx.store.runs_dir, token)
         install = not req.command and not req.shell
         write_env_file(env_path, container_env(ctx.config, environ, req.env_names, branch, install))
+        dropped = ctx.config.dropped_env(dict(environ), req.env_names)
+        if dropped:
+            err(f"pienv: not passed: {', '.join(dropped)}\n".encode())
         binds = {str(ws.path): {"bind": WORKSPACE, "mode": "rw"}}
         binds[str(env_path)] = {"bind": ENV_FILE, "mode": "ro"}
-        if ws.repo is not None and ws.repo.is_linked_worktree:
-            # The worktree's .git file names a host path under the main repo's .git: make the
-            # common git dir visible at that same path so git works inside.
-            binds[str(ws.repo.common_dir)] = {"bind": str(ws.repo.common_dir), "mode": "rw"}
-        home = gitrepo.home_dir()
-        for spec in ctx.config.mounts:
-            host, target, mode = validate_mount(spec, home)
+        binds.update(git_binds)
+        for host, target, mode in mounts_wanted:
             binds[host] = {"bind": target, "mode": mode}
         info = RunInfo(
             store=refs.store_id,
@@ -165,7 +173,7 @@ def run(
             tty=req.interactive,
             stdin=req.interactive or forward_stdin,
             network=ctx.config.network,
-            name=f"pienv-{refs.store_id[:6]}-{token}",
+            name=run_name(refs.store_id, token),
         )
         mounts = [b["bind"] for b in binds.values()]
         store_home = ctx.store.home
@@ -175,11 +183,13 @@ def run(
             from pienv.engine import Engine
             from pienv.store import Store
 
-            child = Context(store=Store(store_home), _engine=Engine())
-            child.engine().wait(cid)
-            finalize(child, cid, info, None, req.no_commit, mounts)
-            with contextlib.suppress(OSError):
-                os.unlink(env_file)
+            try:
+                child = Context(store=Store(store_home), _engine=Engine())
+                child.engine().wait(cid)
+                finalize(child, cid, info, None, req.no_commit, mounts)
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(env_file_path)
 
         guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
         exit_code = _attach(

@@ -6,14 +6,18 @@ may be mounted, and how run-time variables reach the agent without entering an i
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
+import stat
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pienv.config import Config
 from pienv.errors import UsageError
+from pienv.gitrepo import RepoInfo
 
 WORKSPACE = "/workspace"
 ENV_FILE = "/run/pienv/env"
@@ -27,24 +31,214 @@ WRAPPER = (
     'unset PIENV_INSTALL; exec "$@"'
 )
 LOGIN_SHELL = ("sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l")
-# Paths never bind-mounted, whatever the config says (rule 4).
+# Paths never bind-mounted, whatever the config says (rule 4): credentials under a home...
 HOME_SECRETS = (".ssh", ".gnupg", ".aws", ".config/gcloud", ".kube", ".docker", ".azure")
+# ...and the host's system trees (kernel interfaces, devices, its configuration, its sockets).
+SYSTEM_TREES = ("/proc", "/sys", "/dev", "/etc", "/boot", "/var/run", "/run")
+# Where engines keep their sockets when DOCKER_HOST does not say (rootful Docker, Podman).
+DEFAULT_SOCKETS = ("/var/run/docker.sock", "/run/docker.sock", "/run/podman/podman.sock")
 
 
-def validate_mount(spec: str, home: Path) -> tuple[str, str, str]:
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
+
+
+def _within(path: Path, top: Path) -> bool:
+    """``path`` is ``top`` or lies under it."""
+    return path == top or top in path.parents
+
+
+@dataclass(frozen=True)
+class MountPolicy:
+    """The one mount policy (rule 4) for the workspace, `[run] mounts` and git metadata.
+
+    Applied to real paths: symlinks and `..` are resolved before any rule, so a link to
+    /run or a `$HOME/..` is judged by what it exposes, not by how it is spelled.
+    """
+
+    homes: tuple[Path, ...]
+    store: Path
+    config: Path
+    sockets: tuple[Path, ...]
+
+    @classmethod
+    def of(cls, store: Path, config: Path, engine_url: str = "") -> MountPolicy:
+        homes = {_real(os.path.expanduser("~"))}
+        with contextlib.suppress(KeyError, ImportError):
+            import pwd
+
+            homes.add(_real(pwd.getpwuid(os.getuid()).pw_dir))
+        sockets = list(DEFAULT_SOCKETS)
+        for url in (engine_url, os.environ.get("DOCKER_HOST", "")):
+            if url.startswith("unix://"):
+                sockets.append(url[len("unix://") :])
+        runtime = os.environ.get("XDG_RUNTIME_DIR")
+        if runtime:  # rootless Docker and Podman
+            sockets += [f"{runtime}/docker.sock", f"{runtime}/podman/podman.sock"]
+        return cls(
+            homes=tuple(sorted(homes)),
+            store=_real(store),
+            config=_real(config),
+            sockets=tuple(dict.fromkeys(_real(s) for s in sockets)),
+        )
+
+    def check(self, raw: str | Path, what: str) -> Path:
+        """The real host path behind ``raw``, or UsageError naming the rule it breaks."""
+        text = os.path.expanduser(str(raw))
+        if not os.path.isabs(text):
+            raise UsageError(
+                f"refusing to mount {raw} ({what}): a relative host path",
+                hint="write the host path absolute",
+            )
+        if not os.path.exists(text):  # a dangling symlink too
+            raise UsageError(
+                f"refusing to mount {raw} ({what}): it does not exist "
+                "(Docker would create it on the host, owned by root)"
+            )
+        path = _real(text)
+        shown = str(raw) if str(path) == text else f"{raw} (= {path})"
+        rule = self.broken_rule(path)
+        if rule:
+            raise UsageError(f"refusing to mount {shown} ({what}): {rule}")
+        return path
+
+    def broken_rule(self, path: Path) -> str:
+        """Which rule a real path breaks ("" when none)."""
+        if path == Path("/"):
+            return "/ is never mounted"
+        for home in self.homes:
+            if _within(home, path):
+                return "it is your home directory or an ancestor of it"
+            for secret in HOME_SECRETS:
+                s = home / secret
+                if _within(path, s) or _within(s, path):
+                    return f"it is or holds credentials ({s})"
+        for sock in self.sockets:
+            if _within(sock, path):
+                return f"it is or holds the engine's socket ({sock})"
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.stat(path).st_mode) or "docker.sock" in path.name:
+                return "it is a socket"
+        for tree in SYSTEM_TREES:
+            for t in {Path(tree), _real(tree)}:
+                if _within(path, t):
+                    return f"it is in a system tree ({t})"
+        if _within(path, self.store) or _within(self.store, path):
+            return f"it is, holds or is inside the pienv store ({self.store})"
+        if _within(self.config, path):
+            return f"it is or holds the pienv config file ({self.config})"
+        return ""
+
+
+def validate_mount(spec: str, policy: MountPolicy) -> tuple[str, str, str]:
+    """A `[run] mounts` entry HOST:CONTAINER[:ro|rw] -> (real host path, target, mode)."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise UsageError(f"bad mount {spec!r} in config: use HOST:CONTAINER[:ro|rw]")
-    host = Path(os.path.realpath(os.path.expanduser(parts[0])))
     mode = parts[2] if len(parts) == 3 else "rw"
     if mode not in ("ro", "rw"):
         raise UsageError(f"bad mount {spec!r} in config: mode must be ro or rw")
-    forbidden = [home, *(home / p for p in HOME_SECRETS)]
-    if "docker.sock" in host.name or any(host == f or f in host.parents for f in forbidden[1:]):
-        raise UsageError(f"refusing to mount {host}: credentials and the Docker socket never are")
-    if host == home or host == Path("/"):
-        raise UsageError(f"refusing to mount {host}: the home directory and / never are")
+    if not parts[1].startswith("/"):
+        raise UsageError(f"bad mount {spec!r} in config: the container path must be absolute")
+    host = policy.check(parts[0], f"mount {spec!r} in config")
     return str(host), parts[1], mode
+
+
+Binds = dict[str, dict[str, str]]  # host path -> {"bind": container path, "mode": ro|rw}
+# What in a git dir makes git run code on the host (hooks, config: core.hooksPath,
+# core.fsmonitor, aliases, includes, filters; config.worktree with extensions.worktreeConfig;
+# worktrees/*/commondir, which redirects a linked worktree to another common dir).
+_MAX_MODULES = 64
+
+
+def git_mounts(
+    root: Path, repo: RepoInfo | None, policy: MountPolicy, protect: bool
+) -> tuple[Binds, list[str]]:
+    """The git metadata mounts of a workspace at ``root``, and notes on what was left out.
+
+    A linked worktree's common git dir is mounted (rw, at its host path) only when the
+    relation is real and it passes the mount policy. With ``protect`` (the default) every
+    file through which git makes the *host* run code is mounted read-only over the writable
+    repository, and ``.git`` itself is a mount point, so it cannot be renamed or replaced.
+    """
+    binds: Binds = {}
+    notes: list[str] = []
+    if repo is None:
+        return binds, notes
+    dotgit = root / ".git"
+    target = Path(WORKSPACE) / ".git"
+    if repo.link_problem:
+        notes.append(f"git metadata not mounted: {repo.link_problem}")
+    if not protect:
+        pass  # [run] protect_git = false: the user's explicit choice (docs/security.md)
+    elif dotgit.is_symlink():
+        notes.append(f"{dotgit} is a symlink: pienv does not make it read-only")
+    elif dotgit.is_file():
+        binds[str(dotgit)] = {"bind": str(target), "mode": "ro"}
+    elif repo.gitdir == _real(dotgit):
+        binds[str(dotgit)] = {"bind": str(target), "mode": "rw"}  # a mount point: stays put
+        _protect_gitdir(dotgit, target, binds, notes)
+    if not repo.is_linked_worktree:
+        return binds, notes
+    try:
+        common = policy.check(repo.common_dir, "the worktree's common git dir")
+    except UsageError as exc:
+        notes.append(f"git metadata not mounted: {exc.message}")
+        return binds, notes
+    # The worktree's .git file names host paths under the common dir: mount it at that same
+    # path so git works inside.
+    binds[str(common)] = {"bind": str(common), "mode": "rw"}
+    if protect:
+        _protect_gitdir(common, common, binds, notes)
+        gitdir = repo.gitdir
+        binds[str(gitdir)] = {"bind": str(gitdir), "mode": "rw"}  # over read-only worktrees/
+        for name in ("commondir", "gitdir", "config.worktree"):
+            _read_only(gitdir / name, gitdir / name, binds, notes)
+    return binds, notes
+
+
+def _protect_gitdir(host: Path, target: Path, binds: Binds, notes: list[str]) -> None:
+    hooks = host / "hooks"
+    if not hooks.exists() and not hooks.is_symlink():
+        # A missing hooks dir could be created from inside; an empty one mounted read-only
+        # cannot (git init makes it anyway).
+        try:
+            hooks.mkdir(mode=0o755)
+        except OSError as exc:
+            notes.append(f"cannot create {hooks} to protect it: {exc.strerror}")
+    config = host / "config"
+    with contextlib.suppress(OSError):
+        if (
+            "worktreeconfig" in config.read_text().lower()
+            and not (host / "config.worktree").exists()
+        ):
+            # extensions.worktreeConfig makes git read config.worktree: claim it first.
+            (host / "config.worktree").touch(mode=0o644)
+    for name in ("hooks", "config", "config.worktree", "worktrees"):
+        _read_only(host / name, target / name, binds, notes)
+    modules = host / "modules"
+    if not modules.is_dir():
+        return
+    # Submodules' git dirs: the host's `git status` recurses into them.
+    found = 0
+    for dirpath, dirnames, filenames in os.walk(modules):
+        if "HEAD" in filenames and "objects" in dirnames:
+            sub = Path(dirpath)
+            rel = sub.relative_to(host)
+            for name in ("hooks", "config", "config.worktree"):
+                _read_only(sub / name, target / rel / name, binds, notes)
+            dirnames[:] = ["modules"] if "modules" in dirnames else []
+            found += 1
+            if found >= _MAX_MODULES:
+                notes.append(f"more than {_MAX_MODULES} submodule git dirs: the rest unprotected")
+                return
+
+
+def _read_only(host: Path, target: Path, binds: Binds, notes: list[str]) -> None:
+    if host.is_symlink():
+        notes.append(f"{host} is a symlink: pienv does not make it read-only")
+    elif host.exists():
+        binds[str(host)] = {"bind": str(target), "mode": "ro"}
 
 
 def container_env(
@@ -82,6 +276,24 @@ def container_env(
     if install and config.agent_install:
         env["PIENV_INSTALL"] = config.agent_install
     return env
+
+
+def run_name(store_id: str, token: str) -> str:
+    """A run container's name; its last part names the run's env file."""
+    return f"pienv-{store_id[:6]}-{token}"
+
+
+def env_file(runs_dir: Path, token: str) -> Path:
+    return runs_dir / f"{token}.env"
+
+
+def remove_env_file(runs_dir: Path, container_name: str) -> None:
+    """Remove the env file of the run container ``container_name`` (it may hold API keys):
+    every path that ends a run calls this, whoever ends it."""
+    token = container_name.lstrip("/").rpartition("-")[2]
+    if token:
+        with contextlib.suppress(OSError):
+            env_file(runs_dir, token).unlink()
 
 
 def write_env_file(path: Path, env: Mapping[str, str]) -> None:

@@ -11,7 +11,8 @@ from pienv import dag, locks
 from pienv.errors import PienvError
 from pienv.model import Commit
 from pienv.ops.context import Context
-from pienv.ops.workspace import find_workspace, select_branch
+from pienv.ops.sandbox import MountPolicy
+from pienv.ops.workspace import Workspace, find_workspace, select_branch
 
 
 @dataclass
@@ -34,10 +35,33 @@ class StatusResult:
     warnings: list[str] = field(default_factory=list)
 
 
+def _boundary_warnings(ctx: Context, ws: Workspace) -> list[str]:
+    """What a run here would refuse or leave out (the mount policy of docs/security.md)."""
+    policy = MountPolicy.of(ctx.store.home, ctx.store.config_path)
+    try:
+        policy.check(ws.path, "the workspace")
+    except PienvError as exc:
+        return [f"runs here are refused: {exc.message}"]
+    repo = ws.repo
+    if repo is None:
+        return []
+    if repo.link_problem:
+        return [f"runs here mount no git metadata: {repo.link_problem}"]
+    if repo.is_linked_worktree:
+        try:
+            policy.check(repo.common_dir, "the worktree's common git dir")
+        except PienvError as exc:
+            return [f"runs here mount no git metadata: {exc.message}"]
+    return []
+
+
 def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
     refs = ctx.refs()
+    warnings: list[str] = []
     try:
-        ws = find_workspace(cwd, None).path
+        found = find_workspace(cwd, None)
+        ws = found.path
+        warnings = _boundary_warnings(ctx, found)
     except PienvError:
         ws = cwd
     branch, rule = select_branch(refs, None, environ, ws)
@@ -69,6 +93,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         flatten_at=ctx.config.flatten_at,
         locks=held,
     )
+    result.warnings.extend(warnings)
     if branch and head_id is None:
         result.warnings.append(f"branch {branch!r} has no commit yet; `pienv run` creates it")
     if result.detached:

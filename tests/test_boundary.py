@@ -1,0 +1,282 @@
+"""The sandbox boundary against the real engine and the real host git (issue 11): what the
+agent or a cloned repository controls must not widen what the container gets, nor make the
+host run code. Each test reproduces an escape first found by adversarial testing."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import docker
+import pytest
+from conftest import Pienv, git, make_repo
+
+pytestmark = pytest.mark.engine
+
+
+def run_containers(p: Pienv) -> list[dict]:  # type: ignore[type-arg]
+    sid = p.refs()["store_id"]
+    return docker.from_env().api.containers(
+        all=True, filters={"label": [f"dev.pienv.store={sid}", "dev.pienv.role=run"]}
+    )
+
+
+# -- 1. a .git file naming a "common dir" ---------------------------------------------------
+
+
+@pytest.mark.parametrize("common", ["/var/run", "home's parent"])
+def test_forged_git_file_mounts_no_host_directory(
+    pienv: Pienv, tmp_path: Path, common: str
+) -> None:
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id").write_text("SECRET-KEY\n")
+    ws = tmp_path / "tarball"
+    (ws / ".g").mkdir(parents=True)
+    # What a downloaded tarball (or the agent's previous run) can hold.
+    target = "/var/run" if common == "/var/run" else str(tmp_path)
+    (ws / ".g" / "commondir").write_text(target + "\n")
+    (ws / ".git").write_text("gitdir: .g\n")
+    env = {"HOME": str(home)}
+    script = (
+        "ls /run/docker.sock /var/run/docker.sock 2>/dev/null && echo SOCKET; "
+        f"cat {home}/.ssh/id 2>/dev/null; echo done"
+    )
+    r = pienv("run", "--", "sh", "-c", script, cwd=ws, env=env)
+    assert "SOCKET" not in r.out and "SECRET-KEY" not in r.out and r.out.endswith("done\n")
+    assert "git metadata not mounted" in r.err and "not in" in r.err
+    status = json.loads(pienv("status", "--json", cwd=ws, env=env).out)
+    assert any("mount no git metadata" in w for w in status["warnings"])
+
+
+def test_git_file_whose_admin_dir_does_not_point_back_is_not_mounted(
+    pienv: Pienv, tmp_path: Path
+) -> None:
+    # A real repository's worktrees/NAME, claimed by a directory that is not that worktree.
+    git(pienv.repo, "worktree", "add", "-q", "-b", "wt", str(tmp_path / "wt"))
+    admin = pienv.repo / ".git" / "worktrees" / "wt"
+    thief = tmp_path / "thief"
+    thief.mkdir()
+    (thief / ".git").write_text(f"gitdir: {admin}\n")
+    r = pienv("run", "--", "sh", "-c", f"ls {pienv.repo}/.git/config || echo hidden", cwd=thief)
+    assert "hidden" in r.out
+    assert "points at" in r.err and "not at" in r.err
+
+
+def test_real_linked_worktree_git_works_and_cannot_plant_code(pienv: Pienv, tmp_path: Path) -> None:
+    wt = tmp_path / "wt"
+    git(pienv.repo, "worktree", "add", "-q", "-b", "wtb", str(wt))
+    marker = tmp_path / "pwned"
+    common = pienv.repo / ".git"
+    script = (
+        f"printf '#!/bin/sh\\ntouch {marker}\\n' > {common}/hooks/pre-commit; "
+        f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' >> {common}/config; "
+        f"echo /workspace/evil > {common}/worktrees/wt/commondir; "
+        "echo 'gitdir: /workspace/evil' > .git; "
+        "echo x > f && git add f && git commit -q -m agent-in-wt && echo COMMITTED"
+    )
+    r = pienv("run", "--", "sh", "-c", script, cwd=wt)
+    assert "COMMITTED" in r.out, r.err
+    assert git(wt, "log", "-1", "--format=%s") == "agent-in-wt"
+    git(wt, "status")
+    git(wt, "commit", "-q", "--allow-empty", "-m", "host")
+    git(pienv.repo, "status")
+    assert not marker.exists()
+    assert (wt / ".git").read_text().startswith(f"gitdir: {common}/worktrees/wt")
+
+
+# -- 4. hooks and config written from the container ------------------------------------------
+
+
+PLANT = (
+    "git config core.fsmonitor 'touch {m}'; "
+    "printf '[core]\\n\\tfsmonitor = touch {m}\\n\\thooksPath = /workspace/h\\n' >> .git/config; "
+    "printf '#!/bin/sh\\ntouch {m}\\n' > .git/hooks/pre-commit; chmod +x .git/hooks/pre-commit; "
+    "echo x > f && git add f && git commit -q -m agent && git branch agent-branch "
+    "&& echo COMMITTED"
+)
+
+
+def test_hooks_and_fsmonitor_from_the_container_never_run_on_the_host(
+    pienv: Pienv, tmp_path: Path
+) -> None:
+    marker = tmp_path / "pwned"
+    r = pienv("run", "--", "sh", "-c", PLANT.format(m=marker))
+    assert "COMMITTED" in r.out, r.err
+    # git works inside: the commit and the branch are there, made by the agent.
+    assert git(pienv.repo, "log", "-1", "--format=%an %s") == "pienv agent agent"
+    assert "agent-branch" in git(pienv.repo, "branch")
+    # ...and the host's git runs nothing the agent wrote.
+    git(pienv.repo, "status")
+    git(pienv.repo, "commit", "-q", "--allow-empty", "-m", "host")
+    assert not marker.exists()
+    assert "fsmonitor" not in (pienv.repo / ".git" / "config").read_text()
+    assert not (pienv.repo / ".git" / "hooks" / "pre-commit").exists()
+
+
+def test_dot_git_cannot_be_replaced_from_the_container(pienv: Pienv, tmp_path: Path) -> None:
+    # Moving .git aside and writing a new one (with hooks and a config of the agent's
+    # choosing) would bypass every read-only file inside it.
+    marker = tmp_path / "pwned"
+    script = (
+        "mv .git .realgit && echo MOVED; rm -rf .git 2>/dev/null; "
+        "mkdir -p evil/hooks && cp -r .git/objects .git/refs .git/HEAD evil/ 2>/dev/null; "
+        f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' > evil/config; "
+        "ls .git/config >/dev/null && echo STILL"
+    )
+    r = pienv("run", "--", "sh", "-c", script)
+    assert "MOVED" not in r.out and "STILL" in r.out, r.err
+    assert (pienv.repo / ".git").is_dir() and not (pienv.repo / ".realgit").exists()
+
+
+def test_missing_hooks_dir_is_protected_too(pienv: Pienv, tmp_path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(pienv.repo / ".git" / "hooks")
+    marker = tmp_path / "pwned"
+    pienv("run", "--", "sh", "-c", PLANT.format(m=marker))
+    git(pienv.repo, "commit", "-q", "--allow-empty", "-m", "host")
+    assert not marker.exists()
+    assert list((pienv.repo / ".git" / "hooks").iterdir()) == []
+
+
+def test_protect_git_false_lets_the_agent_write_hooks(pienv: Pienv) -> None:
+    pienv.home.mkdir(parents=True, exist_ok=True)
+    (pienv.home / "config.toml").write_text("[run]\nprotect_git = false\n")
+    pienv("run", "--", "sh", "-c", "echo hi > .git/hooks/post-commit")
+    assert (pienv.repo / ".git" / "hooks" / "post-commit").read_text() == "hi\n"
+
+
+# -- 2. the store and the config inside the workspace ----------------------------------------
+
+
+@pytest.mark.parametrize("where", ["PIENV_HOME", "PIENV_CONFIG"])
+def test_store_or_config_inside_the_workspace_is_refused(
+    pienv: Pienv, base_image: str, where: str
+) -> None:
+    env = {"PIENV_HOME": str(pienv.repo / ".pienv")}
+    if where == "PIENV_CONFIG":
+        env = {"PIENV_CONFIG": str(pienv.repo / "pienv.toml")}
+        (pienv.repo / "pienv.toml").write_text('[agent]\npassthrough = ["*"]\n')
+    r = pienv("run", "--", "true", env=env, check=False)
+    assert r.code == 1 and len(r.err.splitlines()) <= 2, r.err
+    assert r.err.startswith("pienv: error: refusing to mount")
+    assert "pienv store" in r.err or "pienv config file" in r.err
+
+
+# -- 3. one mount policy --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "spec, rule",
+    [
+        ("/run:/x", "socket"),
+        ("/proc:/p", "system tree"),
+        ("{tmp}/link-to-run:/x", "socket"),
+        ("{home}/..:/h", "home directory or an ancestor"),
+        ("{tmp}/missing:/m", "does not exist"),
+        ("relative/dir:/r", "relative host path"),
+    ],
+)
+def test_configured_mounts_refused_at_run(
+    pienv: Pienv, tmp_path: Path, spec: str, rule: str
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink("/run", tmp_path / "link-to-run")
+    pienv.home.mkdir(parents=True, exist_ok=True)
+    spec = spec.format(tmp=tmp_path, home=home)
+    (pienv.home / "config.toml").write_text(f"[run]\nmounts = [{json.dumps(spec)}]\n")
+    r = pienv("run", "--", "true", env={"HOME": str(home)}, check=False)
+    assert r.code == 1 and r.err.startswith("pienv: error: refusing to mount"), r.err
+    assert rule in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "missing").exists()
+
+
+@pytest.mark.parametrize("workdir", ["/var/run", "HOME/..", "link-to-etc"])
+def test_workspace_refusals(pienv: Pienv, tmp_path: Path, workdir: str) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.symlink("/etc", tmp_path / "link-to-etc")
+    w = workdir.replace("HOME", str(home))
+    if w == "link-to-etc":
+        w = str(tmp_path / w)
+    r = pienv("run", "-w", w, "--", "true", env={"HOME": str(home)}, check=False)
+    assert r.code == 1 and r.err.startswith("pienv: error: refusing to mount"), r.err
+    assert "the workspace" in r.err
+
+
+def test_workspace_path_with_colon_and_comma_runs(pienv: Pienv, tmp_path: Path) -> None:
+    ws = make_repo(tmp_path / "a:b,c")
+    r = pienv("run", "--", "sh", "-c", "cat README; touch made", cwd=ws)
+    assert r.out == "hello\n", r.err
+    assert (ws / "made").exists()
+
+
+# -- 5. env files -----------------------------------------------------------------------------
+
+
+def orphan_a_run(p: Pienv) -> str:
+    """Start a run, SIGKILL pienv *and* its forked finalizer; the container's id."""
+    proc = p.popen("run", "-e", "SECRET_KEY", "--", "sh", "-c", "echo up; sleep 1")
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    cid = str(run_containers(p)[0]["Id"])
+    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
+    for pid in [*map(int, children.stdout.split()), proc.pid]:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(30)
+    docker.from_env().api.wait(cid)
+    return cid
+
+
+@pytest.mark.parametrize("how", ["recover", "auto-recovery", "clean-orphans"])
+def test_env_file_removed_after_kill_9(pienv: Pienv, how: str) -> None:
+    pienv("run", "--", "true")
+    pienv.env["SECRET_KEY"] = "sk-live"
+    orphan_a_run(pienv)
+    runs = pienv.home / "runs"
+    assert [f.suffix for f in runs.iterdir()] == [".env"]  # what the bug left behind
+    if how == "recover":
+        pienv("recover", "--all")
+    elif how == "auto-recovery":
+        pienv("run", "--", "true")
+    else:
+        pienv("clean-orphans", "--yes")
+    assert list(runs.iterdir()) == []
+
+
+def test_doctor_reports_and_removes_stale_env_files(pienv: Pienv) -> None:
+    pienv("run", "--", "true")
+    stale = pienv.home / "runs" / "0123456789ab.env"
+    stale.write_text("ANTHROPIC_API_KEY=x\n")
+    fresh = pienv.home / "runs" / "ba9876543210.env"  # a run that is starting right now
+    fresh.write_text("ANTHROPIC_API_KEY=x\n")
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    r = pienv("doctor", check=False)
+    assert "removed 1 stale env file" in r.out and "0123456789ab.env" in r.out
+    assert not stale.exists() and fresh.exists()
+
+
+# -- 6. variables ---------------------------------------------------------------------------
+
+
+def test_dropped_credential_named_once(pienv: Pienv) -> None:
+    r = pienv(
+        "run",
+        "-e",
+        "GITHUB_TOKEN",
+        "--",
+        "sh",
+        "-c",
+        "echo ${GITHUB_TOKEN:-none} $LC_SECRET",
+        env={"GITHUB_TOKEN": "ghp_x", "LC_SECRET": "s", "LC_TIME": "C"},
+    )
+    assert r.out == "none\n"
+    assert r.err.count("GITHUB_TOKEN") == 1
+    assert "pienv: not passed: GITHUB_TOKEN (credential)\n" in r.err
+    assert "LC_SECRET" not in r.err
