@@ -133,6 +133,22 @@ def test_dot_git_cannot_be_replaced_from_the_container(pienv: Pienv, tmp_path: P
     assert (pienv.repo / ".git").is_dir() and not (pienv.repo / ".realgit").exists()
 
 
+def test_commondir_planted_in_dot_git_is_moved_aside(pienv: Pienv, tmp_path: Path) -> None:
+    # git reads <gitdir>/commondir in any git dir; it cannot be claimed before it exists, so
+    # the run moves aside one that appeared while it ran.
+    marker = tmp_path / "pwned"
+    script = (
+        "mkdir -p evil/objects evil/refs evil/hooks && cp .git/HEAD evil/ && "
+        f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' > evil/config && "
+        "echo ../evil > .git/commondir && echo PLANTED"
+    )
+    r = pienv("run", "--", "sh", "-c", script)
+    assert "PLANTED" in r.out
+    assert "points your git at another config; moved it to commondir.pienv-quarantined" in r.err
+    subprocess.run(["git", "status"], cwd=pienv.repo, capture_output=True)
+    assert not marker.exists()
+
+
 def test_missing_hooks_dir_is_protected_too(pienv: Pienv, tmp_path: Path) -> None:
     import shutil
 

@@ -29,6 +29,8 @@ from pienv.ops.sandbox import (
     container_env,
     env_file,
     git_mounts,
+    planted_commondir,
+    quarantine,
     run_name,
     validate_mount,
     write_env_file,
@@ -192,9 +194,13 @@ def run(
                     os.unlink(env_file_path)
 
         guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
+        commondir = planted_commondir(ws.path, ws.repo) if ctx.config.protect_git else None
+        planted_before = commondir is not None and os.path.lexists(commondir)
         exit_code = _attach(
             engine, cid, req.interactive, out, err, stdin_fd if forward_stdin else None
         )
+        if commondir is not None and not planted_before and os.path.lexists(commondir):
+            notes.append(quarantine(commondir))
         # From here on nothing may interrupt the commit (a second signal included).
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)

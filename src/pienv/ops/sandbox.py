@@ -197,6 +197,28 @@ def git_mounts(
     return binds, notes
 
 
+def planted_commondir(root: Path, repo: RepoInfo | None) -> Path | None:
+    """The ``commondir`` file git would read in a main repository's ``.git``, if that is a
+    directory. git never writes one there, and it cannot be mounted read-only before it
+    exists: `run` checks it before and after the container, and moves aside one that appeared
+    (it would point the host's git at a config of the agent's choosing)."""
+    if repo is None or repo.gitdir != repo.common_dir:
+        return None
+    dotgit = root / ".git"
+    return dotgit / "commondir" if dotgit.is_dir() and not dotgit.is_symlink() else None
+
+
+def quarantine(path: Path) -> str:
+    """Move a file the agent planted in .git out of git's way; the note says where."""
+    aside = path.with_name(f"{path.name}.pienv-quarantined")
+    what = f"warning: the run created {path}, which points your git at another config"
+    try:
+        os.replace(path, aside)
+    except OSError as exc:
+        return f"{what}; remove it before running git here ({exc.strerror})"
+    return f"{what}; moved it to {aside.name}"
+
+
 def _protect_gitdir(host: Path, target: Path, binds: Binds, notes: list[str]) -> None:
     hooks = host / "hooks"
     if not hooks.exists() and not hooks.is_symlink():
