@@ -61,12 +61,6 @@ def _selected(explicit: str | None = None) -> Any:
     return ctx
 
 
-def _commit_json(c: Any, refs: tuple[str, ...] = ()) -> dict[str, Any]:
-    data: dict[str, Any] = {"short": c.short, **c.to_json()}
-    data["refs"] = list(refs)
-    return data
-
-
 # -- run / shell ------------------------------------------------------------------------------
 
 
@@ -157,33 +151,14 @@ def status(as_json: JsonOpt = False) -> None:
 
     s = get_status(_ctx(), Path.cwd(), os.environ)
     if as_json:
-        ui.emit_json(
-            {
-                "store": s.store,
-                "store_id": s.store_id,
-                "workspace": s.workspace,
-                "engine": s.engine,
-                "engine_ok": s.engine_ok,
-                "branch": s.branch or None,
-                "branch_rule": s.rule,
-                "detached": s.detached,
-                "head": _commit_json(s.head) if s.head else None,
-                "base": s.base,
-                "size": s.size,
-                "depth": s.depth,
-                "flatten_at": s.flatten_at,
-                "locks": [h.__dict__ for h in s.locks],
-                "orphans": s.orphans,
-                "warnings": s.warnings,
-            }
-        )
+        ui.emit_json(s.to_json())
         return
     head = f"{s.head.short} {s.head.message}" if s.head else "(no commit yet)"
     rows = [
         ("store", f"{s.store} ({s.store_id})"),
         ("engine", s.engine),
         ("workspace", s.workspace),
-        ("branch", f"{s.branch or '(detached HEAD)'}  [chosen by {s.rule}]"),
+        ("branch", f"{s.branch or '(detached HEAD)'}  [chosen by {s.branch_rule}]"),
         ("head", head),
         ("base", s.base or "(none yet)"),
         ("size", ui.size(s.size)),
@@ -217,7 +192,7 @@ def log(
 
     result = get_log(_selected(), rev, all_refs, n, graph)
     if as_json:
-        ui.emit_json([_commit_json(e.commit, e.refs) | {"graph": e.graph} for e in result.entries])
+        ui.emit_json([e.to_json() for e in result.entries])
         return
     lines = []
     for line in result.connectors.get(-1, []):
@@ -257,9 +232,7 @@ def show(
     r = get_show(_selected(), rev)
     c = r.commit
     if as_json:
-        data = _commit_json(c, r.refs)
-        data["paths"] = [{"kind": k, "path": p} for k, p in (r.changes or [])]
-        ui.emit_json(data)
+        ui.emit_json(r.to_json())
         return
     ui.out(f"commit {c.id}{ui.decorate(r.refs)}")
     fields = [
@@ -315,16 +288,7 @@ def diff(
 
     r = get_diff(_selected(), rev_a, rev_b, packages)
     if as_json:
-        ui.emit_json(
-            {
-                "old": r.old,
-                "new": r.new,
-                "added": r.added,
-                "changed": r.changed,
-                "deleted": r.deleted,
-                "packages": r.packages,
-            }
-        )
+        ui.emit_json(r.to_json())
         return
     ui.out(
         f"{r.old[:12]}..{r.new[:12]}: {len(r.added)} added, {len(r.changed)} changed, "
@@ -397,21 +361,7 @@ def branch(
         return
     infos = history.branches(ctx)
     if as_json:
-        ui.emit_json(
-            [
-                {
-                    "name": b.name,
-                    "head": b.head,
-                    "current": b.current,
-                    "created": b.created,
-                    "commits": b.count,
-                    "size": b.size,
-                    "locked": b.locked,
-                    "worktrees": list(b.worktrees),
-                }
-                for b in infos
-            ]
-        )
+        ui.emit_json([b.to_json() for b in infos])
         return
     ui.table(
         ["", "branch", "head", "age", "commits", "size", "lock", "worktree"],
@@ -421,7 +371,7 @@ def branch(
                 b.name,
                 b.head[:12],
                 ui.age(b.created),
-                str(b.count),
+                str(b.commits),
                 ui.size(b.size),
                 "running" if b.locked else "",
                 ", ".join(b.worktrees),
@@ -519,10 +469,10 @@ def tag(
         return
     tags = history.tags(ctx)
     if as_json:
-        ui.emit_json([{"name": k, "commit": v} for k, v in sorted(tags.items())])
+        ui.emit_json([t.to_json() for t in tags])
         return
-    for k, v in sorted(tags.items()):
-        ui.out(f"{k:<20} {v[:12]}")
+    for t in tags:
+        ui.out(f"{t.name:<20} {t.commit[:12]}")
 
 
 @app.command()
@@ -541,7 +491,7 @@ def reflog(
 
     rows = get_reflog(_selected(), ref)
     if as_json:
-        ui.emit_json([{"selector": r.selector, **r.entry.to_json()} for r in rows])
+        ui.emit_json([r.to_json() for r in rows])
         return
     for r in rows:
         e = r.entry
@@ -754,8 +704,8 @@ def prune(
         return
     for cid in r.removed:
         ui.out(f"{'would remove' if dry_run else 'removed'} {cid[:12]}")
-    for cid, why in r.kept_in_use:
-        ui.out(f"kept {cid[:12]}: {why}")
+    for k in r.kept_in_use:
+        ui.out(f"kept {k.commit[:12]}: {k.why}")
     verb = "would free" if dry_run else "freed"
     ui.out(f"{len(r.removed)} commit(s), {verb} {ui.size(r.bytes_freed)}")
 
@@ -817,7 +767,7 @@ def doctor(as_json: JsonOpt = False) -> None:
 
     checks = maint.doctor(_ctx())
     if as_json:
-        ui.emit_json([c.__dict__ for c in checks])
+        ui.emit_json([c.to_json() for c in checks])
         return
     style = {"ok": "green", "warn": "yellow", "fail": "red"}
     for c in checks:

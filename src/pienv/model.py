@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -15,6 +15,39 @@ from pienv.errors import UsageError
 
 SCHEMA = 1
 LABEL = "dev.pienv."
+
+# ``field(metadata=INTERNAL)``: a result field for the caller only, left out of its JSON.
+INTERNAL = {"internal": True}
+
+
+class JsonResult:
+    """Base of every result a ``--json`` output prints: its JSON is its dataclass fields, named
+    as docs/json.md names the keys (pipx's ``OperationData.to_dict = asdict`` model), so the
+    CLI only renders. tests/test_json.py holds every output to the doc's key sets."""
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            f.name: to_plain(getattr(self, f.name))
+            for f in fields(self)  # type: ignore[arg-type]  # subclasses are dataclasses
+            if not f.metadata.get("internal")
+        }
+
+
+def to_plain(value: Any) -> Any:
+    """``value`` as JSON data: results by their ``to_json``, commits as docs/json.md's commit
+    object, other dataclasses by their fields, tuples as lists."""
+    if isinstance(value, Commit):
+        return value.to_output()
+    if isinstance(value, JsonResult):
+        return value.to_json()
+    if is_dataclass(value) and not isinstance(value, type):
+        return to_plain(asdict(value))
+    if isinstance(value, (list, tuple)):
+        return [to_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: to_plain(v) for k, v in value.items()}
+    return value
+
 
 # Every commit sets *every* key below (empty string for "none"). Docker merges a parent's and
 # the run container's labels into a commit, so a key left unset would inherit a stale value.
@@ -97,10 +130,15 @@ class Commit:
         )
 
     def to_json(self) -> dict[str, Any]:
+        """The commit index record (commits.jsonl); ``to_output`` is the ``--json`` form."""
         data = asdict(self)
         data["parents"] = list(self.parents)
         data["command"] = list(self.command)
         return data
+
+    def to_output(self, refs: tuple[str, ...] | list[str] = ()) -> dict[str, Any]:
+        """docs/json.md's commit object: ``short``, every field, and the refs pointing here."""
+        return {"short": self.short, **self.to_json(), "refs": list(refs)}
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Commit:

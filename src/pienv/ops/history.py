@@ -4,10 +4,11 @@ only `show --size`, `diff` and `diff --packages` ask the engine."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from pienv import dag, locks
 from pienv.errors import UsageError
-from pienv.model import Commit, check_ref_name, short
+from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops.context import Context
 from pienv.store import ReflogEntry, Refs
 
@@ -32,10 +33,13 @@ def decorations(refs: Refs) -> dict[str, list[str]]:
 
 
 @dataclass(frozen=True)
-class LogEntry:
+class LogEntry(JsonResult):
     commit: Commit
     refs: tuple[str, ...]
     graph: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.commit.to_output(self.refs), "graph": self.graph}
 
 
 @dataclass(frozen=True)
@@ -81,10 +85,14 @@ def log(ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph:
 
 
 @dataclass(frozen=True)
-class ShowResult:
+class ShowResult(JsonResult):
     commit: Commit
     refs: tuple[str, ...]
     changes: list[tuple[str, str]] | None  # None: not recorded (e.g. recovered from labels)
+
+    def to_json(self) -> dict[str, Any]:
+        paths = [{"kind": k, "path": p} for k, p in (self.changes or [])]
+        return {**self.commit.to_output(self.refs), "paths": paths}
 
 
 def show(ctx: Context, rev: str) -> ShowResult:
@@ -96,7 +104,7 @@ def show(ctx: Context, rev: str) -> ShowResult:
 
 
 @dataclass(frozen=True)
-class DiffResult:
+class DiffResult(JsonResult):
     old: str
     new: str
     added: list[str]
@@ -123,12 +131,12 @@ def diff(ctx: Context, rev_a: str, rev_b: str | None, packages: bool) -> DiffRes
 
 
 @dataclass(frozen=True)
-class BranchInfo:
+class BranchInfo(JsonResult):
     name: str
     head: str
     current: bool
     created: str
-    count: int
+    commits: int
     size: int
     locked: bool
     worktrees: tuple[str, ...]
@@ -148,7 +156,7 @@ def branches(ctx: Context) -> list[BranchInfo]:
                 head=cid,
                 current=name == refs.head_branch,
                 created=c.created if c else "",
-                count=len(anc),
+                commits=len(anc),
                 size=sum(commits[a].size for a in anc),
                 locked=locks.is_locked(ctx.store.locks_dir, name),
                 worktrees=tuple(p for p, b in refs.worktrees.items() if b == name),
@@ -258,18 +266,21 @@ def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
     _refuse_busy(ctx, branch or "HEAD")
     old = refs.head_commit()
     with ctx.store.transaction(what or f"reset: moving to {rev}") as txn:
-        if branch:
-            txn.move_branch(branch, old, new)
-        else:
-            txn.move_detached(old, new)
+        txn.move_head(branch, old, new)
     return ResetResult(branch, old, new)
 
 
 # -- tags / reflog ----------------------------------------------------------------------------
 
 
-def tags(ctx: Context) -> dict[str, str]:
-    return ctx.refs().tags
+@dataclass(frozen=True)
+class TagInfo(JsonResult):
+    name: str
+    commit: str
+
+
+def tags(ctx: Context) -> list[TagInfo]:
+    return [TagInfo(name, cid) for name, cid in sorted(ctx.refs().tags.items())]
 
 
 def tag(ctx: Context, name: str, rev: str | None) -> str:
@@ -296,9 +307,12 @@ def delete_tag(ctx: Context, name: str) -> str:
 
 
 @dataclass(frozen=True)
-class ReflogRow:
+class ReflogRow(JsonResult):
     selector: str  # main@{0}
     entry: ReflogEntry
+
+    def to_json(self) -> dict[str, Any]:
+        return {"selector": self.selector, **self.entry.to_json()}
 
 
 def reflog(ctx: Context, ref: str | None) -> list[ReflogRow]:

@@ -9,13 +9,12 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from pienv import dag, locks
 from pienv.engine import MAX_DEPTH
 from pienv.errors import PienvError, StoreError, UsageError
 from pienv.locks import DETACHED
-from pienv.model import LABEL, Commit, now_rfc3339, parse_age, parse_time, short
+from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import baseimage as basemod
 from pienv.ops.commits import commit_fresh, finish, flatten_image, make_root
 from pienv.ops.context import Context
@@ -25,20 +24,18 @@ from pienv.store import ReflogEntry, Refs
 # -- prune ------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class KeptInUse:
+    commit: str
+    why: str
+
+
 @dataclass
-class PruneResult:
+class PruneResult(JsonResult):
     removed: list[str] = field(default_factory=list)
-    kept_in_use: list[tuple[str, str]] = field(default_factory=list)
+    kept_in_use: list[KeptInUse] = field(default_factory=list)
     bytes_freed: int = 0
     reflog_expired: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "removed": self.removed,
-            "kept_in_use": [{"commit": c, "why": w} for c, w in self.kept_in_use],
-            "bytes_freed": self.bytes_freed,
-            "reflog_expired": self.reflog_expired,
-        }
 
 
 def _first_parent_chain(commits: dict[str, Commit], head: str, n: int) -> list[str]:
@@ -100,7 +97,7 @@ def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool)
         repo = ctx.repository()
         for cid in victims:  # children before parents, so parents become free
             if cid in in_use:
-                result.kept_in_use.append((cid, f"used by container {in_use[cid][:12]}"))
+                result.kept_in_use.append(KeptInUse(cid, f"used by container {in_use[cid][:12]}"))
                 continue
             result.removed.append(cid)
             if dry_run:
@@ -187,10 +184,7 @@ def reset_base(
             new = make_root(ctx, base.image, branch or "")
             what = f"reset --all: bare base {base.image}"
         with ctx.store.transaction(what) as txn:
-            if branch:
-                txn.move_branch(branch, old, new.id)
-            else:
-                txn.move_detached(old, new.id)
+            txn.move_head(branch, old, new.id)
             txn.refs.base = base.image
     finally:
         lock.release()
@@ -231,7 +225,7 @@ def _tar_paths(data: bytes, prefix: str) -> list[str]:
 
 
 @dataclass(frozen=True)
-class Check:
+class Check(JsonResult):
     name: str
     level: str  # ok | warn | fail
     detail: str
@@ -359,13 +353,10 @@ def doctor(ctx: Context) -> list[Check]:
 
 
 @dataclass
-class FsckResult:
+class FsckResult(JsonResult):
     problems: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)
     unrestorable: list[str] = field(default_factory=list)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"problems": self.problems, "fixed": self.fixed, "unrestorable": self.unrestorable}
 
 
 def _store_id(ctx: Context) -> str:

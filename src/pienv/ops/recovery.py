@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import contextlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pienv import locks
 from pienv.errors import UsageError
 from pienv.locks import DETACHED
-from pienv.model import LABEL, RunInfo, short
+from pienv.model import INTERNAL, LABEL, JsonResult, RunInfo, short
 from pienv.ops.context import Context
 from pienv.ops.finish import finalize
 from pienv.ops.sandbox import remove_env_file
 
 
 @dataclass(frozen=True)
-class Orphan:
+class Orphan(JsonResult):
     container: str
     name: str
     branch: str
@@ -28,26 +28,11 @@ class Orphan:
     holder_alive: bool
     handled: bool  # the branch lock is held: a live run or finalizer owns it
     size: int
-    info: RunInfo
+    info: RunInfo = field(metadata=INTERNAL)
 
     @property
     def recoverable(self) -> bool:
         return self.state != "running" and not self.handled
-
-    def to_json(self) -> dict[str, object]:
-        return {
-            "container": self.container,
-            "name": self.name,
-            "branch": self.branch,
-            "parent": self.parent,
-            "started": self.started,
-            "state": self.state,
-            "exit_code": self.exit_code,
-            "holder_pid": self.holder_pid,
-            "holder_alive": self.holder_alive,
-            "handled": self.handled,
-            "size": self.size,
-        }
 
 
 def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
@@ -109,7 +94,6 @@ class Recovered:
     container: str
     commit: str  # "" when the orphan changed nothing
     branch: str
-    moved_branch: bool
     note: str
 
 
@@ -143,7 +127,6 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
                 container=o.container,
                 commit=commit,
                 branch=result.branch,
-                moved_branch=result.branch == o.branch,
                 note=_describe(o, commit, result.branch),
             )
         )

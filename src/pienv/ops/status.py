@@ -9,21 +9,21 @@ from pathlib import Path
 
 from pienv import dag, locks
 from pienv.errors import PienvError
-from pienv.model import Commit
+from pienv.model import Commit, JsonResult
 from pienv.ops.context import Context
 from pienv.ops.sandbox import MountPolicy
 from pienv.ops.workspace import Workspace, find_workspace, select_branch
 
 
 @dataclass
-class StatusResult:
+class StatusResult(JsonResult):
     store: str
     store_id: str
     workspace: str
     engine: str  # version, or the error
     engine_ok: bool
-    branch: str  # "" when detached
-    rule: str
+    branch: str | None  # None: detached HEAD
+    branch_rule: str  # which selection rule chose the branch (rule 11)
     detached: bool
     head: Commit | None
     base: str | None
@@ -83,8 +83,8 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         workspace=str(ws),
         engine="",
         engine_ok=False,
-        branch=branch,
-        rule=rule,
+        branch=branch or None,
+        branch_rule=rule,
         detached=refs.head_branch is None,
         head=head,
         base=refs.base,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pienv import gitrepo, locks
 from pienv.errors import UsageError
-from pienv.model import check_ref_name
+from pienv.model import JsonResult, check_ref_name
 from pienv.ops.context import Context
 
 
@@ -72,16 +72,13 @@ def add(ctx: Context, cwd: Path, path: Path, branch: str | None, from_rev: str |
 
 
 @dataclass(frozen=True)
-class WorktreeRow:
+class WorktreeRow(JsonResult):
     path: str
     env_branch: str
     env_head: str | None
     git_branch: str | None
     holder_pid: int | None
     exists: bool
-
-    def to_json(self) -> dict[str, object]:
-        return self.__dict__.copy()
 
 
 def list_(ctx: Context) -> list[WorktreeRow]:
