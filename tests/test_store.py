@@ -56,6 +56,22 @@ def test_cas_refuses_stale_expectation_and_writes_nothing(store: Store) -> None:
     assert len(store.reflog("main")) == 1
 
 
+def test_move_head_moves_the_branch_or_the_detached_head_by_cas(store: Store) -> None:
+    with store.transaction("root") as txn:
+        txn.move_head("main", None, A)
+    with store.transaction("detach") as txn:
+        txn.checkout(None, A)
+    with store.transaction("run") as txn:
+        txn.move_head(None, A, B)  # None: the detached HEAD
+    refs = store.load_refs()
+    assert refs.branches == {"main": A} and refs.head_detached == B
+    assert [(e.ref, e.old, e.new) for e in store.reflog()][-1] == ("HEAD", A, B)
+    for branch in ("main", None):
+        with pytest.raises(ConcurrentUpdate), store.transaction("stale") as txn:
+            txn.move_head(branch, C, B)
+    assert store.load_refs().head_detached == B
+
+
 def test_create_existing_branch_refused(store: Store) -> None:
     with store.transaction("x") as txn:
         txn.move_branch("main", None, A)

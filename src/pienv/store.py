@@ -213,6 +213,16 @@ class Transaction:
         self.refs.head_detached = new
         self._log("HEAD", expected, new, what)
 
+    def move_head(
+        self, branch: str | None, expected: str | None, new: str, what: str | None = None
+    ) -> None:
+        """Compare-and-swap ``branch``, or the detached HEAD when ``branch`` is None, from
+        ``expected`` to ``new``: the one move runs, resets and flattens make."""
+        if branch:
+            self.move_branch(branch, expected, new, what)
+        else:
+            self.move_detached(expected, new, what)
+
     def checkout(self, branch: str | None, detached: str | None = None) -> None:
         old = self.refs.head_commit()
         self.refs.head_branch = branch

@@ -93,7 +93,8 @@ def finalize(
         ) from exc
     result.commit = commit
     try:
-        move_head(ctx, info.branch, info.parent, commit.id, f"run: {cmd} (exit {exit_code})")
+        with ctx.store.transaction(f"run: {cmd} (exit {exit_code})") as txn:
+            txn.move_head(info.branch, info.parent, commit.id)
     except ConcurrentUpdate:
         name = f"recovered/{commit.short}"
         with ctx.store.transaction(f"recover: {info.branch or DETACHED} had moved") as txn:
@@ -104,12 +105,3 @@ def finalize(
         )
     engine.remove_container(cid, force=True)
     return result
-
-
-def move_head(ctx: Context, branch: str, expected: str, new: str, what: str) -> None:
-    """Compare-and-swap ``branch`` (or the detached HEAD when "") from ``expected`` to ``new``."""
-    with ctx.store.transaction(what) as txn:
-        if branch:
-            txn.move_branch(branch, expected, new)
-        else:
-            txn.move_detached(expected, new)

@@ -19,7 +19,7 @@ from pienv.ops import guard as guardmod
 from pienv.ops import recovery
 from pienv.ops.commits import flatten_image, host_ids, make_root
 from pienv.ops.context import Context
-from pienv.ops.finish import RunResult, finalize, move_head
+from pienv.ops.finish import RunResult, finalize
 from pienv.ops.sandbox import (
     ENV_FILE,
     LOGIN_SHELL,
@@ -135,7 +135,8 @@ def run(
             )
         if parent_image.depth >= ctx.config.flatten_at:
             flat = flatten_image(ctx, parent, branch)
-            move_head(ctx, branch, parent, flat.id, f"flatten: {parent_image.depth} layers -> 1")
+            with ctx.store.transaction(f"flatten: {parent_image.depth} layers -> 1") as txn:
+                txn.move_head(branch, parent, flat.id)
             notes.append(f"flattened {short(parent)} ({parent_image.depth} layers) to {flat.short}")
             parent = flat.id
 
