@@ -1,0 +1,190 @@
+"""The module graph: every `import` in src/pienv, module-level and inside functions.
+
+Data flows one way (docs/architecture.md): the command line (entry, runargs, cli, ui) calls
+ops/, which uses the core modules (store, engine, gitrepo, dag, model, config, locks, errors).
+No import may go up a layer, and none may close a circle, even one hidden inside a function
+(a circle there still couples the two modules: neither can be understood or tested alone).
+
+docs/architecture.md shows the graph this test computes; after changing imports, rewrite it
+with `python3 tests/test_imports.py --write`.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import sys
+from pathlib import Path
+
+SRC = Path(__file__).resolve().parent.parent / "src"
+PKG = SRC / "pienv"
+DOC = SRC.parent / "docs" / "architecture.md"
+
+TOP = {"__main__", "entry", "runargs", "cli", "ui"}
+CORE = {
+    "store",
+    "engine",
+    "enginehttp",
+    "gitrepo",
+    "dag",
+    "model",
+    "config",
+    "locks",
+    "errors",
+}
+# Only these libraries, and only in these modules (design: "only engine.py knows Docker").
+PRIVATE_LIBRARIES = {"docker": {"engine", "enginehttp"}, "dulwich": {"gitrepo"}}
+
+
+def modules() -> dict[str, Path]:
+    """Dotted names relative to the package ("cli", "ops.run") -> file."""
+    out = {}
+    for path in sorted(PKG.rglob("*.py")):
+        rel = path.relative_to(PKG).with_suffix("")
+        parts = rel.parts[:-1] if rel.name == "__init__" else rel.parts
+        out[".".join(parts) or "__init__"] = path
+    return out
+
+
+def layer(name: str) -> int:
+    """2 = the command line, 1 = ops, 0 = core."""
+    if name in TOP:
+        return 2
+    if name == "ops" or name.startswith("ops."):
+        return 1
+    if name in CORE or name == "__init__":
+        return 0
+    raise AssertionError(f"pienv.{name} belongs to no layer: add it to tests/test_imports.py")
+
+
+def imports_of(path: Path, known: set[str]) -> tuple[set[str], set[str]]:
+    """(pienv modules, third-party top-level packages) that ``path`` imports anywhere."""
+    ours: set[str] = set()
+    libs: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            assert node.level == 0, f"{path}: relative import"
+            base = node.module or ""
+            for a in node.names:
+                # `from pienv.ops import guard` imports the module pienv.ops.guard;
+                # `from pienv.errors import UsageError` the module pienv.errors.
+                sub = f"{base}.{a.name}"
+                names.append(sub if sub.removeprefix("pienv.") in known else base)
+        for name in names:
+            if name == "pienv" or name.startswith("pienv."):
+                rel = name.removeprefix("pienv").removeprefix(".")
+                if rel:
+                    ours.add(rel)
+            else:
+                libs.add(name.split(".")[0])
+    return ours, libs
+
+
+def graph() -> dict[str, set[str]]:
+    mods = modules()
+    known = set(mods)
+    out = {}
+    for name, path in mods.items():
+        ours, _ = imports_of(path, known)
+        out[name] = {m for m in ours if m in known and m != name}
+    return out
+
+
+def find_cycle(g: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(n: str) -> list[str] | None:
+        state[n] = 1
+        stack.append(n)
+        for m in sorted(g.get(n, ())):
+            if state.get(m) == 1:
+                return [*stack[stack.index(m) :], m]
+            if m not in state:
+                found = visit(m)
+                if found:
+                    return found
+        stack.pop()
+        state[n] = 2
+        return None
+
+    for n in sorted(g):
+        if n not in state:
+            found = visit(n)
+            if found:
+                return found
+    return None
+
+
+def render(g: dict[str, set[str]]) -> str:
+    """The graph as docs/architecture.md shows it: one line per module, layers top down."""
+    width = max(len(n) for n in g) + 1
+    lines = []
+    for lay in (2, 1, 0):
+        for name in sorted(n for n in g if layer(n) == lay and n != "__init__"):
+            deps = ", ".join(sorted(g[name], key=lambda m: (-layer(m), m))) or "-"
+            lines.append(f"{name:<{width}}-> {deps}")
+        lines.append("")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+BEGIN, END = "<!-- import-graph:begin -->\n```\n", "```\n<!-- import-graph:end -->"
+
+
+def test_no_import_goes_up_a_layer() -> None:
+    g = graph()
+    upward = [f"{a} -> {b}" for a, deps in g.items() for b in deps if layer(b) > layer(a)]
+    assert not upward, f"imports against the layers (cli -> ops -> core): {upward}"
+
+
+def test_ops_never_print() -> None:
+    g = graph()
+    assert not [n for n in g if n.startswith("ops") and "ui" in g[n]], "ops import ui"
+
+
+def test_no_import_cycle() -> None:
+    cycle = find_cycle(graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
+
+
+def test_docker_and_dulwich_stay_in_their_modules() -> None:
+    mods = modules()
+    for name, path in mods.items():
+        _, libs = imports_of(path, set(mods))
+        for lib, allowed in PRIVATE_LIBRARIES.items():
+            assert lib not in libs or name in allowed, f"pienv.{name} imports {lib}"
+
+
+def test_the_checker_sees_function_level_imports_and_cycles() -> None:
+    g = graph()
+    # cli imports ops modules only inside its commands.
+    assert "ops.history" in g["cli"] and "ops.maint" in g["cli"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_architecture_doc_shows_this_graph() -> None:
+    text = DOC.read_text()
+    m = re.search(re.escape(BEGIN) + r"(.*?)" + re.escape(END), text, re.S)
+    assert m, f"{DOC} has no import-graph block"
+    assert m.group(1) == render(graph()), (
+        "docs/architecture.md's module graph is stale: python3 tests/test_imports.py --write"
+    )
+
+
+def write_doc() -> None:
+    text = DOC.read_text()
+    block = BEGIN + render(graph()) + END
+    new, n = re.subn(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    assert n == 1, f"{DOC} has no import-graph block"
+    DOC.write_text(new)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] == ["--write"]:
+        write_doc()
+    else:
+        sys.stdout.write(render(graph()))
