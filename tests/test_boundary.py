@@ -13,7 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import Pienv, git, make_repo
+from conftest import NonrootPienv, Pienv, git, make_repo
 
 pytestmark = pytest.mark.engine
 
@@ -296,3 +296,23 @@ def test_dropped_credential_named_once(pienv: Pienv) -> None:
     assert r.err.count("GITHUB_TOKEN") == 1
     assert "pienv: not passed: GITHUB_TOKEN (credential)\n" in r.err
     assert "LC_SECRET" not in r.err
+
+
+# -- the same as a real non-root user, on the realistic base (Debian's git inside) -----------
+
+
+@pytest.mark.nonroot
+@pytest.mark.realistic
+def test_nonroot_realistic_hooks_and_home_ancestors(nonroot_realistic: NonrootPienv) -> None:
+    p = nonroot_realistic
+    marker = p.repo.parent / "pwned"  # outside the workspace: only the host could create it
+    r = p("run", "--", "sh", "-c", PLANT.format(m=marker), timeout=300)
+    assert "COMMITTED" in r.out, r.err
+    as_user = [p.command[0], "-u", "pienvtest", "--", "git", "-C", str(p.repo)]
+    for args in (["status"], ["-c", "user.name=u", "-c", "user.email=u@u", "commit",
+                              "--allow-empty", "-q", "-m", "host"]):  # fmt: skip
+        subprocess.run([*as_user, *args], env=p.env, check=True, capture_output=True)
+    assert not marker.exists()
+    for w in ("/home", "/home/pienvtest"):
+        r = p("run", "-w", w, "--", "true", check=False)
+        assert r.code == 1 and r.err.startswith("pienv: error: refusing to mount"), r.err

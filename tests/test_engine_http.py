@@ -97,7 +97,10 @@ def test_content_length_chunked_and_eof_bodies(serve: Serve) -> None:
 def test_request_body_is_json(serve: Serve) -> None:
     server = serve(reply("201 Created", b'{"Id": "c1"}'))
     cid = Engine().create(
-        "img", entrypoint=["sh"], labels={"k": "v"}, binds={"/h": {"bind": "/c", "mode": "ro"}}
+        "img",
+        entrypoint=["sh"],
+        labels={"k": "v"},
+        binds={"/h:x": {"bind": "/c", "mode": "ro"}, "vol": {"bind": "/v", "mode": "rw"}},
     )
     assert cid == "c1"
     body = server.requests[0].partition(b"\r\n\r\n")[2]
@@ -105,7 +108,8 @@ def test_request_body_is_json(serve: Serve) -> None:
 
     config = json.loads(body)
     assert config["HostConfig"]["Mounts"] == [
-        {"Type": "bind", "Source": "/h", "Target": "/c", "ReadOnly": True}
+        {"Type": "bind", "Source": "/h:x", "Target": "/c", "ReadOnly": True},
+        {"Type": "volume", "Source": "vol", "Target": "/v", "ReadOnly": False},
     ]
     assert config["Cmd"] == []
 

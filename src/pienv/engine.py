@@ -428,9 +428,10 @@ class Engine:
             "HostConfig": {
                 # The Mounts form, not "Binds" strings: a host path may hold ':' or ',', and
                 # a missing source is an error instead of a root-owned directory on the host.
+                # A source that is not an absolute path is a named volume, as in "Binds".
                 "Mounts": [
                     {
-                        "Type": "bind",
+                        "Type": "bind" if host.startswith("/") else "volume",
                         "Source": host,
                         "Target": b["bind"],
                         "ReadOnly": b["mode"] == "ro",

@@ -44,8 +44,10 @@ def _real(path: str | Path) -> Path:
 
 
 def _within(path: Path, top: Path) -> bool:
-    """``path`` is ``top`` or lies under it."""
-    return path == top or top in path.parents
+    """``path`` is ``top`` or lies under it (by string: Path.parents is slow, and this runs a
+    hundred times per run)."""
+    p, t = str(path), str(top)
+    return p == t or p.startswith(t if t.endswith("/") else t + "/")
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,7 @@ class MountPolicy:
     store: Path
     config: Path
     sockets: tuple[Path, ...]
+    trees: tuple[Path, ...] = ()  # SYSTEM_TREES as written and as resolved
 
     @classmethod
     def of(cls, store: Path, config: Path, engine_url: str = "") -> MountPolicy:
@@ -75,7 +78,9 @@ class MountPolicy:
         runtime = os.environ.get("XDG_RUNTIME_DIR")
         if runtime:  # rootless Docker and Podman
             sockets += [f"{runtime}/docker.sock", f"{runtime}/podman/podman.sock"]
+        trees = [t for tree in SYSTEM_TREES for t in (Path(tree), _real(tree))]
         return cls(
+            trees=tuple(dict.fromkeys(trees)),
             homes=tuple(sorted(homes)),
             store=_real(store),
             config=_real(config),
@@ -119,10 +124,9 @@ class MountPolicy:
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.stat(path).st_mode) or "docker.sock" in path.name:
                 return "it is a socket"
-        for tree in SYSTEM_TREES:
-            for t in {Path(tree), _real(tree)}:
-                if _within(path, t):
-                    return f"it is in a system tree ({t})"
+        for t in self.trees:
+            if _within(path, t):
+                return f"it is in a system tree ({t})"
         if _within(path, self.store) or _within(self.store, path):
             return f"it is, holds or is inside the pienv store ({self.store})"
         if _within(self.config, path):
