@@ -29,6 +29,21 @@ def test_realistic_image_is_a_stock_image(realistic_image: str) -> None:
     assert proc.returncode == 2  # getent: not found
 
 
+def test_realistic_image_reaches_npm_and_debian(realistic_image: str) -> None:
+    """The recipe's network part: the npm registry over https through the proxy (the host's CA
+    bundle copied in, NODE_EXTRA_CA_CERTS) and Debian's mirror over http, as the agent tests
+    on this tier need to install things."""
+    script = "npm view left-pad version && apt-get update -qq && apt-cache policy jq | head -1"
+    proc = subprocess.run(
+        ["docker", "run", "--rm", realistic_image, "bash", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["1.3.0", "jq:"], proc.stdout
+
+
 def test_realistic_run_node_and_noop(realistic_pienv: Pienv) -> None:
     p = realistic_pienv
     # The first run after the root commit may still commit Docker's mount points on this
