@@ -48,3 +48,21 @@ def test_tag_and_branch_names_never_clash(pienv: Pienv) -> None:
     assert (r.code, r.err) == (1, "pienv: error: 'v1' is a tag (choose another branch name)\n")
     pienv("branch", "exp")
     assert pienv("branch", "-m", "exp", "v1", check=False).code == 1
+
+
+def test_messages_say_what_happened(pienv: Pienv) -> None:
+    r = pienv("run", "-m", "install the tool", "--", "touch", "/tool")
+    assert r.err.endswith("(1 path changed)\n")
+    first = pienv("reflog").out.splitlines()[0]
+    assert "main@{0}: run: install the tool  (" in first
+    show = pienv("show").out
+    assert "\n1 path changed: 1 added, 0 changed, 0 deleted\n" in show
+    # --no-commit says "discarded" only when there was something to discard
+    r = pienv("run", "--no-commit", "--", "true")
+    assert r.err == "pienv: nothing changed in the environment; no commit\n"
+    r = pienv("run", "--no-commit", "--", "touch", "/gone")
+    assert r.err == "pienv: --no-commit: the environment changes were discarded\n"
+    # a shell's commit is called `shell`, not pienv's login-shell wrapper
+    pienv("shell", input="touch /from-shell\nexit\n")
+    assert pienv("log", "-n", "1").out.split("  (")[0].endswith(" shell")
+    assert "main@{0}: run: shell  (" in pienv("reflog").out.splitlines()[0]

@@ -255,11 +255,11 @@ def show(
     ui.out(f"    {c.message}")
     ui.out("")
     if r.changes is None:
-        ui.out(f"{c.changes} paths changed (list not recorded)")
+        ui.out(f"{ui.plural(c.changes, 'path')} changed (list not recorded)")
         return
     counts = {k: sum(1 for kk, _ in r.changes if kk == k) for k in "ACD"}
     ui.out(
-        f"{len(r.changes)} paths changed: {counts['A']} added, {counts['C']} changed, "
+        f"{ui.plural(len(r.changes), 'path')} changed: {counts['A']} added, {counts['C']} changed, "
         f"{counts['D']} deleted"
     )
     for kind, path in r.changes[:limit]:
@@ -365,7 +365,8 @@ def branch(
         return
     ui.table(
         ["", "branch", "head", "age", "commits", "size", "lock", "worktree"],
-        [
+        keep=("branch", "head", "worktree"),
+        rows=[
             (
                 "*" if b.current else "",
                 b.name,
@@ -544,7 +545,8 @@ def worktree_list(as_json: JsonOpt = False) -> None:
         return
     ui.table(
         ["path", "git branch", "env branch", "env head", "running", "exists"],
-        [
+        keep=("path", "git branch", "env branch", "env head"),
+        rows=[
             (
                 r.path,
                 r.git_branch or "-",
@@ -592,7 +594,8 @@ def orphans(as_json: JsonOpt = False) -> None:
         return
     ui.table(
         ["container", "branch", "parent", "age", "state", "changes", "holder"],
-        [
+        keep=("container", "branch", "parent"),
+        rows=[
             (
                 o.container[:12],
                 o.branch or "HEAD",

@@ -128,7 +128,7 @@ def lanes(order: Sequence[str], parents: Mapping[str, Sequence[str]]) -> list[Gr
     """
     rows: list[GraphRow] = []
     active: list[str] = []
-    for cid in order:
+    for n, cid in enumerate(order):
         if cid not in active:
             active.append(cid)
         col = active.index(cid)
@@ -146,6 +146,10 @@ def lanes(order: Sequence[str], parents: Mapping[str, Sequence[str]]) -> list[Gr
             del active[col]
             if col < len(active):
                 rows.append(GraphRow(_shift_left(len(active) + 1, col)))
+            elif n + 1 < len(order) and order[n + 1] not in active:
+                # The next commit starts a new lane in this very column: leave a gap, or it
+                # would read as the root's child (an unrelated root from `reset --all`).
+                rows.append(GraphRow(" ".join("|" for _ in active)))
             continue
         active[col] = ps[0]
         for extra in ps[1:]:

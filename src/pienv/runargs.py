@@ -142,7 +142,7 @@ def run_command(req: RunRequest) -> int:
             f"committed {result.commit.short} on {result.branch or 'HEAD'} "
             f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
         )
-    elif req.no_commit:
+    elif req.no_commit and result.changes:
         ui.note("--no-commit: the environment changes were discarded")
     else:
         ui.note("nothing changed in the environment; no commit")

@@ -19,15 +19,20 @@ if TYPE_CHECKING:
 def console() -> Console:
     from rich.console import Console
 
-    # rich honours NO_COLOR and non-TTY output by itself; highlight=False keeps ids plain.
-    return Console(highlight=False, soft_wrap=True)
+    # rich drops colours for NO_COLOR but keeps bold and other styles: no escapes at all then.
+    # highlight=False keeps ids plain.
+    return Console(highlight=False, soft_wrap=True, **_no_color())
 
 
 @cache
 def err_console() -> Console:
     from rich.console import Console
 
-    return Console(stderr=True, highlight=False, soft_wrap=True)
+    return Console(stderr=True, highlight=False, soft_wrap=True, **_no_color())
+
+
+def _no_color() -> dict[str, Any]:
+    return {"color_system": None} if os.environ.get("NO_COLOR") else {}
 
 
 def out(text: str = "", style: str | None = None) -> None:
@@ -77,16 +82,71 @@ def emit_json(data: Any) -> None:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def table(columns: Sequence[str], rows: Iterable[Sequence[str]], title: str | None = None) -> None:
-    from rich import box
-    from rich.table import Table
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    keep: Iterable[str] = (),
+    width: int | None = None,
+) -> None:
+    """Aligned columns, one line per row. The ``keep`` columns (ids, paths, names) are never
+    cut or wrapped: when the rows are wider than the terminal, the other columns are cut
+    (widest first, with "…"), and what still does not fit runs past the edge rather than
+    splitting an id. Piped output without COLUMNS is never cut."""
+    lines = render_table(columns, [list(r) for r in rows], set(keep), width or _width())
+    if sys.stdout is None:
+        return
+    if lines and _styled(sys.stdout):
+        lines[0] = f"\x1b[1m{lines[0]}\x1b[0m"
+    sys.stdout.write("".join(line + "\n" for line in lines))
+    sys.stdout.flush()
 
-    t = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for col in columns:
-        t.add_column(col, overflow="fold")
-    for row in rows:
-        t.add_row(*row)
-    console().print(t)
+
+def _width() -> int | None:
+    """The width to fit: COLUMNS, else the terminal's, else None (piped: no limit)."""
+    cols = os.environ.get("COLUMNS", "")
+    if cols.isdigit() and int(cols) > 0:
+        return int(cols)
+    if isatty(sys.stdout):
+        import shutil
+
+        return shutil.get_terminal_size().columns
+    return None
+
+
+def _styled(stream: Any) -> bool:
+    """Whether to print escapes at all: a terminal, and no NO_COLOR (bold is a style too)."""
+    return not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb" and isatty(stream)
+
+
+GAP = "  "
+
+
+def render_table(
+    columns: Sequence[str], rows: list[list[str]], keep: set[str], width: int | None
+) -> list[str]:
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    cuttable = [i for i, c in enumerate(columns) if c not in keep]
+    if width is not None:
+        # Cut the widest cuttable column one step at a time, never below its header (or 3).
+        floor = {i: min(widths[i], max(len(columns[i]), 3)) for i in cuttable}
+        excess = sum(widths) + len(GAP) * (len(columns) - 1) - width
+        while excess > 0:
+            candidates = [i for i in cuttable if widths[i] > floor[i]]
+            if not candidates:
+                break
+            i = max(candidates, key=lambda k: widths[k])
+            widths[i] -= 1
+            excess -= 1
+
+    def cell(text: str, i: int) -> str:
+        if len(text) > widths[i]:
+            text = text[: widths[i] - 1] + "…"
+        return text.ljust(widths[i])
+
+    out = [GAP.join(cell(c, i) for i, c in enumerate(columns)).rstrip()]
+    for r in rows:
+        out.append(GAP.join(cell(c, i) for i, c in enumerate(r)).rstrip())
+    return out
 
 
 def progress(description: str, total: int | None) -> Progress:
@@ -129,6 +189,10 @@ def age(ts: str) -> str:
         if secs >= n:
             return f"{secs // n}{unit} ago"
     return f"{max(secs, 0)}s ago"
+
+
+def plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def decorate(refs: Sequence[str]) -> str:

@@ -69,9 +69,11 @@ def finalize(
         return result
     parent_image = engine.inspect_image(info.parent)
     cmd = " ".join(info.command) or "agent"
+    # The -m message (or `shell`) names the commit and its reflog entry alike.
+    summary = info.message or f"run: {cmd} (exit {exit_code})"
     draft = Commit.draft(
         info.branch,
-        info.message or f"run: {cmd} (exit {exit_code})",
+        summary,
         "run",
         parents=(info.parent,),
         command=info.command,
@@ -93,7 +95,7 @@ def finalize(
         ) from exc
     result.commit = commit
     try:
-        with ctx.store.transaction(f"run: {cmd} (exit {exit_code})") as txn:
+        with ctx.store.transaction(f"run: {summary.removeprefix('run: ')}") as txn:
             txn.move_head(info.branch, info.parent, commit.id)
     except ConcurrentUpdate:
         name = f"recovered/{commit.short}"

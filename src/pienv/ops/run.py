@@ -163,7 +163,8 @@ def run(
             started=now_rfc3339(),
             workspace=str(ws.path),
             command=tuple(command),
-            message=req.message or "",
+            # A shell's command is pienv's login-shell wrapper: call the commit what it was.
+            message=req.message or ("shell" if req.shell else ""),
         )
         forward_stdin = stdin_fd is not None and not req.interactive and engine.forwards_stdin
         cid = engine.create(
