@@ -265,6 +265,20 @@ def test_env_file_removed_after_kill_9(pienv: Pienv, how: str) -> None:
     assert list(runs.iterdir()) == []
 
 
+def test_env_file_removed_by_the_finalizer_when_pienv_is_killed(pienv: Pienv) -> None:
+    pienv("run", "--", "true")
+    before = pienv.head()
+    proc = pienv.popen("run", "--", "sh", "-c", "touch /x; echo up; sleep 2")
+    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
+    os.kill(proc.pid, signal.SIGKILL)  # the forked finalizer lives on and commits
+    proc.wait(30)
+    end = time.monotonic() + 60
+    while (pienv.head() == before or run_containers(pienv)) and time.monotonic() < end:
+        time.sleep(0.2)
+    assert pienv.head() != before
+    assert list((pienv.home / "runs").iterdir()) == []
+
+
 def test_doctor_reports_and_removes_stale_env_files(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     stale = pienv.home / "runs" / "0123456789ab.env"

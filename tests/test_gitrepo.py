@@ -72,3 +72,34 @@ def test_head_commit(layouts: dict[str, Path]) -> None:
     unborn.mkdir()
     git(unborn, "init", "-q")
     assert gitrepo.head_commit(unborn) == ""
+
+
+def test_forged_git_file_is_not_a_linked_worktree(tmp_path: Path) -> None:
+    """git (and dulwich) follow a .git file's gitdir/commondir wherever they point; find()
+    reports the same paths but says why the pair is not a real worktree relation, so `run`
+    mounts nothing for it."""
+    repo = make_repo(tmp_path / "repo")
+    git(repo, "worktree", "add", "-q", "-b", "wt", str(tmp_path / "wt"))
+    real = gitrepo.find(tmp_path / "wt")
+    assert real is not None and real.is_linked_worktree and real.link_problem == ""
+    forged = tmp_path / "forged"
+    (forged / ".g").mkdir(parents=True)
+    (forged / ".g" / "commondir").write_text(f"{tmp_path}\n")
+    (forged / ".git").write_text("gitdir: .g\n")
+    info = gitrepo.find(forged)
+    assert info is not None and info.common_dir == tmp_path.resolve()
+    assert not info.is_linked_worktree and "not in" in info.link_problem
+    thief = tmp_path / "thief"
+    thief.mkdir()
+    (thief / ".git").write_text(f"gitdir: {repo}/.git/worktrees/wt\n")
+    info = gitrepo.find(thief)
+    assert info is not None and ours(thief) == dulwich_view(thief)
+    assert not info.is_linked_worktree and "not at" in info.link_problem
+    fake_common = tmp_path / "fake"
+    (fake_common / "worktrees" / "x").mkdir(parents=True)
+    (fake_common / "worktrees" / "x" / "commondir").write_text("../..\n")
+    (fake_common / "worktrees" / "x" / "gitdir").write_text(f"{tmp_path / 'victim' / '.git'}\n")
+    (tmp_path / "victim").mkdir()
+    (tmp_path / "victim" / ".git").write_text(f"gitdir: {fake_common}/worktrees/x\n")
+    info = gitrepo.find(tmp_path / "victim")
+    assert info is not None and "is not a git directory" in info.link_problem
