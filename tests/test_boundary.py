@@ -147,6 +147,11 @@ def test_commondir_planted_in_dot_git_is_moved_aside(pienv: Pienv, tmp_path: Pat
     assert "points your git at another config; moved it to commondir.pienv-quarantined" in r.err
     subprocess.run(["git", "status"], cwd=pienv.repo, capture_output=True)
     assert not marker.exists()
+    # One that was there before the run (a tarball, an unprotected run) is reported, not moved.
+    (pienv.repo / ".git" / "commondir").write_text(".\n")
+    r = pienv("run", "--", "true")
+    assert "commondir exists (git never writes one there)" in r.err
+    assert (pienv.repo / ".git" / "commondir").exists()
 
 
 def test_missing_hooks_dir_is_protected_too(pienv: Pienv, tmp_path: Path) -> None:

@@ -198,6 +198,11 @@ def run(
         guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
         commondir = planted_commondir(ws.path, ws.repo) if ctx.config.protect_git else None
         planted_before = commondir is not None and os.path.lexists(commondir)
+        if planted_before:
+            notes.append(
+                f"warning: {commondir} exists (git never writes one there): your git follows it "
+                "to another config; check it"
+            )
         exit_code = _attach(
             engine, cid, req.interactive, out, err, stdin_fd if forward_stdin else None
         )
