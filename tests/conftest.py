@@ -2,7 +2,8 @@
 set) a missing engine fails them; elsewhere they are skipped with the reason.
 
 Every test gets its own store (PIENV_HOME under tmp_path), so tests never touch the user's
-store and stores never see each other's commits (design rule 8).
+store and stores never see each other's commits (docs/rules.md, rule 8). A test that forgets
+to choose one fails: the default store location raises (`no_default_store`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,34 @@ def _busybox() -> str:
         if os.path.exists(path):
             return path
     raise RuntimeError("busybox-static is not installed (apt-get install busybox-static)")
+
+
+class YouForgotToChooseAStore(AssertionError):
+    """Raised by the default store location in tests: pass a Store, or set PIENV_HOME."""
+
+
+# Where a subprocess without PIENV_HOME would put its store: under a regular file, so that
+# creating it fails even for root, and nothing is written to the real user data directory.
+NO_STORE = "/dev/null/tests-must-set-PIENV_HOME"
+
+
+@pytest.fixture(autouse=True)
+def no_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test touches a real user's store (pre-commit's `dont_write_to_home_directory`):
+    in this process the default location raises unless the test set PIENV_HOME itself, and
+    in subprocesses (which get our environment) it points nowhere writable."""
+    from pienv import store
+
+    monkeypatch.delenv("PIENV_HOME", raising=False)  # one exported by the developer's shell
+    monkeypatch.setenv("XDG_DATA_HOME", NO_STORE)  # platformdirs' user data directory
+    chosen = store.default_home
+
+    def default_home() -> Path:
+        if not os.environ.get("PIENV_HOME"):
+            raise YouForgotToChooseAStore("a test used the default store location")
+        return chosen()
+
+    monkeypatch.setattr(store, "default_home", default_home)
 
 
 @pytest.fixture(scope="session")
@@ -116,6 +145,7 @@ class Result:
     code: int
     out: str
     err: str
+    log: str = ""  # on exit 3: the traceback pienv wrote to the store's pienv.log
 
 
 class Pienv:
@@ -151,9 +181,22 @@ class Pienv:
             **({"input": input} if input is not None else {"stdin": subprocess.DEVNULL}),
         )
         result = Result(proc.returncode, proc.stdout, proc.stderr)
+        if proc.returncode == 3:  # an internal error: its traceback is only in the log
+            result.log = self.last_log_entry()
         if check and proc.returncode != 0:
-            raise AssertionError(f"pienv {' '.join(args)} -> {proc.returncode}\n{proc.stderr}")
+            raise AssertionError(
+                f"pienv {' '.join(args)} -> {proc.returncode}\n{proc.stderr}"
+                + (f"\n--- {self.home / 'pienv.log'} ---\n{result.log}" if result.log else "")
+            )
         return result
+
+    def last_log_entry(self) -> str:
+        """The newest entry of the store's pienv.log (each starts with a `--- ` header)."""
+        try:
+            text = (self.home / "pienv.log").read_text(errors="replace")
+        except OSError:
+            return ""
+        return "--- " + text.rsplit("\n--- ", 1)[-1].removeprefix("--- ")
 
     def popen(self, *args: str, cwd: Path | None = None) -> subprocess.Popen[str]:
         return subprocess.Popen(

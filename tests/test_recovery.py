@@ -163,12 +163,14 @@ def test_orphan_already_committed_is_removed_not_committed_again(
         )
     monkeypatch.undo()
     head = pienv.head()
-    images = len(docker.from_env().api.images(filters={"label": "dev.pienv.store"}))
+    # This store's images only: other tests on the same engine make and remove theirs meanwhile.
+    mine = {"label": f"dev.pienv.store={pienv.refs()['store_id']}"}
+    images = len(docker.from_env().api.images(filters=mine))
     [orphan] = run_containers(pienv)
     out = pienv("recover", orphan["Id"][:12]).out
     assert f"committed as {head[:12]} on 'main'" in out
     assert pienv.head() == head and run_containers(pienv) == []
-    assert len(docker.from_env().api.images(filters={"label": "dev.pienv.store"})) == images
+    assert len(docker.from_env().api.images(filters=mine)) == images
 
 
 def test_fsck_repair_after_refs_json_deleted(pienv: Pienv) -> None:
@@ -237,6 +239,32 @@ def test_flatten_keeps_config_and_content(pienv: Pienv) -> None:
     assert pienv("run", "--", "ls", "/f0", "/f2").code == 0
 
 
+def test_runs_past_flatten_at_are_flattened_and_go_on(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rule 2 in seconds: a low `flatten_at` makes the automatic flatten happen within a few
+    runs (the stress test below goes past Docker's real limit)."""
+    from pienv.ops import run as runmod
+    from pienv.ops.context import Context
+    from pienv.store import Store
+
+    for key, value in pienv.env.items():
+        monkeypatch.setenv(key, value)
+    pienv.home.mkdir(parents=True, exist_ok=True)
+    (pienv.home / "config.toml").write_text("[run]\nflatten_at = 12\n")
+    ctx = Context(store=Store(pienv.home))
+    for i in range(8):
+        req = runmod.RunRequest(command=("sh", "-c", f"echo {i} >> /counter"))
+        result = runmod.run(ctx, req, pienv.repo, pienv.env, lambda b: None, lambda b: None)
+        assert result.exit_code == 0 and result.commit is not None, i
+    head = docker.from_env().api.inspect_image(pienv.head())
+    assert len(head["RootFS"]["Layers"]) <= 12
+    assert pienv("run", "--", "sh", "-c", "wc -l < /counter").out.strip() == "8"
+    kinds = [c["kind"] for c in json.loads(pienv("log", "--json").out)]
+    assert "flatten" in kinds
+
+
+@pytest.mark.stress
 def test_150_runs_on_one_branch_never_dead_end(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -1,4 +1,4 @@
-"""`pienv run` against the real engine: the commit model and rules 3–8 of the design."""
+"""`pienv run` against the real engine: the commit model and rules 3–8 (docs/rules.md)."""
 
 from __future__ import annotations
 

@@ -49,7 +49,7 @@ def _ctx() -> Any:
 
 
 def _selected(explicit: str | None = None) -> Any:
-    """A Context whose HEAD is the branch the selection rule picks here (design rule 11):
+    """A Context whose HEAD is the branch the selection rule picks here (rule 11, docs/rules.md):
     --branch (``explicit``) > PIENV_PROFILE > worktree binding > HEAD. Says which rule chose
     it when that is not the obvious one."""
     from pienv.ops.workspace import select

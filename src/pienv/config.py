@@ -1,4 +1,5 @@
-"""User configuration (TOML), read only from the user's own config file, never the workspace.
+"""User configuration (TOML), read only from the user's own config file, never the workspace
+(rule 9 in docs/rules.md: what widens the sandbox never comes from a file the container writes).
 
 ``$PIENV_CONFIG`` or ``$PIENV_HOME/config.toml``::
 

@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     except BrokenPipeError:
         code = 0
     except Exception as exc:
-        log = _log_internal()
+        log = _log_internal(args)
         ui.error(f"internal error: {exc.__class__.__name__}: {exc} (traceback in {log})")
         code = 3
     sys.exit(code)
@@ -43,16 +43,24 @@ def _dispatch(args: list[str]) -> int:
     return cli.invoke(args)
 
 
-def _log_internal() -> str:
+def _log_internal(args: list[str]) -> str:
+    """Append the current traceback to the store's pienv.log; its path, for the message.
+
+    Each entry starts with a header line ``--- TIME pienv VERSION argv: [...]`` so a report
+    says when, which version and which command line, and entries can be told apart."""
+    import json
     import traceback
 
+    from pienv import __version__
+    from pienv.model import now_rfc3339
     from pienv.store import default_home
 
     path = default_home() / "pienv.log"
+    header = f"--- {now_rfc3339()} pienv {__version__} argv: {json.dumps(args)}\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a") as fh:
-            fh.write(traceback.format_exc())
+            fh.write(header + traceback.format_exc())
     except OSError:
         return "(unwritable log)"
     return str(path)

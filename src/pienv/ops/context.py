@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 class Context:
     store: Store = field(default_factory=Store)
     _engine: Engine | None = None
-    # The branch this command means by HEAD (design rule 11), set by ops.workspace.select from
+    # The branch this command means by HEAD (rule 11), set by ops.workspace.select from
     # --branch / PIENV_PROFILE / the worktree binding; None: refs.json's own HEAD. Only reads
     # see it: transactions re-read refs.json, so a ref move never writes it back.
     head_branch: str | None = None

@@ -1,4 +1,5 @@
-"""The finalizer that outlives pienv: a forked child that commits the run if pienv dies.
+"""The finalizer that outlives pienv: a forked child that commits the run if pienv dies
+(rule 1 in docs/rules.md: nothing lost).
 
 pienv forks it right after creating the run container. The child holds the branch lock (it
 inherits the descriptor) and blocks on a pipe. If pienv finishes normally it writes ``d`` and

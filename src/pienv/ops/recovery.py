@@ -1,4 +1,5 @@
-"""Runs that never got committed: orphans, recover, clean-orphans, unlock."""
+"""Runs that never got committed: orphans, recover, clean-orphans, unlock (rule 1 in
+docs/rules.md: what no run or finalizer committed is listed and restorable)."""
 
 from __future__ import annotations
 

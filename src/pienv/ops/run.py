@@ -81,7 +81,10 @@ def ensure_root(ctx: Context, branch: str, notes: list[str]) -> str:
     return root.id
 
 
-class Interrupted(Exception):
+class Interrupted(BaseException):
+    """SIGHUP/SIGTERM during the attach, raised by the signal handler. A BaseException (as
+    KeyboardInterrupt is), so no ``except Exception`` on the way can swallow it."""
+
     def __init__(self, signum: int) -> None:
         super().__init__(signum)
         self.signum = signum
@@ -133,7 +136,7 @@ def run(
                 f"the image of commit {short(parent)} is gone from the engine",
                 hint="`pienv fsck` shows what is missing; `pienv reset REV` moves past it",
             )
-        if parent_image.depth >= ctx.config.flatten_at:
+        if parent_image.depth >= ctx.config.flatten_at:  # rule 2: no dead end at depth
             flat = flatten_image(ctx, parent, branch)
             with ctx.store.transaction(f"flatten: {parent_image.depth} layers -> 1") as txn:
                 txn.move_head(branch, parent, flat.id)

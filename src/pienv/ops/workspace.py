@@ -1,7 +1,7 @@
 """Which workspace and which env branch a command acts on.
 
 Every command that defaults to "the current branch" asks `select_branch`, so they all follow
-one rule (design rule 11): --branch > PIENV_PROFILE > worktree binding > HEAD.
+one rule (rule 11, docs/rules.md): --branch > PIENV_PROFILE > worktree binding > HEAD.
 """
 
 from __future__ import annotations
