@@ -11,12 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from pienv import ui
 from pienv.errors import UsageError
+
+if TYPE_CHECKING:  # free at run time: ops modules load inside the commands that need them
+    from pienv.ops.context import Context
 
 app = typer.Typer(
     help="A git-like versioned environment in Docker for coding agents.",
@@ -42,13 +45,13 @@ WORKDIR_HELP = "Mount DIR as the workspace (default: the git repo around you)."
 NO_COMMIT_HELP = "Discard the run's environment changes."
 
 
-def _ctx() -> Any:
+def _ctx() -> Context:
     from pienv.ops.context import Context
 
     return Context()
 
 
-def _selected(explicit: str | None = None) -> Any:
+def _selected(explicit: str | None = None) -> Context:
     """A Context whose HEAD is the branch the selection rule picks here (rule 11, docs/rules.md):
     --branch (``explicit``) > PIENV_PROFILE > worktree binding > HEAD. Says which rule chose
     it when that is not the obvious one."""

@@ -23,7 +23,7 @@ import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 from urllib.parse import quote, urlencode
 
 from pienv.enginehttp import NO_TIMEOUT, HTTPError, UnixTransport, frames, pump
@@ -106,13 +106,26 @@ class ImageRow:
         )
 
 
+# A container's State in a listing, as the engine names it ("" if it named none we know).
+ContainerStatus = Literal[
+    "", "created", "running", "paused", "restarting", "removing", "exited", "dead"
+]
+
+
+def _status(value: object) -> ContainerStatus:
+    for known in get_args(ContainerStatus):
+        if value == known:
+            return known  # type: ignore[no-any-return]  # get_args is untyped
+    return ""
+
+
 @dataclass(frozen=True)
 class ContainerRow:
     """One container of a listing."""
 
     id: str
     name: str
-    state: str  # created | running | exited | paused | ...
+    state: ContainerStatus
     labels: Mapping[str, str]
     image_id: str  # 64 hex ("" if the engine did not say)
 
@@ -122,7 +135,7 @@ class ContainerRow:
         return cls(
             id=str(row["Id"]),
             name=str((row.get("Names") or ["?"])[0]).lstrip("/"),
-            state=str(row.get("State") or ""),
+            state=_status(row.get("State")),
             labels=dict(row.get("Labels") or {}),
             image_id=full_hex(image) if image else "",
         )

@@ -9,12 +9,17 @@ import json
 import re
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal, get_args
 
 from pienv.errors import UsageError
 
 SCHEMA = 1
 LABEL = "dev.pienv."
+
+# What made a commit (the `kind` label): a root from a base image, a run, a flatten of a deep
+# head, or `reset --system` (a fresh base keeping the agent's home).
+CommitKind = Literal["root", "run", "flatten", "reset-system"]
+COMMIT_KINDS: tuple[CommitKind, ...] = get_args(CommitKind)
 
 # ``field(metadata=INTERNAL)``: a result field for the caller only, left out of its JSON.
 INTERNAL = {"internal": True}
@@ -97,7 +102,7 @@ class Commit:
     branch: str
     message: str
     created: str
-    kind: str = "run"  # root | run | flatten | reset-system | recover
+    kind: CommitKind = "run"
     command: tuple[str, ...] = ()
     exit_code: int | None = None
     workspace: str = ""
@@ -117,7 +122,7 @@ class Commit:
         return short(self.id)
 
     @classmethod
-    def draft(cls, branch: str, message: str, kind: str, **fields: Any) -> Commit:
+    def draft(cls, branch: str, message: str, kind: CommitKind, **fields: Any) -> Commit:
         """A commit not made yet: no id, created now."""
         return cls(
             id="",
@@ -184,7 +189,7 @@ class Commit:
             branch=get("branch"),
             message=get("message"),
             created=get("created"),
-            kind=get("kind") or "run",
+            kind=_commit_kind(get("kind")),
             command=tuple(json.loads(command)) if command else (),
             exit_code=int(get("exit-code")) if get("exit-code") else None,
             workspace=get("workspace"),
@@ -195,6 +200,13 @@ class Commit:
             run_pid=int(get("run-pid")) if get("run-pid") else None,
             run_started=get("run-started"),
         )
+
+
+def _commit_kind(value: str) -> CommitKind:
+    for kind in COMMIT_KINDS:
+        if value == kind:
+            return kind
+    return "run"  # no label (or one a newer pienv wrote): an ordinary commit
 
 
 @dataclass(frozen=True)

@@ -12,8 +12,9 @@ parsers build the same RunRequest.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TextIO
 
 from pienv import ui
 
@@ -123,7 +124,7 @@ def run_command(req: RunRequest) -> int:
     from pienv.ops import run as runmod
     from pienv.ops.context import Context
 
-    def sink(stream: Any) -> Any:
+    def sink(stream: TextIO | None) -> Callable[[bytes], None]:
         def write(data: bytes) -> None:
             if stream is not None:  # None: pienv was started with this stream closed
                 stream.buffer.write(data)

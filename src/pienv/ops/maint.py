@@ -9,6 +9,7 @@ import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Literal
 
 from pienv import dag, locks
 from pienv.engine import MAX_DEPTH
@@ -224,10 +225,14 @@ def _tar_paths(data: bytes, prefix: str) -> list[str]:
 # -- doctor -----------------------------------------------------------------------------------
 
 
+# How a doctor check came out: `fail` makes `pienv doctor` exit 1.
+Level = Literal["ok", "warn", "fail"]
+
+
 @dataclass(frozen=True)
 class Check(JsonResult):
     name: str
-    level: str  # ok | warn | fail
+    level: Level
     detail: str
     fix: str = ""
 
@@ -260,7 +265,7 @@ def doctor(ctx: Context) -> list[Check]:
     root = info.root_dir
     try:
         free = shutil.disk_usage(root).free
-        level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
+        level: Level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
         checks.append(
             Check(
                 "free disk",

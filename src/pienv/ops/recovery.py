@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pienv import locks
 from pienv.errors import UsageError
@@ -15,6 +16,9 @@ from pienv.ops.context import Context
 from pienv.ops.finish import finalize
 from pienv.ops.sandbox import remove_env_file
 
+if TYPE_CHECKING:
+    from pienv.engine import ContainerStatus
+
 
 @dataclass(frozen=True)
 class Orphan(JsonResult):
@@ -23,7 +27,7 @@ class Orphan(JsonResult):
     branch: str
     parent: str
     started: str
-    state: str  # running | exited | created | ...
+    state: ContainerStatus
     exit_code: int | None
     holder_pid: int
     holder_alive: bool
