@@ -147,4 +147,4 @@ def test_branch_precedence() -> None:
     assert select_branch(refs(), None, {}, ws)[0] == "wt"
     assert select_branch(refs(), None, {}, Path("/elsewhere")) == ("main", "HEAD")
     detached = Refs(store_id="x", head_branch=None, head_detached="a")
-    assert select_branch(detached, None, {}, Path("/x")) == ("", "detached HEAD")
+    assert select_branch(detached, None, {}, Path("/x")) == (None, "detached HEAD")

@@ -216,3 +216,7 @@ def test_checkout_detached_and_run_advances_it(pienv: Pienv) -> None:
     refs = pienv.refs()
     assert refs["head"]["detached"] != first and "branch" not in refs["head"]
     assert "HEAD is detached" in pienv("status").err
+    # One spelling of "detached" (docs/architecture.md): null in every --json output.
+    status = json.loads(pienv("status", "--json").out)
+    assert status["branch"] is None and status["detached"] is True
+    assert json.loads(pienv("log", "-n", "1", "--json").out)[0]["branch"] is None

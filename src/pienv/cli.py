@@ -432,12 +432,14 @@ def reset(
     The old head stays in the reflog: `pienv reset BRANCH@{1}` undoes it. `--system` starts
     the branch from a fresh base keeping the agent's home; `--all` from the bare base.
     """
+    from pienv.locks import name_of
+
     ctx = _selected(branch_name)
     if system or all_:
         from pienv.ops import maint
 
         r = maint.reset_base(ctx, keep_home=system, on_bytes=None)
-        ui.out(f"{r.branch or 'HEAD'} is now at {r.new[:12]} ({r.what}).")
+        ui.out(f"{name_of(r.branch)} is now at {r.new[:12]} ({r.what}).")
         ui.note(f"the previous head {str(r.old)[:12]} stays in the reflog")
         return
     if not rev:
@@ -445,7 +447,7 @@ def reset(
     from pienv.ops.history import reset as do_reset
 
     res = do_reset(ctx, rev)
-    ui.out(f"{res.branch or 'HEAD'} is now at {res.new[:12]} (was {str(res.old)[:12]}).")
+    ui.out(f"{name_of(res.branch)} is now at {res.new[:12]} (was {str(res.old)[:12]}).")
 
 
 @app.command()
@@ -586,6 +588,7 @@ def worktree_remove(
 @app.command()
 def orphans(as_json: JsonOpt = False) -> None:
     """Run containers whose changes never got committed."""
+    from pienv.locks import name_of
     from pienv.ops import recovery
 
     rows = recovery.orphans(_ctx())
@@ -601,7 +604,7 @@ def orphans(as_json: JsonOpt = False) -> None:
         rows=[
             (
                 o.container[:12],
-                o.branch or "HEAD",
+                name_of(o.branch),
                 o.parent[:12],
                 ui.age(o.started),
                 o.state + (f" ({o.exit_code})" if o.exit_code is not None else ""),
@@ -644,6 +647,7 @@ def clean_orphans(
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Remove orphan run containers and lose their changes."""
+    from pienv.locks import name_of
     from pienv.ops import recovery
 
     ctx = _ctx()
@@ -653,7 +657,7 @@ def clean_orphans(
         return
     for o in listed:
         ui.out(
-            f"{'would remove' if dry_run else 'remove'} {o.container[:12]} ({o.branch or 'HEAD'}, "
+            f"{'would remove' if dry_run else 'remove'} {o.container[:12]} ({name_of(o.branch)}, "
             f"{ui.size(o.size)} of changes)"
         )
     if dry_run:

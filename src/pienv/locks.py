@@ -22,8 +22,16 @@ from urllib.parse import quote, unquote
 from pienv.errors import BranchBusy
 from pienv.model import now_rfc3339
 
-# The lock (and reflog) name of a detached HEAD: runs and resets there lock this name.
+# "Detached" has one spelling in pienv's code: a branch of None (``branch: str | None``), as
+# refs.json's HEAD, `status --json` and every result say it. Where a *name* is needed (the
+# lock file, the reflog, a message), the detached HEAD is called DETACHED; image labels, being
+# strings, carry "" (model.py converts).
 DETACHED = "HEAD"
+
+
+def name_of(branch: str | None) -> str:
+    """The name ``branch`` goes by in locks, the reflog and messages (DETACHED for None)."""
+    return branch or DETACHED
 
 
 @dataclass(frozen=True)

@@ -99,7 +99,7 @@ class Commit:
 
     id: str
     parents: tuple[str, ...]
-    branch: str
+    branch: str | None  # the branch it was made on; None: a detached HEAD
     message: str
     created: str
     kind: CommitKind = "run"
@@ -122,7 +122,7 @@ class Commit:
         return short(self.id)
 
     @classmethod
-    def draft(cls, branch: str, message: str, kind: CommitKind, **fields: Any) -> Commit:
+    def draft(cls, branch: str | None, message: str, kind: CommitKind, **fields: Any) -> Commit:
         """A commit not made yet: no id, created now."""
         return cls(
             id="",
@@ -150,6 +150,7 @@ class Commit:
         data = dict(data)
         data["parents"] = tuple(data.get("parents", ()))
         data["command"] = tuple(data.get("command", ()))
+        data["branch"] = data.get("branch") or None  # index lines before 0.2 wrote ""
         known = set(cls.__dataclass_fields__)
         return cls(**{k: v for k, v in data.items() if k in known})
 
@@ -160,7 +161,7 @@ class Commit:
             "role": "commit",
             "store": store_id,
             "parents": ",".join(self.parents),
-            "branch": self.branch,
+            "branch": self.branch or "",  # a label is a string: "" for a detached HEAD
             "message": self.message,
             "created": self.created,
             "command": json.dumps(list(self.command)) if self.command else "",
@@ -186,7 +187,7 @@ class Commit:
         return cls(
             id=full_hex(image_id),
             parents=tuple(p for p in get("parents").split(",") if p),
-            branch=get("branch"),
+            branch=get("branch") or None,
             message=get("message"),
             created=get("created"),
             kind=_commit_kind(get("kind")),
@@ -214,7 +215,7 @@ class RunInfo:
     """What a run container records about itself (its labels), for recovery."""
 
     store: str
-    branch: str
+    branch: str | None  # None: the run is on a detached HEAD
     parent: str
     host: str
     pid: int
@@ -230,7 +231,7 @@ class RunInfo:
             LABEL + "schema": str(SCHEMA),
             LABEL + "role": "run",
             LABEL + "store": self.store,
-            LABEL + "branch": self.branch,
+            LABEL + "branch": self.branch or "",
             LABEL + "parents": self.parent,
             LABEL + "run-host": self.host,
             LABEL + "run-pid": f"{self.pid}:{self.pid_start}",
@@ -249,7 +250,7 @@ class RunInfo:
         command = get("command")
         return cls(
             store=get("store"),
-            branch=get("branch"),
+            branch=get("branch") or None,
             parent=get("parents"),
             host=get("run-host"),
             pid=int(pid or 0),

@@ -121,6 +121,7 @@ def run_command(req: RunRequest) -> int:
     """`pienv run` / `pienv shell`: run, report what happened on stderr, return the exit code."""
     import os
 
+    from pienv.locks import name_of
     from pienv.ops import run as runmod
     from pienv.ops.context import Context
 
@@ -140,7 +141,7 @@ def run_command(req: RunRequest) -> int:
         ui.note(line)
     if result.commit:
         ui.note(
-            f"committed {result.commit.short} on {result.branch or 'HEAD'} "
+            f"committed {result.commit.short} on {name_of(result.branch)} "
             f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
         )
     elif req.no_commit and result.changes:

@@ -71,7 +71,7 @@ def commit_fresh(
         engine.remove_container(cid, force=True)
 
 
-def make_root(ctx: Context, base_image: str, branch: str) -> Commit:
+def make_root(ctx: Context, base_image: str, branch: str | None) -> Commit:
     """A commit holding the base image as is (no layer added), labelled for this store."""
     engine = ctx.engine()
     base = engine.inspect_image(base_image)
@@ -103,7 +103,7 @@ def commit_container(
 
 
 def flatten_image(
-    ctx: Context, image_id: str, branch: str, on_bytes: ProgressFn | None = None
+    ctx: Context, image_id: str, branch: str | None, on_bytes: ProgressFn | None = None
 ) -> Commit:
     """A one-layer copy of ``image_id`` with its whole config; parent = the old commit."""
     engine = ctx.engine()

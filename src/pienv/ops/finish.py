@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pienv import gitrepo
 from pienv.errors import ConcurrentUpdate, EngineError, PienvError
-from pienv.locks import DETACHED
+from pienv.locks import name_of
 from pienv.model import Commit, RunInfo
 from pienv.ops.commits import commit_container, mount_filter
 from pienv.ops.context import Context
@@ -19,7 +19,7 @@ from pienv.ops.context import Context
 @dataclass
 class RunResult:
     exit_code: int
-    branch: str  # "" for a detached HEAD
+    branch: str | None  # None: a detached HEAD
     rule: str
     parent: str
     commit: Commit | None = None
@@ -99,11 +99,11 @@ def finalize(
             txn.move_head(info.branch, info.parent, commit.id)
     except ConcurrentUpdate:
         name = f"recovered/{commit.short}"
-        with ctx.store.transaction(f"recover: {info.branch or DETACHED} had moved") as txn:
+        with ctx.store.transaction(f"recover: {name_of(info.branch)} had moved") as txn:
             txn.move_branch(name, None, commit.id)
         result.branch = name
         result.notes.append(
-            f"{info.branch or DETACHED!r} moved during the run; the commit is on branch {name!r}"
+            f"{name_of(info.branch)!r} moved during the run; the commit is on branch {name!r}"
         )
     engine.remove_container(cid, force=True)
     return result

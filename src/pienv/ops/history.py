@@ -263,7 +263,7 @@ def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
     refs = ctx.refs()
     new = ctx.resolve(rev, refs)
     branch = refs.head_branch
-    _refuse_busy(ctx, branch or "HEAD")
+    _refuse_busy(ctx, locks.name_of(branch))
     old = refs.head_commit()
     with ctx.store.transaction(what or f"reset: moving to {rev}") as txn:
         txn.move_head(branch, old, new)

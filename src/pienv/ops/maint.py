@@ -14,7 +14,7 @@ from typing import Literal
 from pienv import dag, locks
 from pienv.engine import MAX_DEPTH
 from pienv.errors import PienvError, StoreError, UsageError
-from pienv.locks import DETACHED
+from pienv.locks import name_of
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import baseimage as basemod
 from pienv.ops.commits import commit_fresh, finish, flatten_image, make_root
@@ -175,14 +175,14 @@ def reset_base(
     old = refs.head_commit()
     if old is None:
         raise UsageError("nothing to reset: no commit yet")
-    lock, _ = locks.acquire(ctx.store.locks_dir, branch or DETACHED, "(pienv reset)")
+    lock, _ = locks.acquire(ctx.store.locks_dir, name_of(branch), "(pienv reset)")
     try:
         base = basemod.ensure(ctx)
         if keep_home:
-            new = _base_with_home(ctx, base.image, old, branch or "", AGENT_HOME)
+            new = _base_with_home(ctx, base.image, old, branch, AGENT_HOME)
             what = f"reset --system: base {base.image} + {AGENT_HOME} of {short(old)}"
         else:
-            new = make_root(ctx, base.image, branch or "")
+            new = make_root(ctx, base.image, branch)
             what = f"reset --all: bare base {base.image}"
         with ctx.store.transaction(what) as txn:
             txn.move_head(branch, old, new.id)
@@ -192,7 +192,9 @@ def reset_base(
     return BaseResetResult(branch, old, new.id, what)
 
 
-def _base_with_home(ctx: Context, base_image: str, old: str, branch: str, home: str) -> Commit:
+def _base_with_home(
+    ctx: Context, base_image: str, old: str, branch: str | None, home: str
+) -> Commit:
     engine = ctx.engine()
     base = engine.inspect_image(base_image)
     if base is None:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pienv import locks
 from pienv.errors import UsageError
-from pienv.locks import DETACHED
+from pienv.locks import name_of
 from pienv.model import INTERNAL, LABEL, JsonResult, RunInfo, short
 from pienv.ops.context import Context
 from pienv.ops.finish import finalize
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 class Orphan(JsonResult):
     container: str
     name: str
-    branch: str
+    branch: str | None  # None: a detached HEAD
     parent: str
     started: str
     state: ContainerStatus
@@ -66,7 +66,7 @@ def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
                 exit_code=exit_code,
                 holder_pid=info.pid,
                 holder_alive=holder.alive(),
-                handled=locks.is_locked(ctx.store.locks_dir, info.branch or DETACHED),
+                handled=locks.is_locked(ctx.store.locks_dir, name_of(info.branch)),
                 size=engine.container_size(cid) if with_size else 0,
                 info=info,
             )
@@ -80,7 +80,7 @@ def orphans(ctx: Context, with_size: bool = True) -> list[Orphan]:
     return [o for o in run_containers(ctx, with_size) if not (o.handled and o.holder_alive)]
 
 
-def auto_recover(ctx: Context, branch: str) -> list[str]:
+def auto_recover(ctx: Context, branch: str | None) -> list[str]:
     """Called under ``branch``'s lock by `run`: commit its finished orphans first."""
     notes = []
     for o in run_containers(ctx):
@@ -98,7 +98,7 @@ def auto_recover(ctx: Context, branch: str) -> list[str]:
 class Recovered:
     container: str
     commit: str  # "" when the orphan changed nothing
-    branch: str
+    branch: str | None  # None: a detached HEAD
     note: str
 
 
@@ -120,7 +120,7 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
     for o in found:
         if not o.recoverable:
             continue
-        lock, _ = locks.acquire(ctx.store.locks_dir, o.branch or DETACHED, o.info.workspace)
+        lock, _ = locks.acquire(ctx.store.locks_dir, name_of(o.branch), o.info.workspace)
         try:
             result = finalize(ctx, o.container, o.info, None, False)
         finally:
@@ -138,14 +138,14 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
     return out
 
 
-def _describe(o: Orphan, commit: str, branch: str) -> str:
+def _describe(o: Orphan, commit: str, branch: str | None) -> str:
     if not commit:
         return f"orphan {o.container[:12]} changed nothing; removed"
     if branch == o.branch:
-        return f"orphan {o.container[:12]} committed as {commit} on {branch or 'HEAD'!r}"
+        return f"orphan {o.container[:12]} committed as {commit} on {name_of(branch)!r}"
     return (
         f"orphan {o.container[:12]} committed as {commit} on new branch {branch!r} "
-        f"({o.branch or 'HEAD'!r} had moved past its parent {short(o.parent)})"
+        f"({name_of(o.branch)!r} had moved past its parent {short(o.parent)})"
     )
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from pienv import locks
 from pienv.errors import EngineError
-from pienv.locks import DETACHED
+from pienv.locks import name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
 from pienv.ops import guard as guardmod
 from pienv.ops import recovery
@@ -54,7 +54,7 @@ class RunRequest:
     env_names: tuple[str, ...] = ()
 
 
-def ensure_root(ctx: Context, branch: str, notes: list[str]) -> str:
+def ensure_root(ctx: Context, branch: str | None, notes: list[str]) -> str:
     """The branch's head, creating the store's first (root) commit when there is none."""
     refs = ctx.refs()
     head = refs.branches.get(branch) if branch else refs.head_detached
@@ -65,8 +65,8 @@ def ensure_root(ctx: Context, branch: str, notes: list[str]) -> str:
         # unborn (e.g. HEAD names a deleted branch).
         start = refs.head_commit() or next(iter(refs.branches.values()))
         with ctx.store.transaction(f"branch: created from {short(start)}") as txn:
-            txn.move_branch(branch, None, start)
-        notes.append(f"created branch {branch!r} at {short(start)}")
+            txn.move_head(branch, None, start)
+        notes.append(f"created branch {name_of(branch)!r} at {short(start)}")
         return start
     from pienv.ops import baseimage as basemod
 
@@ -122,12 +122,12 @@ def run(
     if branch:
         check_ref_name(branch)
     notes: list[str] = list(git_notes)
-    lock, stale = locks.acquire(ctx.store.locks_dir, branch or DETACHED, str(ws.path), req.wait)
+    lock, stale = locks.acquire(ctx.store.locks_dir, name_of(branch), str(ws.path), req.wait)
     guard = None
     env_path: Path | None = None
     try:
         if stale and stale.pid != os.getpid():
-            notes.append(f"took over the lock of {branch or DETACHED!r} from dead pid {stale.pid}")
+            notes.append(f"took over the lock of {name_of(branch)!r} from dead pid {stale.pid}")
         notes.extend(recovery.auto_recover(ctx, branch))
         parent = ensure_root(ctx, branch, notes)
         parent_image = engine.inspect_image(parent)

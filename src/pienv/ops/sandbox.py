@@ -271,7 +271,7 @@ def container_env(
     config: Config,
     environ: Mapping[str, str],
     env_names: tuple[str, ...],
-    branch: str,
+    branch: str | None,
     install: bool,
 ) -> dict[str, str]:
     """The agent's variables: allowed host ones, pienv's own, git's agent identity; plus the
@@ -282,7 +282,7 @@ def container_env(
             "HOME": AGENT_HOME,
             "USER": "agent",
             "PIENV": "1",
-            "PIENV_BRANCH": branch,
+            "PIENV_BRANCH": branch or "",  # "" on a detached HEAD
             # The agent's identity for git, unsigned commits, no host credential helpers.
             "GIT_AUTHOR_NAME": "pienv agent",
             "GIT_AUTHOR_EMAIL": "agent@pienv.invalid",

@@ -83,7 +83,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         workspace=str(ws),
         engine="",
         engine_ok=False,
-        branch=branch or None,
+        branch=branch,
         branch_rule=rule,
         detached=refs.head_branch is None,
         head=head,

@@ -56,8 +56,8 @@ def find_workspace(cwd: Path, workdir: Path | None) -> Workspace:
 
 def select_branch(
     refs: Refs, explicit: str | None, environ: Mapping[str, str], workspace: Path
-) -> tuple[str, str]:
-    """(branch, rule): --branch > PIENV_PROFILE > worktree binding > HEAD ("" = detached)."""
+) -> tuple[str | None, str]:
+    """(branch, rule): --branch > PIENV_PROFILE > worktree binding > HEAD (None = detached)."""
     if explicit:
         return explicit, "--branch"
     profile = environ.get("PIENV_PROFILE")
@@ -68,12 +68,12 @@ def select_branch(
         return bound, f"worktree binding of {workspace}"
     if refs.head_branch:
         return refs.head_branch, "HEAD"
-    return "", "detached HEAD"
+    return None, "detached HEAD"
 
 
 @dataclass(frozen=True)
 class Selection:
-    branch: str  # "" = detached HEAD
+    branch: str | None  # None = detached HEAD
     rule: str  # which part of the rule chose it: "--branch", "PIENV_PROFILE", ...
 
     @property
@@ -93,5 +93,5 @@ def select(
     except PienvError:  # / or the home directory: no binding can name them
         ws = Path(os.path.realpath(cwd))
     branch, rule = select_branch(ctx.store.load_refs(), explicit, environ, ws)
-    ctx.head_branch = branch or None
+    ctx.head_branch = branch
     return Selection(branch, rule)
