@@ -44,23 +44,13 @@ def _dispatch(args: list[str]) -> int:
 
 
 def _log_internal(args: list[str]) -> str:
-    """Append the current traceback to the store's pienv.log; its path, for the message.
-
-    Each entry starts with a header line ``--- TIME pienv VERSION argv: [...]`` so a report
-    says when, which version and which command line, and entries can be told apart."""
-    import json
-    import traceback
-
-    from pienv import __version__
-    from pienv.model import now_rfc3339
-    from pienv.store import default_home
+    """Append the current traceback to the store's pienv.log; its path, for the message."""
+    from pienv.store import default_home, log_traceback
 
     path = default_home() / "pienv.log"
-    header = f"--- {now_rfc3339()} pienv {__version__} argv: {json.dumps(args)}\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a") as fh:
-            fh.write(header + traceback.format_exc())
+        log_traceback(path, args)
     except OSError:
         return "(unwritable log)"
     return str(path)

@@ -35,6 +35,21 @@ from pienv.model import SCHEMA, Commit, now_rfc3339, short
 REFS = "refs.json"
 
 
+def log_traceback(path: str | Path, argv: list[str], what: str = "") -> None:
+    """Append the exception being handled to ``path`` (the store's pienv.log).
+
+    Each entry starts with ``--- TIME pienv VERSION argv: [...]`` so a report says when, which
+    version and which command line, and entries can be told apart (tests/conftest.py shows the
+    newest one when a test sees exit 3)."""
+    import traceback
+
+    from pienv import __version__
+
+    header = f"--- {now_rfc3339()} pienv {__version__} argv: {json.dumps(argv)}\n"
+    with open(path, "a") as fh:
+        fh.write(header + what + traceback.format_exc())
+
+
 def default_home() -> Path:
     env = os.environ.get("PIENV_HOME")
     if env:

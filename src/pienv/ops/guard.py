@@ -61,10 +61,12 @@ def spawn(lock: BranchLock, workspace: str, takeover: Callable[[], None], log_pa
             lock.record(workspace, pid=os.getpid())
             takeover()
     except BaseException:
-        import traceback
+        import sys
+
+        from pienv.store import log_traceback
 
         code = 1
-        with contextlib.suppress(OSError), open(log_path, "a") as fh:
-            fh.write("pienv finalizer failed:\n" + traceback.format_exc())
+        with contextlib.suppress(OSError):
+            log_traceback(log_path, sys.argv[1:], "pienv finalizer failed:\n")
     finally:
         os._exit(code)
