@@ -165,6 +165,15 @@ def test_missing_hooks_dir_is_protected_too(pienv: Pienv, tmp_path: Path) -> Non
     assert list((pienv.repo / ".git" / "hooks").iterdir()) == []
 
 
+def test_repository_created_in_a_plain_workspace_is_reported(pienv: Pienv, tmp_path: Path) -> None:
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    r = pienv("run", "--", "sh", "-c", "git init -q . && echo made", cwd=plain)
+    assert "made" in r.out
+    assert f"the run created {plain}/.git; its config and hooks are the agent's" in r.err
+    assert "the run created" not in pienv("run", "--", "true", cwd=plain).err
+
+
 def test_protect_git_false_lets_the_agent_write_hooks(pienv: Pienv) -> None:
     pienv.home.mkdir(parents=True, exist_ok=True)
     (pienv.home / "config.toml").write_text("[run]\nprotect_git = false\n")

@@ -201,6 +201,7 @@ def run(
         guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
         commondir = planted_commondir(ws.path, ws.repo) if ctx.config.protect_git else None
         planted_before = commondir is not None and os.path.lexists(commondir)
+        had_dotgit = os.path.lexists(ws.path / ".git")
         if planted_before:
             notes.append(
                 f"warning: {commondir} exists (git never writes one there): your git follows it "
@@ -211,6 +212,14 @@ def run(
         )
         if commondir is not None and not planted_before and os.path.lexists(commondir):
             notes.append(quarantine(commondir))
+        new_repo = ws.path / ".git"
+        if ws.repo is None and not had_dotgit and os.path.lexists(new_repo):
+            # Not pienv's to remove (the agent may have meant it), but the host's git would
+            # run what its config and hooks say: say so.
+            notes.append(
+                f"warning: the run created {new_repo}; its config and hooks are the agent's "
+                "and run when you use git here (docs/security.md)"
+            )
         # From here on nothing may interrupt the commit (a second signal included).
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
