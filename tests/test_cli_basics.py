@@ -66,3 +66,52 @@ def test_messages_say_what_happened(pienv: Pienv) -> None:
     pienv("shell", input="touch /from-shell\nexit\n")
     assert pienv("log", "-n", "1").out.split("  (")[0].endswith(" shell")
     assert "main@{0}: run: shell  (" in pienv("reflog").out.splitlines()[0]
+
+
+def test_errors_say_what_to_do_next(pienv: Pienv) -> None:
+    r = pienv("run", "--", "no-such-tool", "--flag", check=False)
+    assert r.code == 127
+    assert "pienv: no-such-tool: command not found in this environment; install it" in r.err
+    assert "exec: line" not in r.err
+    # the default agent is missing from this base and its install needs npm, which is missing
+    r = pienv("run", check=False)
+    assert r.code == 127 and "pienv: pi: command not found in this environment" in r.err
+    assert "pienv: the install command failed" in r.err
+    pienv("run", "--", "touch", "/a")
+    pienv("run", "--", "touch", "/b")
+    r = pienv("show", "HEAD~99", check=False)
+    assert r.code == 1
+    assert "unknown revision 'HEAD~99': the history goes back only 2 commits from there" in r.err
+
+
+def test_clean_orphans_answered_no_exits_0_with_a_line(pienv: Pienv) -> None:
+    from test_recovery import orphan_a_run, run_containers
+
+    pienv("run", "--", "true")
+    orphan_a_run(pienv, "touch /x")
+    r = pienv("clean-orphans", input="n\n")
+    assert r.code == 0 and r.out.endswith("nothing removed\n")
+    assert len(run_containers(pienv)) == 1
+    pienv("clean-orphans", "--yes")
+
+
+def test_reset_system_onto_a_base_without_home(pienv: Pienv, base_image: str) -> None:
+    import docker
+
+    client = docker.from_env()
+    tag = "pienv-test/busybox-nohome:1"
+    try:
+        client.images.get(tag)
+    except docker.errors.ImageNotFound:
+        c = client.containers.create(base_image, ["rm", "-rf", "/home"])
+        try:
+            c.start()
+            c.wait()
+            c.commit("pienv-test/busybox-nohome", "1")
+        finally:
+            c.remove(force=True)
+    pienv("run", "--", "sh", "-c", "mkdir -p /home/agent/.cfg && echo k > /home/agent/.cfg/f")
+    r = pienv("reset", "--system", env={"PIENV_BASE_IMAGE": tag})
+    assert r.out.startswith("main is now at ")
+    out = pienv("run", "--", "cat", "/home/agent/.cfg/f", env={"PIENV_BASE_IMAGE": tag}).out
+    assert out == "k\n"

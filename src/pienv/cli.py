@@ -663,7 +663,8 @@ def clean_orphans(
     if dry_run:
         return
     if not yes and not typer.confirm("Remove these containers and lose their changes?"):
-        raise typer.Exit(1)
+        ui.out("nothing removed")  # a choice, not a failure: exit 0
+        return
     gone = recovery.clean(ctx, dry_run=False)
     ui.out(f"removed {len(gone)} orphan container(s)")
 

@@ -23,7 +23,7 @@ import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pienv.errors import UsageError
 
@@ -116,10 +116,57 @@ class Config:
         return out
 
 
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{key} must be true or false")
-    return value
+class _Reader:
+    """Typed access to the parsed TOML that remembers what was read, so that whatever is left
+    over (a typo such as ``[agnet]`` or ``flaten_at``) is named with its file instead of being
+    ignored. Read every key through ``get``: a key read otherwise counts as unknown."""
+
+    KINDS: ClassVar[dict[Any, str]] = {
+        int: "an integer",
+        str: "a string",
+        bool: "true or false",
+        list: "a list of strings",
+        (str, list): "a string or a list of strings",
+    }
+
+    def __init__(self, data: dict[str, Any], path: Path) -> None:
+        self.data, self.path = data, path
+        self.seen: dict[str, set[str]] = {}
+
+    def get(self, section: str, key: str, kind: Any, default: Any) -> Any:
+        table = self.data.get(section, {})
+        if not isinstance(table, dict):
+            raise UsageError(f"bad config {self.path}: [{section}] must be a table")
+        self.seen.setdefault(section, set()).add(key)
+        if key not in table:
+            return default
+        value = table[key]
+        # bool is an int in Python: `flatten_at = true` must not pass as 1.
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if ok and isinstance(value, list):
+            ok = all(isinstance(v, str) for v in value)
+        if not ok:
+            raise UsageError(
+                f"bad config {self.path}: [{section}] {key} must be {self.KINDS[kind]}, "
+                f"not {value!r}"
+            )
+        return value
+
+    def check_unknown(self) -> None:
+        for section, table in self.data.items():
+            if section not in self.seen:
+                known = ", ".join(f"[{s}]" for s in sorted(self.seen))
+                raise UsageError(
+                    f"unknown config section [{section}] in {self.path}",
+                    hint=f"known sections: {known}",
+                )
+            for key in table:
+                if key not in self.seen[section]:
+                    known = ", ".join(sorted(self.seen[section]))
+                    raise UsageError(
+                        f"unknown config key [{section}] {key} in {self.path}",
+                        hint=f"known keys of [{section}]: {known}",
+                    )
 
 
 def load(path: Path) -> Config:
@@ -131,25 +178,23 @@ def load(path: Path) -> Config:
         data = tomllib.loads(path.read_text())
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read config {path}: {exc}") from exc
-    agent = data.get("agent", {})
-    run = data.get("run", {})
-    try:
-        command = agent.get("command", list(DEFAULT_AGENT))
-        if isinstance(command, str):
-            command = [command]
-        cfg = Config(
-            agent_command=tuple(str(c) for c in command),
-            agent_install=str(agent.get("install", DEFAULT_INSTALL)),
-            passthrough=tuple(agent.get("passthrough", ())) + tuple(run.get("env", ())),
-            force_env=tuple(run.get("force_env", ())),
-            mounts=tuple(run.get("mounts", ())),
-            network=str(run.get("network", "bridge")),
-            flatten_at=int(run.get("flatten_at", DEFAULT_FLATTEN_AT)),
-            protect_git=_bool(run.get("protect_git", True), "protect_git"),
-            source=str(path),
-        )
-    except (TypeError, ValueError) as exc:
-        raise UsageError(f"bad config {path}: {exc}") from exc
+    r = _Reader(data, path)
+    command = r.get("agent", "command", (str, list), list(DEFAULT_AGENT))
+    if isinstance(command, str):
+        command = [command]
+    cfg = Config(
+        agent_command=tuple(command),
+        agent_install=r.get("agent", "install", str, DEFAULT_INSTALL),
+        passthrough=tuple(r.get("agent", "passthrough", list, []))
+        + tuple(r.get("run", "env", list, [])),
+        force_env=tuple(r.get("run", "force_env", list, [])),
+        mounts=tuple(r.get("run", "mounts", list, [])),
+        network=r.get("run", "network", str, "bridge"),
+        flatten_at=r.get("run", "flatten_at", int, DEFAULT_FLATTEN_AT),
+        protect_git=r.get("run", "protect_git", bool, True),
+        source=str(path),
+    )
+    r.check_unknown()
     if not 2 <= cfg.flatten_at <= 120:
-        raise UsageError(f"bad config {path}: flatten_at must be between 2 and 120")
+        raise UsageError(f"bad config {path}: [run] flatten_at must be between 2 and 120")
     return cfg

@@ -69,8 +69,17 @@ class Context:
         cid = self._resolve_base(rev.base, rev.reflog, refs, commits, text)
         for op, n in rev.steps:
             if op == "~":
-                for _ in range(n):
-                    cid = self._parent(cid, 1, commits, text)
+                for i in range(n):
+                    c = commits.get(cid)
+                    if c is None or not c.parents:
+                        # Say how far back it does go, from where this ~N started.
+                        raise UsageError(
+                            f"unknown revision {text!r}: the history goes back only {i} "
+                            f"commit{'' if i == 1 else 's'} from there ({short(cid)} is a "
+                            "root)",
+                            hint="`pienv log` lists it",
+                        )
+                    cid = c.parents[0]
             elif n:
                 cid = self._parent(cid, n, commits, text)
         return cid

@@ -211,10 +211,34 @@ def _base_with_home(
 
     def copy_home(cid: str) -> None:
         if data:
-            engine.write_archive(cid, parent, data)
+            # Into / with the parent path inside the tar: the new base may lack /home (a
+            # PUT into a missing directory is Docker's raw 404).
+            engine.write_archive(cid, "/", _under(data, parent))
 
     image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), copy_home)
     return finish(ctx, engine, image_id, draft, [("A", p) for p in _tar_paths(data, parent)], base)
+
+
+def _under(data: bytes, parent: str) -> bytes:
+    """The tar ``data`` with its members moved under ``parent`` (relative to /), and entries
+    for ``parent``'s own directories so that extraction creates them."""
+    prefix = parent.strip("/")
+    if not prefix:
+        return data
+    out = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=out, mode="w") as dst:
+        parts = prefix.split("/")
+        for i in range(len(parts)):
+            d = tarfile.TarInfo("/".join(parts[: i + 1]))
+            d.type, d.mode = tarfile.DIRTYPE, 0o755
+            dst.addfile(d)
+        for m in src.getmembers():
+            f = src.extractfile(m) if m.isfile() else None
+            m.name = f"{prefix}/{m.name}"
+            if m.islnk():  # hard links name their target by its path inside the tar
+                m.linkname = f"{prefix}/{m.linkname}"
+            dst.addfile(m, f)
+    return out.getvalue()
 
 
 def _tar_paths(data: bytes, prefix: str) -> list[str]:

@@ -27,8 +27,14 @@ AGENT_HOME = "/home/agent"
 WRAPPER = (
     'set -a; [ -r "$0" ] && . "$0"; set +a; '
     'if [ -n "$PIENV_INSTALL" ] && ! command -v "$1" >/dev/null 2>&1; then '
-    'echo "pienv: installing $1: $PIENV_INSTALL" >&2; sh -c "$PIENV_INSTALL" || exit 127; fi; '
-    'unset PIENV_INSTALL; exec "$@"'
+    'echo "pienv: installing $1: $PIENV_INSTALL" >&2; sh -c "$PIENV_INSTALL" || '
+    'echo "pienv: the install command failed" >&2; fi; '
+    "unset PIENV_INSTALL; "
+    # Say which command is missing and what to do, instead of the shell's `exec: line 0`.
+    'command -v "$1" >/dev/null 2>&1 || { echo "pienv: $1: command not found in this '
+    "environment; install it (pienv shell), set [agent] install in the config, or use "
+    'a base image that has it (PIENV_BASE_IMAGE, pienv base build DIR)" >&2; exit 127; }; '
+    'exec "$@"'
 )
 LOGIN_SHELL = ("sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l")
 # Paths never bind-mounted, whatever the config says (rule 4): credentials under a home...
