@@ -92,3 +92,46 @@ def test_user_error_is_one_line_exit_1(tmp_path: Path) -> None:
         f"pienv: error: no pienv store at {tmp_path} yet (`pienv run` creates it; "
         "`pienv fsck --repair` rebuilds a lost refs.json)\n"
     )
+
+
+def test_completion_offers_branches_tags_and_revisions(tmp_path: Path) -> None:
+    import json
+
+    cid = "ab12" + "0" * 60
+    refs = {
+        "schema": 1,
+        "store_id": "abcdef012345",
+        "head": {"branch": "main"},
+        "branches": {"main": cid, "agent-a": cid},
+        "tags": {"v1": cid},
+        "worktrees": {},
+        "base": None,
+    }
+    (tmp_path / "refs.json").write_text(json.dumps(refs))
+    (tmp_path / "commits.jsonl").write_text(json.dumps({"id": cid, "parents": []}) + "\n")
+
+    def complete(words: str) -> list[str]:
+        r = subprocess.run(
+            [sys.executable, "-m", "pienv"],
+            capture_output=True,
+            text=True,
+            env={
+                "PIENV_HOME": str(tmp_path),
+                "PATH": "/usr/bin:/bin",
+                "_PIENV_COMPLETE": "complete_bash",
+                "COMP_WORDS": words,
+                "COMP_CWORD": str(len(words.split(" ")) - 1),
+                **PYPATH,
+            },
+        )
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    assert complete("pienv lo") == ["log"]
+    assert complete("pienv log ") == ["HEAD", "agent-a", "main", "v1"]
+    assert complete("pienv reset ma") == ["main"]
+    assert complete("pienv run -b ") == ["agent-a", "main"]
+    assert complete("pienv flatten a") == ["agent-a"]
+    assert complete("pienv tag -d ") == ["v1"]
+    assert complete("pienv reflog ") == ["agent-a", "main", "v1"]
+    assert complete("pienv show ab12") == [cid[:12]]

@@ -115,3 +115,71 @@ def test_reset_system_onto_a_base_without_home(pienv: Pienv, base_image: str) ->
     assert r.out.startswith("main is now at ")
     out = pienv("run", "--", "cat", "/home/agent/.cfg/f", env={"PIENV_BASE_IMAGE": tag}).out
     assert out == "k\n"
+
+
+def test_wait_says_who_holds_the_branch_and_since_when(pienv: Pienv) -> None:
+    pienv("run", "--", "true")
+    holder = pienv.popen("run", "--", "sh", "-c", "echo up; sleep 3")
+    assert holder.stdout is not None and holder.stdout.readline() == "up\n"
+    r = pienv("run", "--wait", "60", "--", "true")
+    first = r.err.splitlines()[0]
+    assert first.startswith(
+        f"pienv: waiting for branch 'main' (up to 60 s): held by pid {holder.pid} on "
+    )
+    assert " since " in first and f"(workspace {pienv.repo})" in first
+    assert r.err.count("waiting for branch") == 1
+    holder.wait(30)
+
+
+def test_piped_stdin_over_tcp_engine_warns_once(pienv: Pienv) -> None:
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = subprocess.Popen(
+        [
+            "socat",
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+            "UNIX-CONNECT:/var/run/docker.sock",
+        ]
+    )
+    try:
+        import time
+
+        time.sleep(0.5)
+        tcp = {"DOCKER_HOST": f"tcp://127.0.0.1:{port}"}
+        r = pienv("run", "--", "cat", input="hello\n", env=tcp)
+        assert r.err.count("piped stdin is not forwarded") == 1
+        # nothing piped (stdin is /dev/null): nothing to warn about
+        r = pienv("run", "--", "true", env=tcp)
+        assert "stdin" not in r.err
+    finally:
+        proxy.kill()
+        proxy.wait()
+
+
+def test_failed_base_build_of_a_custom_dir_leaves_nothing(
+    pienv: Pienv, base_image: str, tmp_path: Path
+) -> None:
+    import uuid
+
+    import docker
+
+    token = uuid.uuid4().hex
+    ctxdir = tmp_path / "mybase"
+    ctxdir.mkdir()
+    (ctxdir / "Dockerfile").write_text(
+        f"FROM {base_image}\nLABEL pienv-test-token={token}\nRUN touch /x\nRUN false\n"
+    )
+    r = pienv("base", "build", str(ctxdir), check=False)
+    assert r.code == 1
+    assert "pienv: Step 1/4 : FROM " in r.err and "Step 4/4 : RUN false" in r.err
+    last = r.err.splitlines()[-1]
+    assert last.startswith("pienv: error: base build failed") and "registry" not in last
+    assert f"fix {ctxdir / 'Dockerfile'}" in last
+    api = docker.from_env().api
+    flt = {"label": [f"pienv-test-token={token}"]}
+    assert api.containers(all=True, filters=flt) == []
+    assert api.images(all=True, filters=flt) == []

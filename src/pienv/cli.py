@@ -45,6 +45,54 @@ WORKDIR_HELP = "Mount DIR as the workspace (default: the git repo around you)."
 NO_COMMIT_HELP = "Discard the run's environment changes."
 
 
+# -- completion: names straight from refs.json (no store object, no engine) -------------------
+
+
+def _ref_names(kinds: tuple[str, ...]) -> list[str]:
+    import json
+
+    from pienv.store import default_home
+
+    try:
+        data = json.loads((default_home() / "refs.json").read_text())
+    except (OSError, ValueError):
+        return []
+    names: list[str] = []
+    for kind in kinds:
+        names.extend(["HEAD"] if kind == "head" else sorted(data.get(kind, {})))
+    return names
+
+
+def complete_branch(incomplete: str) -> list[str]:
+    return [n for n in _ref_names(("branches",)) if n.startswith(incomplete)]
+
+
+def complete_tag(incomplete: str) -> list[str]:
+    return [n for n in _ref_names(("tags",)) if n.startswith(incomplete)]
+
+
+def complete_ref(incomplete: str) -> list[str]:
+    return [n for n in _ref_names(("branches", "tags")) if n.startswith(incomplete)]
+
+
+def complete_rev(incomplete: str) -> list[str]:
+    """Revisions: HEAD, branches, tags, and commit ids once 4+ hex digits are typed."""
+    import json
+
+    found = [n for n in _ref_names(("head", "branches", "tags")) if n.startswith(incomplete)]
+    hexdigits = set("0123456789abcdef")
+    if len(incomplete) >= 4 and set(incomplete) <= hexdigits:
+        from pienv.store import default_home
+
+        with contextlib.suppress(OSError), open(default_home() / "commits.jsonl") as fh:
+            for line in fh:
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    cid = str(json.loads(line)["id"])[:12]
+                    if cid.startswith(incomplete) and cid not in found:
+                        found.append(cid)
+    return found
+
+
 def _ctx() -> Context:
     from pienv.ops.context import Context
 
@@ -74,7 +122,10 @@ def run(
         typer.Argument(metavar="CMD", help="The command to run instead of the agent (after --)."),
     ] = None,
     branch: Annotated[
-        str | None, typer.Option("--branch", "-b", metavar="BRANCH", help=BRANCH_HELP)
+        str | None,
+        typer.Option(
+            "--branch", "-b", metavar="BRANCH", help=BRANCH_HELP, autocompletion=complete_branch
+        ),
     ] = None,
     workdir: Annotated[
         Path | None, typer.Option("--workdir", "-w", metavar="DIR", help=WORKDIR_HELP)
@@ -118,7 +169,10 @@ def run(
 @app.command()
 def shell(
     branch: Annotated[
-        str | None, typer.Option("--branch", "-b", metavar="BRANCH", help=BRANCH_HELP)
+        str | None,
+        typer.Option(
+            "--branch", "-b", metavar="BRANCH", help=BRANCH_HELP, autocompletion=complete_branch
+        ),
     ] = None,
     workdir: Annotated[
         Path | None, typer.Option("--workdir", "-w", metavar="DIR", help=WORKDIR_HELP)
@@ -179,7 +233,11 @@ def status(as_json: JsonOpt = False) -> None:
 def log(
     rev: Annotated[
         str | None,
-        typer.Argument(metavar="REV", help="The revision to start from (default: HEAD)."),
+        typer.Argument(
+            metavar="REV",
+            help="The revision to start from (default: HEAD).",
+            autocompletion=complete_rev,
+        ),
     ] = None,
     graph: Annotated[bool, typer.Option("--graph", help="Draw the commit graph.")] = False,
     all_refs: Annotated[
@@ -224,7 +282,10 @@ def _print_log(lines: list[str], graph: bool) -> None:
 @app.command()
 def show(
     rev: Annotated[
-        str, typer.Argument(metavar="REV", help="The commit to show (default: HEAD).")
+        str,
+        typer.Argument(
+            metavar="REV", help="The commit to show (default: HEAD).", autocompletion=complete_rev
+        ),
     ] = "HEAD",
     as_json: JsonOpt = False,
     limit: Annotated[int, typer.Option("--limit", metavar="N", help="List at most N paths.")] = 20,
@@ -273,9 +334,14 @@ def show(
 
 @app.command()
 def diff(
-    rev_a: Annotated[str, typer.Argument(metavar="OLD", help="The old commit.")],
+    rev_a: Annotated[
+        str, typer.Argument(metavar="OLD", help="The old commit.", autocompletion=complete_rev)
+    ],
     rev_b: Annotated[
-        str | None, typer.Argument(metavar="NEW", help="The new commit (default: HEAD).")
+        str | None,
+        typer.Argument(
+            metavar="NEW", help="The new commit (default: HEAD).", autocompletion=complete_rev
+        ),
     ] = None,
     packages: Annotated[
         bool,
@@ -289,7 +355,8 @@ def diff(
     """Paths added, changed and deleted between two env commits."""
     from pienv.ops.history import diff as get_diff
 
-    r = get_diff(_selected(), rev_a, rev_b, packages)
+    with ui.activity("diff") as act:
+        r = get_diff(_selected(), rev_a, rev_b, packages, act.update)
     if as_json:
         ui.emit_json(r.to_json())
         return
@@ -321,10 +388,21 @@ def branch(
     ] = None,
     start: Annotated[
         str | None,
-        typer.Argument(metavar="START", help="Where it starts (default: HEAD); NEW with -m."),
+        typer.Argument(
+            metavar="START",
+            help="Where it starts (default: HEAD); NEW with -m.",
+            autocompletion=complete_rev,
+        ),
     ] = None,
     delete: Annotated[
-        str | None, typer.Option("-d", "--delete", metavar="NAME", help="Delete branch NAME.")
+        str | None,
+        typer.Option(
+            "-d",
+            "--delete",
+            metavar="NAME",
+            help="Delete branch NAME.",
+            autocompletion=complete_branch,
+        ),
     ] = None,
     force_delete: Annotated[
         str | None,
@@ -333,6 +411,7 @@ def branch(
             "--force-delete",
             metavar="NAME",
             help="Delete branch NAME even if nothing else reaches it.",
+            autocompletion=complete_branch,
         ),
     ] = None,
     rename: Annotated[bool, typer.Option("-m", "--move", help="Rename branch OLD to NEW.")] = False,
@@ -388,12 +467,19 @@ def branch(
 @app.command()
 def checkout(
     target: Annotated[
-        str, typer.Argument(metavar="TARGET", help="A branch, or a revision to detach HEAD at.")
+        str,
+        typer.Argument(
+            metavar="TARGET",
+            help="A branch, or a revision to detach HEAD at.",
+            autocompletion=complete_rev,
+        ),
     ],
     start: Annotated[
         str | None,
         typer.Argument(
-            metavar="START", help="Where the new branch starts with -b (default: HEAD)."
+            metavar="START",
+            help="Where the new branch starts with -b (default: HEAD).",
+            autocompletion=complete_rev,
         ),
     ] = None,
     create: Annotated[bool, typer.Option("-b", help="Create branch TARGET first.")] = False,
@@ -414,7 +500,10 @@ def checkout(
 @app.command()
 def reset(
     rev: Annotated[
-        str | None, typer.Argument(metavar="REV", help="The revision to move the branch to.")
+        str | None,
+        typer.Argument(
+            metavar="REV", help="The revision to move the branch to.", autocompletion=complete_rev
+        ),
     ] = None,
     system: Annotated[
         bool, typer.Option("--system", help="Start from a fresh base, keeping the agent's home.")
@@ -423,7 +512,11 @@ def reset(
     branch_name: Annotated[
         str | None,
         typer.Option(
-            "--branch", "-b", metavar="BRANCH", help="Reset this branch, not the current one."
+            "--branch",
+            "-b",
+            metavar="BRANCH",
+            help="Reset this branch, not the current one.",
+            autocompletion=complete_branch,
         ),
     ] = None,
 ) -> None:
@@ -454,10 +547,16 @@ def reset(
 def tag(
     name: Annotated[str | None, typer.Argument(metavar="NAME", help="The tag to create.")] = None,
     rev: Annotated[
-        str | None, typer.Argument(metavar="REV", help="The commit it names (default: HEAD).")
+        str | None,
+        typer.Argument(
+            metavar="REV", help="The commit it names (default: HEAD).", autocompletion=complete_rev
+        ),
     ] = None,
     delete: Annotated[
-        str | None, typer.Option("-d", "--delete", metavar="NAME", help="Delete tag NAME.")
+        str | None,
+        typer.Option(
+            "-d", "--delete", metavar="NAME", help="Delete tag NAME.", autocompletion=complete_tag
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -485,7 +584,11 @@ def tag(
 def reflog(
     ref: Annotated[
         str | None,
-        typer.Argument(metavar="REF", help="A branch or tag (default: the current branch)."),
+        typer.Argument(
+            metavar="REF",
+            help="A branch or tag (default: the current branch).",
+            autocompletion=complete_ref,
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
@@ -513,13 +616,18 @@ def worktree_add(
     branch: Annotated[
         str | None,
         typer.Argument(
-            metavar="BRANCH", help="The git and env branch (default: PATH's name); may exist."
+            metavar="BRANCH",
+            help="The git and env branch (default: PATH's name); may exist.",
+            autocompletion=complete_branch,
         ),
     ] = None,
     from_rev: Annotated[
         str | None,
         typer.Option(
-            "--from", metavar="REV", help="Where a new env branch starts (default: HEAD)."
+            "--from",
+            metavar="REV",
+            help="Where a new env branch starts (default: HEAD).",
+            autocompletion=complete_rev,
         ),
     ] = None,
 ) -> None:
@@ -672,7 +780,10 @@ def clean_orphans(
 @app.command()
 def unlock(
     branch_name: Annotated[
-        str, typer.Argument(metavar="BRANCH", help="The branch whose lock to clear.")
+        str,
+        typer.Argument(
+            metavar="BRANCH", help="The branch whose lock to clear.", autocompletion=complete_branch
+        ),
     ],
     force: Annotated[
         bool, typer.Option("--force", help="Clear it even if the holder is alive.")
@@ -709,7 +820,10 @@ def prune(
     """
     from pienv.ops import maint
 
-    r = maint.prune(_ctx(), keep, older_than, dry_run)
+    with ui.activity("prune") as act:
+        r = maint.prune(
+            _ctx(), keep, older_than, dry_run, lambda n, total: act.update(f"{n}/{total} commits")
+        )
     if as_json:
         ui.emit_json(r.to_json())
         return
@@ -726,7 +840,9 @@ def flatten(
     branch_name: Annotated[
         str | None,
         typer.Argument(
-            metavar="[BRANCH]", help="The branch to flatten (default: the current one)."
+            metavar="[BRANCH]",
+            help="The branch to flatten (default: the current one).",
+            autocompletion=complete_branch,
         ),
     ] = None,
 ) -> None:
@@ -758,9 +874,15 @@ def base_build(
     """
     from pienv.ops import baseimage as base
 
-    with ui.progress("building base", None) as bar:
-        task = bar.add_task("build", total=None)
-        r = base.build(_ctx(), directory, lambda line: bar.update(task, description=line[:60]))
+    def show(line: str) -> None:
+        # Docker's "Step 2/7 : RUN ..." lines stay; the output under them only passes by.
+        if line.startswith("Step "):
+            act.print(line)
+        elif line.strip():
+            act.update(line.strip())
+
+    with ui.activity("building base") as act:
+        r = base.build(_ctx(), directory, show)
     ui.out(f"built {base.BASE_TAG} ({r.image[:12]}) from {r.source}")
     ui.note(
         "existing branches keep their environment; they start from the new base only after "

@@ -390,13 +390,31 @@ class Engine:
         on_line: Callable[[str], None] | None = None,
     ) -> str:
         with translated(self.base_url):
+            # forcerm: the container of a failed step goes too (rm only cleans on success).
             stream = self.api.build(
-                path=str(context), tag=tag, buildargs=buildargs, rm=True, decode=True
+                path=str(context),
+                tag=tag,
+                buildargs=buildargs,
+                rm=True,
+                forcerm=True,
+                decode=True,
             )
             image_id = None
+            made: list[str] = []  # images of steps this build ran (not cache hits, not FROM)
+            ran = False
             for chunk in stream:
                 if "error" in chunk:
+                    for made_id in reversed(made):  # a failed build leaves nothing behind
+                        with contextlib.suppress(EngineError, HTTPError):
+                            self.remove_image(made_id)
                     raise EngineError(f"base build failed: {chunk['error'].strip()}")
+                line = str(chunk.get("stream", "")).strip()
+                if line.startswith("---> Running in "):
+                    ran = True
+                elif line.startswith("---> ") and " " not in line[5:]:
+                    if ran:
+                        made.append(line[5:])
+                    ran = False
                 if "stream" in chunk and on_line:
                     on_line(chunk["stream"].rstrip())
                 aux = chunk.get("aux")

@@ -15,6 +15,7 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote, unquote
@@ -137,13 +138,17 @@ def is_locked(locks_dir: Path, branch: str) -> bool:
 
 
 def acquire(
-    locks_dir: Path, branch: str, workspace: str, wait: float | None = None
+    locks_dir: Path,
+    branch: str,
+    workspace: str,
+    wait: float | None = None,
+    on_wait: Callable[[str], None] | None = None,
 ) -> tuple[BranchLock, Holder | None]:
     """Take ``branch``'s lock or raise BranchBusy naming the holder.
 
     ``wait``: seconds to wait for a busy lock (None = fail at once, 0 = forever). Returns the
     lock and, if the previous holder died without releasing its record, that stale holder (so
-    the caller can say it took the lock over).
+    the caller can say it took the lock over). ``on_wait`` hears, once, who it waits for.
     """
     locks_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path(locks_dir, branch), os.O_RDWR | os.O_CREAT, 0o644)
@@ -159,6 +164,13 @@ def acquire(
             if wait is None or (deadline is not None and time.monotonic() >= deadline):
                 os.close(fd)
                 raise busy_error(locks_dir, branch) from None
+            if on_wait is not None:
+                until = "as long as it takes" if not wait else f"up to {float(wait):g} s"
+                on_wait(
+                    f"waiting for branch {branch!r} ({until}): held by "
+                    f"{describe(read_holder(locks_dir, branch))}"
+                )
+                on_wait = None
             time.sleep(0.1)
     stale = read_holder(locks_dir, branch)
     lock = BranchLock(locks_dir, branch, fd)
@@ -166,14 +178,17 @@ def acquire(
     return lock, stale
 
 
+def describe(holder: Holder | None) -> str:
+    if holder is None:
+        return "another pienv"
+    return (
+        f"pid {holder.pid} on {holder.host} since {holder.since[:19].replace('T', ' ')} "
+        f"(workspace {holder.workspace})"
+    )
+
+
 def busy_error(locks_dir: Path, branch: str) -> BranchBusy:
-    holder = read_holder(locks_dir, branch)
-    who = "another pienv"
-    if holder:
-        who = (
-            f"pid {holder.pid} on {holder.host} since {holder.since[:19].replace('T', ' ')} "
-            f"(workspace {holder.workspace})"
-        )
+    who = describe(read_holder(locks_dir, branch))
     return BranchBusy(
         f"branch {branch!r} is busy: {who} is running on it",
         hint=(

@@ -135,7 +135,14 @@ def run_command(req: RunRequest) -> int:
 
     stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
     result = runmod.run(
-        Context(), req, Path.cwd(), os.environ, sink(sys.stdout), sink(sys.stderr), stdin_fd
+        Context(),
+        req,
+        Path.cwd(),
+        os.environ,
+        sink(sys.stdout),
+        sink(sys.stderr),
+        stdin_fd,
+        ui.note,
     )
     for line in result.notes:
         ui.note(line)

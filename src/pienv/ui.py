@@ -149,6 +149,39 @@ def render_table(
     return out
 
 
+class Activity:
+    """What a long step is doing, on stderr: a spinner line that follows ``update`` on a
+    terminal (nothing when piped), and ``print`` lines that stay (build steps)."""
+
+    def __init__(self, description: str) -> None:
+        self.description = description
+        self._status: Any = None
+
+    def __enter__(self) -> Activity:
+        if isatty(sys.stderr) and os.environ.get("TERM") != "dumb":
+            self._status = err_console().status(self.description)
+            self._status.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._status is not None:
+            self._status.__exit__(*exc)
+
+    def update(self, text: str) -> None:
+        if self._status is not None:
+            self._status.update(f"{self.description}: {text}"[:100])
+
+    def print(self, text: str) -> None:
+        if self._status is not None:
+            err_console().print(f"pienv: {text}", markup=False, highlight=False)
+        else:
+            note(text)
+
+
+def activity(description: str) -> Activity:
+    return Activity(description)
+
+
 def progress(description: str, total: int | None) -> Progress:
     from rich.progress import (
         BarColumn,

@@ -60,6 +60,8 @@ def build(ctx: Context, directory: Path | None, on_line: Callable[[str], None]) 
     try:
         image = ctx.engine().build(context, BASE_TAG, build_args(), on_line)
     except EngineError as exc:
+        if directory is not None:  # the user's own Dockerfile: its error says it all
+            raise EngineError(exc.message, hint=f"fix {context / 'Dockerfile'}") from exc
         raise EngineError(
             exc.message,
             hint="the default base pulls ubuntu:24.04 and NodeSource: it needs a registry; "

@@ -3,6 +3,7 @@ only `show --size`, `diff` and `diff --packages` ask the engine."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,7 +114,13 @@ class DiffResult(JsonResult):
     packages: dict[str, dict[str, list[str]]] | None = None  # manager -> added/removed/upgraded
 
 
-def diff(ctx: Context, rev_a: str, rev_b: str | None, packages: bool) -> DiffResult:
+def diff(
+    ctx: Context,
+    rev_a: str,
+    rev_b: str | None,
+    packages: bool,
+    on_step: Callable[[str], None] | None = None,
+) -> DiffResult:
     """Paths added/changed/deleted from ``rev_a`` to ``rev_b`` (default HEAD)."""
     from pienv.ops import fsdiff
 
@@ -121,7 +128,12 @@ def diff(ctx: Context, rev_a: str, rev_b: str | None, packages: bool) -> DiffRes
     old = ctx.resolve(rev_a, refs)
     new = ctx.resolve(rev_b, refs) if rev_b else ctx.resolve("HEAD", refs)
     engine = ctx.engine()
-    before, after = fsdiff.scan(engine, old), fsdiff.scan(engine, new)
+    step = on_step or (lambda _text: None)
+    step(f"reading {short(old)}")
+    before = fsdiff.scan(engine, old)
+    step(f"reading {short(new)}")
+    after = fsdiff.scan(engine, new)
+    step("comparing")
     a, c, d = fsdiff.compare_files(before, after)
     pkgs = fsdiff.package_changes(before.packages, after.packages) if packages else None
     return DiffResult(old, new, a, c, d, pkgs)

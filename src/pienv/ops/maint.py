@@ -49,7 +49,13 @@ def _first_parent_chain(commits: dict[str, Commit], head: str, n: int) -> list[s
     return out
 
 
-def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool) -> PruneResult:
+def prune(
+    ctx: Context,
+    keep: int | None,
+    older_than: str | None,
+    dry_run: bool,
+    on_commit: Callable[[int, int], None] | None = None,
+) -> PruneResult:
     """Drop commits no branch, tag or unexpired reflog entry reaches; report bytes freed.
 
     ``keep``: only the newest N first-parent commits of each branch stay protected (older
@@ -96,7 +102,9 @@ def prune(ctx: Context, keep: int | None, older_than: str | None, dry_run: bool)
         in_use = _images_in_use(ctx)
         engine = ctx.engine()
         repo = ctx.repository()
-        for cid in victims:  # children before parents, so parents become free
+        for n, cid in enumerate(victims):  # children before parents, so parents become free
+            if on_commit:
+                on_commit(n, len(victims))
             if cid in in_use:
                 result.kept_in_use.append(KeptInUse(cid, f"used by container {in_use[cid][:12]}"))
                 continue

@@ -105,9 +105,11 @@ def run(
     out: Sink,
     err: Sink,
     stdin_fd: int | None = None,
+    notify: Callable[[str], None] | None = None,
 ) -> RunResult:
     """One run. ``stdin_fd``: forwarded to a non-interactive command until EOF (None: the
-    command's stdin is empty)."""
+    command's stdin is empty). ``notify`` hears what must be said before the run ends
+    (waiting for a busy branch, stdin that cannot be forwarded)."""
     ws = find_workspace(cwd, req.workdir)
     engine = ctx.engine()
     # Before anything is written: a workspace holding the store, the config or the engine's
@@ -122,7 +124,9 @@ def run(
     if branch:
         check_ref_name(branch)
     notes: list[str] = list(git_notes)
-    lock, stale = locks.acquire(ctx.store.locks_dir, name_of(branch), str(ws.path), req.wait)
+    lock, stale = locks.acquire(
+        ctx.store.locks_dir, name_of(branch), str(ws.path), req.wait, notify
+    )
     guard = None
     env_path: Path | None = None
     try:
@@ -170,6 +174,11 @@ def run(
             message=req.message or ("shell" if req.shell else ""),
         )
         forward_stdin = stdin_fd is not None and not req.interactive and engine.forwards_stdin
+        if notify and not forward_stdin and not req.interactive and _has_input(stdin_fd):
+            notify(
+                "piped stdin is not forwarded over this engine's connection (tcp/ssh): the "
+                "command reads an empty stdin; pass input as a file in the workspace instead"
+            )
         cid = engine.create(
             parent,
             entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
@@ -234,6 +243,19 @@ def run(
         if env_path is not None:
             with contextlib.suppress(OSError):
                 env_path.unlink()
+
+
+def _has_input(fd: int | None) -> bool:
+    """A pipe or a file on ``fd`` (not a terminal, not /dev/null): input someone meant."""
+    import stat
+
+    if fd is None:
+        return False
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
 
 
 def _attach(
