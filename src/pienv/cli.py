@@ -267,16 +267,17 @@ def log(
 
 
 def _print_log(lines: list[str], graph: bool) -> None:
-    from rich.text import Text
+    import re
 
-    con = ui.console()
-    for line in lines:
-        text = Text(line)
+    def paint(line: str) -> str:
         if graph:
-            text.highlight_regex(r"^[|*/\\_ ]+", "magenta")
-        text.highlight_regex(r"\b[0-9a-f]{12}\b", "yellow")
-        text.highlight_regex(r"\([^()]*\)(?= )", "cyan")
-        con.print(text, soft_wrap=True)
+            line = re.sub(r"^[|*/\\_ ]+", lambda m: ui.paint_out(m.group(0), "35"), line)
+        line = re.sub(r"\b[0-9a-f]{12}\b", lambda m: ui.paint_out(m.group(0), "33"), line)
+        return re.sub(r"\([^()]*\)(?= )", lambda m: ui.paint_out(m.group(0), "36"), line)
+
+    styled = ui.paint_out("", "0") != ""
+    for line in lines:
+        ui.out(paint(line) if styled else line)
 
 
 @app.command()
