@@ -45,51 +45,34 @@ WORKDIR_HELP = "Mount DIR as the workspace (default: the git repo around you)."
 NO_COMMIT_HELP = "Discard the run's environment changes."
 
 
-# -- completion: names straight from refs.json (no store object, no engine) -------------------
+# -- completion (ops/names.py reads the store's files directly) -------------------------------
 
 
-def _ref_names(kinds: tuple[str, ...]) -> list[str]:
-    import json
+def _names(kinds: tuple[str, ...], incomplete: str) -> list[str]:
+    from pienv.ops.names import ref_names
 
-    from pienv.store import default_home
-
-    try:
-        data = json.loads((default_home() / "refs.json").read_text())
-    except (OSError, ValueError):
-        return []
-    names: list[str] = []
-    for kind in kinds:
-        names.extend(["HEAD"] if kind == "head" else sorted(data.get(kind, {})))
-    return names
+    return [n for n in ref_names(kinds) if n.startswith(incomplete)]
 
 
 def complete_branch(incomplete: str) -> list[str]:
-    return [n for n in _ref_names(("branches",)) if n.startswith(incomplete)]
+    return _names(("branches",), incomplete)
 
 
 def complete_tag(incomplete: str) -> list[str]:
-    return [n for n in _ref_names(("tags",)) if n.startswith(incomplete)]
+    return _names(("tags",), incomplete)
 
 
 def complete_ref(incomplete: str) -> list[str]:
-    return [n for n in _ref_names(("branches", "tags")) if n.startswith(incomplete)]
+    return _names(("branches", "tags"), incomplete)
 
 
 def complete_rev(incomplete: str) -> list[str]:
     """Revisions: HEAD, branches, tags, and commit ids once 4+ hex digits are typed."""
-    import json
+    found = _names(("head", "branches", "tags"), incomplete)
+    if len(incomplete) >= 4 and set(incomplete) <= set("0123456789abcdef"):
+        from pienv.ops.names import commit_ids
 
-    found = [n for n in _ref_names(("head", "branches", "tags")) if n.startswith(incomplete)]
-    hexdigits = set("0123456789abcdef")
-    if len(incomplete) >= 4 and set(incomplete) <= hexdigits:
-        from pienv.store import default_home
-
-        with contextlib.suppress(OSError), open(default_home() / "commits.jsonl") as fh:
-            for line in fh:
-                with contextlib.suppress(ValueError, TypeError, KeyError):
-                    cid = str(json.loads(line)["id"])[:12]
-                    if cid.startswith(incomplete) and cid not in found:
-                        found.append(cid)
+        found += [c for c in commit_ids(incomplete) if c not in found]
     return found
 
 
