@@ -3,14 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qs
 
 import pytest
 
-from pienv.engine import Engine
+from pienv.engine import Engine, ImageInfo
 from pienv.enginehttp import HTTPError
 from pienv.errors import EngineError, MaxDepthExceeded
 
@@ -95,7 +97,8 @@ def test_content_length_chunked_and_eof_bodies(serve: Serve) -> None:
 
 
 def test_request_body_is_json(serve: Serve) -> None:
-    server = serve(reply("201 Created", b'{"Id": "c1"}'))
+    # The first call of an engine learns which engine it is (a ping when nothing came yet).
+    server = serve(reply("200 OK", b"OK"), reply("201 Created", b'{"Id": "c1"}'))
     cid = Engine().create(
         "img",
         entrypoint=["sh"],
@@ -103,15 +106,58 @@ def test_request_body_is_json(serve: Serve) -> None:
         binds={"/h:x": {"bind": "/c", "mode": "ro"}, "vol": {"bind": "/v", "mode": "rw"}},
     )
     assert cid == "c1"
-    body = server.requests[0].partition(b"\r\n\r\n")[2]
-    import json
-
+    assert server.requests[0].startswith(b"GET /_ping HTTP/1.1\r\n")
+    body = server.requests[1].partition(b"\r\n\r\n")[2]
     config = json.loads(body)
     assert config["HostConfig"]["Mounts"] == [
         {"Type": "bind", "Source": "/h:x", "Target": "/c", "ReadOnly": True},
         {"Type": "volume", "Source": "vol", "Target": "/v", "ReadOnly": False},
     ]
     assert config["Cmd"] == []
+    assert "UnsetEnvAll" not in config and "Env" not in config
+
+
+def test_podman_is_told_by_its_headers(serve: Serve) -> None:
+    """Podman: the image's Env is passed with UnsetEnvAll (no TERM/container=podman baked into
+    commits), a 64-hex id gets "sha256:", and the commit carries its config as `changes`."""
+    podman = "HTTP/1.1 {}\r\nLibpod-Api-Version: 4.3.1\r\nServer: Libpod/4.3.1 (linux)\r\n"
+    image = json.dumps(
+        {"Id": "sha256:" + "a" * 64, "Config": {"Env": ["PATH=/bin"], "Cmd": ["sh"]}}
+    ).encode()
+    container = json.dumps(
+        {"Id": "c1", "Config": {"Env": ["PATH=/bin"], "Entrypoint": ["/w"], "User": "1:1"}}
+    ).encode()
+
+    def answer(status: str, body: bytes) -> bytes:
+        return podman.format(status).encode() + b"Content-Length: %d\r\n\r\n" % len(body) + body
+
+    server = serve(
+        answer("200 OK", b"OK"),
+        answer("200 OK", image),
+        answer("201 Created", b'{"Id": "c1"}'),
+        answer("200 OK", container),
+        answer("201 Created", b'{"Id": "sha256:' + b"b" * 64 + b'"}'),
+    )
+    engine = Engine()
+    assert engine.is_podman
+    engine.create("a" * 64, entrypoint=["/w"], user="1:1")
+    assert server.requests[1].startswith(b"GET /images/sha256:" + b"a" * 64 + b"/json ")
+    config = json.loads(server.requests[2].partition(b"\r\n\r\n")[2])
+    assert config["UnsetEnvAll"] is True and config["Env"] == ["PATH=/bin"]
+    assert config["Image"] == "sha256:" + "a" * 64
+    like = engine_image(image)
+    assert engine.commit("c1", like, {"dev.pienv.x": '"$v" \\'}) == "b" * 64
+    target = server.requests[4].split(b" ")[1].decode()
+    changes = parse_qs(target.split("?")[1])["changes"]
+    assert changes == [
+        'LABEL dev.pienv.x=""$v" \\"',
+        "ENTRYPOINT []",
+        'CMD ["sh"]',
+    ]
+
+
+def engine_image(raw: bytes) -> ImageInfo:
+    return ImageInfo.from_api(json.loads(raw))
 
 
 def test_error_statuses(serve: Serve) -> None:

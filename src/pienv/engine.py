@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -40,6 +41,11 @@ _NO_TIMEOUT = NO_TIMEOUT
 # Where the engine bind-mounts its init for Init=true (not listed in a container's Mounts):
 # Docker's tini, Podman's catatonit.
 INIT_MOUNTS = ("/sbin/docker-init", "/run/podman-init")
+# The DiffID of an empty layer (a tar of two zero blocks). Podman's commit adds one even when
+# the container changed nothing (Docker adds no layer then): it holds no content.
+EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._/-]*")
 
 __all__ = [
     "ContainerRow",
@@ -74,6 +80,12 @@ class ImageInfo:
         """Layers in the image: the storage driver refuses a commit past MAX_DEPTH."""
         return len(self.layers)
 
+    @property
+    def content_layers(self) -> tuple[str, ...]:
+        """The layers that hold files: equal for two images means equal filesystems, on
+        Docker and on Podman (whose commit of an unchanged container adds an empty layer)."""
+        return tuple(layer for layer in self.layers if layer != EMPTY_LAYER)
+
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> ImageInfo:
         config = dict(data.get("Config") or {})
@@ -82,7 +94,7 @@ class ImageInfo:
             size=int(data.get("Size") or 0),
             layers=tuple((data.get("RootFS") or {}).get("Layers") or ()),
             labels=dict(config.get("Labels") or {}),
-            tags=tuple(data.get("RepoTags") or ()),
+            tags=_familiar(data.get("RepoTags")),
             config=config,
         )
 
@@ -101,7 +113,7 @@ class ImageRow:
         return cls(
             id=full_hex(str(row["Id"])),
             labels=dict(row.get("Labels") or {}),
-            tags=tuple(t for t in row.get("RepoTags") or () if t != "<none>:<none>"),
+            tags=_familiar(row.get("RepoTags")),
             size=int(row.get("Size") or 0),
         )
 
@@ -169,26 +181,44 @@ class ContainerState:
 
 @dataclass(frozen=True)
 class EngineVersion:
+    product: str  # "Docker Engine" | "Podman"
     version: str
-    api_version: str
+    api_version: str  # the Docker API version it speaks (Podman: its compat version)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> EngineVersion:
+        names = [str(c.get("Name", "")) for c in data.get("Components") or ()]
+        podman = any("podman" in n.lower() for n in names)
         return cls(
-            version=str(data.get("Version") or "?"), api_version=str(data.get("ApiVersion") or "?")
+            product="Podman" if podman else "Docker Engine",
+            version=str(data.get("Version") or "?"),
+            api_version=str(data.get("ApiVersion") or "?"),
         )
+
+    def __str__(self) -> str:
+        return f"{self.product} {self.version} (API {self.api_version})"
 
 
 @dataclass(frozen=True)
 class EngineInfo:
     driver: str  # storage driver
     root_dir: str  # where the engine keeps images (on the engine's machine)
+    rootless: bool
+    host: str  # the engine machine's host name
+    engine_id: str
+    init_binary: str  # Docker: "docker-init"; Podman says nothing here
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> EngineInfo:
+        security = [str(o) for o in data.get("SecurityOptions") or ()]
         return cls(
             driver=str(data.get("Driver") or "?"),
             root_dir=str(data.get("DockerRootDir") or "/var/lib/docker"),
+            # Docker says so in its security options; Podman's compat API has a field.
+            rootless=bool(data.get("Rootless")) or any("name=rootless" in o for o in security),
+            host=str(data.get("Name") or ""),
+            engine_id=str(data.get("ID") or ""),
+            init_binary=str(data.get("InitBinary") or ""),
         )
 
 
@@ -283,6 +313,7 @@ class Engine:
         self._socket = self.base_url[len("unix://") :] if local and not sdk else None
         self._http = UnixTransport(self._socket) if self._socket is not None else None
         self._client: docker.DockerClient | None = None
+        self._podman: bool | None = None
 
     @property
     def api(self) -> docker.APIClient:
@@ -309,12 +340,24 @@ class Engine:
         timeout: float | None = None,
     ) -> Any:
         """One API call; the decoded JSON answer (None when empty). Errors: HTTPError."""
+        raw = self._request(method, path, query, body, timeout)
+        return json.loads(raw) if raw.strip() else None
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        query: Mapping[str, Any] | None = None,
+        body: Any = None,
+        timeout: float | None = None,
+    ) -> bytes:
+        """One API call; the raw answer. Query values that are lists repeat the parameter."""
         data = None if body is None else json.dumps(body).encode()
         limit = self.timeout if timeout is None else timeout
         with translated(self.base_url):
             if self._http is not None:
-                target = path + (f"?{urlencode(query)}" if query else "")
-                status, raw = self._http.request(method, target, data, limit)
+                target = path + (f"?{urlencode(query, doseq=True)}" if query else "")
+                status, headers, raw = self._http.request(method, target, data, limit)
             else:
                 api = self.api
                 r = api.request(
@@ -326,6 +369,11 @@ class Engine:
                     timeout=None if limit == _NO_TIMEOUT else limit,
                 )
                 status, raw = r.status_code, r.content
+                headers = {k.lower(): v for k, v in r.headers.items()}
+        if self._podman is None:
+            # Free with any answer: Podman's compat API names itself in its headers.
+            server = headers.get("server", "")
+            self._podman = "libpod-api-version" in headers or server.startswith("Libpod")
         if status >= 400:
             try:
                 message = str(json.loads(raw)["message"])
@@ -333,12 +381,37 @@ class Engine:
                 message = raw.decode(errors="replace").strip() or f"HTTP {status}"
             if "no space left on device" in message.lower():
                 raise EngineError(f"Docker ran out of disk space: {message[:200]}")
-            raise HTTPError(status, message)
-        return json.loads(raw) if raw.strip() else None
+            raise HTTPError(status, message, "Podman" if self._podman else "Docker")
+        return raw
+
+    # -- the one capability check ----------------------------------------------------------
+
+    @property
+    def is_podman(self) -> bool:
+        """Whether this is Podman's Docker-compatible API. Everything that differs on Podman
+        hangs off this one check (docs/engines.md lists what and why):
+
+        - create: Podman adds its own variables (TERM, container=podman) to every container
+          and commits them into the image; pienv asks it to add none (UnsetEnvAll) and passes
+          the image's own Env, which is what Docker uses.
+        - commit: Podman ignores the config in the commit body; pienv sends the same config
+          as `changes` instructions, values quoted so they arrive verbatim (_podman_changes).
+        - image references that are 64 hex digits are refused: `_ref` adds "sha256:".
+        - its commit of an unchanged container adds an empty layer (ImageInfo.content_layers).
+        """
+        if self._podman is None:
+            self._request("GET", "/_ping")
+        return bool(self._podman)
 
     @staticmethod
-    def _id(ref: str) -> str:
-        return quote(ref, safe="/:@")
+    def _ref(ref: str) -> str:
+        # A bare 64-hex id reads as an image name to Podman ("cannot specify 64-byte
+        # hexadecimal strings"); both engines take the "sha256:" form.
+        return "sha256:" + ref if _HEX64.fullmatch(ref) else ref
+
+    @classmethod
+    def _id(cls, ref: str) -> str:
+        return quote(cls._ref(ref), safe="/:@")
 
     # -- engine ----------------------------------------------------------------------------
 
@@ -445,7 +518,7 @@ class Engine:
         name: str | None = None,
     ) -> str:
         config: dict[str, Any] = {
-            "Image": image,
+            "Image": self._ref(image),
             "Entrypoint": entrypoint,
             # An explicit empty Cmd: the image's Cmd must not be appended to our argv.
             "Cmd": [],
@@ -480,18 +553,31 @@ class Engine:
             config["WorkingDir"] = workdir
         if hostname:
             config["Hostname"] = hostname
-        created = self._call("POST", "/containers/create", {"name": name} if name else None, config)
+        return self._create(config, name)
+
+    def _create(self, config: dict[str, Any], name: str | None = None) -> str:
+        if self.is_podman:
+            # Only the image's own variables, as on Docker: Podman would add TERM and
+            # container=podman, and its commit would bake them into the image.
+            image = self.inspect_image(str(config["Image"]))
+            config["UnsetEnvAll"] = True
+            config["Env"] = list((image.config.get("Env") if image else None) or [])
+        query = {"name": name} if name else None
+        try:
+            created = self._call("POST", "/containers/create", query, config)
+        except HTTPError as exc:
+            if "init binary" in str(exc) or "catatonit" in str(exc):
+                raise EngineError(
+                    f"the engine has no init binary ({exc.message[:200]})",
+                    hint="install catatonit (Debian/Ubuntu: `apt-get install catatonit`) or "
+                    "set init_path in containers.conf",
+                ) from exc
+            raise
         return str(created["Id"])
 
     def create_stopped(self, image: str, labels: dict[str, str] | None = None) -> str:
         """A container that is never started (for commits and exports of an image)."""
-        created = self._call(
-            "POST",
-            "/containers/create",
-            None,
-            {"Image": image, "Cmd": ["true"], "Labels": labels or {}},
-        )
-        return str(created["Id"])
+        return self._create({"Image": self._ref(image), "Cmd": ["true"], "Labels": labels or {}})
 
     @property
     def forwards_stdin(self) -> bool:
@@ -598,8 +684,11 @@ class Engine:
         Raises MaxDepthExceeded when the storage driver refuses another layer.
         """
         conf = _commit_conf(like.config if like else {}, labels)
+        query: dict[str, Any] = {"container": cid}
+        if self.is_podman:
+            query["changes"] = self._podman_changes(cid, conf)
         try:
-            result = self._call("POST", "/commit", {"container": cid}, conf, timeout=_NO_TIMEOUT)
+            result = self._call("POST", "/commit", query, conf, timeout=_NO_TIMEOUT)
         except EngineError as exc:
             if "max depth exceeded" in str(exc).lower():
                 raise MaxDepthExceeded(
@@ -607,6 +696,62 @@ class Engine:
                 ) from exc
             raise
         return full_hex(result["Id"])
+
+    def _podman_changes(self, cid: str, conf: Mapping[str, Any]) -> list[str]:
+        """Instructions that give a Podman commit of ``cid`` the config a Docker commit with
+        body ``conf`` gets. Podman ignores the body and keeps the container's config (the run
+        wrapper as Entrypoint, the run labels); Docker merges the body over the container's
+        config (_docker_merge). So: Docker's result, minus what Podman keeps anyway.
+
+        `changes` are parsed like Dockerfile lines, so no value goes in raw: LABEL and ENV
+        values are wrapped in double quotes (Podman strips exactly one pair and keeps `$`,
+        backslashes and inner quotes verbatim, measured on 4.3); ENTRYPOINT, CMD and VOLUME
+        are JSON. A line break cannot travel (Podman splits changes on it): such a label
+        must already be on the container (run containers carry the run's message, command
+        and workspace; fresh commits carry all their labels), or the commit is refused.
+        """
+        have = self._call("GET", f"/containers/{cid}/json").get("Config") or {}
+        want = _docker_merge(conf, have)
+        changes: list[str] = []
+
+        def line_safe(what: str, value: str) -> str:
+            if "\n" in value or "\r" in value:
+                raise EngineError(
+                    f"Podman cannot commit {what} with a line break in its value",
+                    hint="Podman's commit takes config as text lines; use one line",
+                )
+            return value
+
+        def name_safe(what: str, name: str) -> str:
+            if not _NAME.fullmatch(name):
+                raise EngineError(f"Podman cannot commit the {what} name {name!r}")
+            return name
+
+        have_labels = dict(have.get("Labels") or {})
+        for key, value in want["Labels"].items():
+            if have_labels.get(key) != value:
+                value = line_safe(f"label {key}", str(value))
+                changes.append(f'LABEL {name_safe("label", key)}="{value}"')
+        have_env = set(have.get("Env") or [])
+        for entry in want["Env"]:
+            if entry not in have_env:
+                name, _, value = str(entry).partition("=")
+                value = line_safe(f"variable {name}", value)
+                changes.append(f'ENV {name_safe("variable", name)}="{value}"')
+        changes.append(f"ENTRYPOINT {json.dumps(list(want['Entrypoint'] or []))}")
+        changes.append(f"CMD {json.dumps(list(want['Cmd'] or []))}")
+        for key, instruction in (("User", "USER"), ("WorkingDir", "WORKDIR")):
+            if want[key] and want[key] != (have.get(key) or ""):
+                changes.append(f"{instruction} {line_safe(key, str(want[key]))}")
+        for volume in want["Volumes"]:
+            if volume not in (have.get("Volumes") or {}):
+                changes.append(f"VOLUME {json.dumps([volume])}")
+        for port in want["ExposedPorts"]:
+            if port not in (have.get("ExposedPorts") or {}):
+                changes.append(f"EXPOSE {line_safe('a port', str(port))}")
+        if want["StopSignal"] and want["StopSignal"] != (have.get("StopSignal") or ""):
+            changes.append(f"STOPSIGNAL {line_safe('StopSignal', str(want['StopSignal']))}")
+        return changes
 
     def remove_container(self, cid: str, force: bool = False) -> None:
         with contextlib.suppress(HTTPError):
@@ -663,6 +808,45 @@ def _imported_id(result: Any) -> str:
             if "error" in data:
                 raise EngineError(f"Docker import failed: {data['error']}")
     raise EngineError(f"Docker import returned no image id: {text[:200]}")
+
+
+def _familiar(tags: Any) -> tuple[str, ...]:
+    """Tags as `docker images` shows them: Podman names "pienv/x:1" "docker.io/pienv/x:1"."""
+    out = []
+    for tag in tags or ():
+        if tag == "<none>:<none>":
+            continue
+        for prefix in ("docker.io/library/", "docker.io/"):
+            if tag.startswith(prefix):
+                tag = tag[len(prefix) :]
+                break
+        out.append(str(tag))
+    return tuple(out)
+
+
+def _docker_merge(conf: Mapping[str, Any], container: Mapping[str, Any]) -> dict[str, Any]:
+    """The config Docker's commit gives an image: the body ``conf`` with its empty fields
+    filled from the container's config (moby daemon/commit.go `merge`)."""
+    env = list(conf.get("Env") or [])
+    names = {e.partition("=")[0] for e in env}
+    env += [e for e in container.get("Env") or [] if e.partition("=")[0] not in names]
+    cmd, entrypoint = conf.get("Cmd"), conf.get("Entrypoint")
+    if not entrypoint and not cmd:
+        cmd, entrypoint = container.get("Cmd"), container.get("Entrypoint")
+    return {
+        "Labels": {**(container.get("Labels") or {}), **(conf.get("Labels") or {})},
+        "Env": env,
+        "Cmd": cmd,
+        "Entrypoint": entrypoint,
+        "User": conf.get("User") or container.get("User") or "",
+        "WorkingDir": conf.get("WorkingDir") or container.get("WorkingDir") or "",
+        "Volumes": {**(container.get("Volumes") or {}), **(conf.get("Volumes") or {})},
+        "ExposedPorts": {
+            **(container.get("ExposedPorts") or {}),
+            **(conf.get("ExposedPorts") or {}),
+        },
+        "StopSignal": conf.get("StopSignal") or container.get("StopSignal") or "",
+    }
 
 
 def _commit_conf(image_config: Mapping[str, Any], labels: Mapping[str, str]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ NO_TIMEOUT = -1.0  # for calls that last as long as the container or the commit 
 class HTTPError(EngineError):
     """The engine answered with an error status (404: no such object, 409: conflict)."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(f"Docker: {message[:300]}")
+    def __init__(self, status: int, message: str, engine: str = "Docker") -> None:
+        super().__init__(f"{engine}: {message[:300]}")
         self.status = status
 
 
@@ -122,12 +122,13 @@ class UnixTransport:
 
     def request(
         self, method: str, target: str, data: bytes | None, timeout: float
-    ) -> tuple[int, bytes]:
-        """(status, body) of one request; ``target`` is the path with its query string."""
+    ) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of one request; ``target``: the path with its query string;
+        header names in lower case."""
         with self.connect(timeout) as sock:
             sock.sendall(request_head(method, target, data) + (data or b""))
             resp = Response(sock)
-            return resp.status, resp.body()
+            return resp.status, resp.headers, resp.body()
 
     def upgrade(self, target: str) -> tuple[socket.socket, Response]:
         """A POST asking to hijack the connection (attach): the socket and the read answer.

@@ -62,7 +62,9 @@ def commit_fresh(
 ) -> str:
     """Commit a never-started container of ``image`` with ``config_from``'s config + labels;
     ``prepare`` may copy files into the container first."""
-    cid = engine.create_stopped(image)
+    # The labels go on the container too: an engine whose commit keeps the container's
+    # labels (Podman) then needs no label sent as text (engine.commit).
+    cid = engine.create_stopped(image, labels=labels)
     try:
         if prepare is not None:
             prepare(cid)
