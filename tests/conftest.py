@@ -251,9 +251,9 @@ class NonrootPienv(Pienv):
         self.command = [runuser, "-u", NONROOT_USER, "--", str(venv / "bin" / "pienv")]
         # Only what a login of that user would have, plus the test settings: nothing of
         # root's environment (HOME=/root, pyenv) leaks into the run.
-        self.env = {
-            k: v for k, v in self.env.items() if k.startswith("PIENV_") or k == "DOCKER_HOST"
-        }
+        # XDG_DATA_HOME: the no_default_store guard's, so a forgotten PIENV_HOME fails here too.
+        keep = ("DOCKER_HOST", "XDG_DATA_HOME")
+        self.env = {k: v for k, v in self.env.items() if k.startswith("PIENV_") or k in keep}
         self.env.update(
             {
                 "PATH": "/usr/local/bin:/usr/bin:/bin",
