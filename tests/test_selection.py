@@ -64,3 +64,12 @@ def test_profile_beats_binding_and_branch_option_beats_profile(pienv: Pienv, bou
     assert r.out.startswith(main[:12]) and "PIENV_PROFILE" in r.err
     r = pienv("reset", "-b", "main", "HEAD", cwd=bound, env={"PIENV_PROFILE": "agent-c"})
     assert r.out.startswith("main is now at") and pienv.head("agent-c") == agent
+
+
+def test_checkout_in_a_bound_worktree_says_the_binding_still_wins(
+    pienv: Pienv, bound: Path
+) -> None:
+    r = pienv("checkout", "-b", "other", cwd=bound)
+    assert pienv.refs()["head"] == {"branch": "other"}
+    assert "commands run here still use branch 'agent-c' (worktree binding" in r.err
+    assert "(HEAD -> agent-c, other)" in pienv("log", "-n", "1", cwd=bound).out

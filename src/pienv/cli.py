@@ -20,6 +20,7 @@ from pienv.errors import UsageError
 
 if TYPE_CHECKING:  # free at run time: ops modules load inside the commands that need them
     from pienv.ops.context import Context
+    from pienv.ops.workspace import Selection
 
 app = typer.Typer(
     help="A git-like versioned environment in Docker for coding agents.",
@@ -82,17 +83,21 @@ def _ctx() -> Context:
     return Context()
 
 
-def _selected(explicit: str | None = None) -> Context:
+def _selection(explicit: str | None = None) -> tuple[Context, Selection]:
     """A Context whose HEAD is the branch the selection rule picks here (rule 11, docs/rules.md):
-    --branch (``explicit``) > PIENV_PROFILE > worktree binding > HEAD. Says which rule chose
-    it when that is not the obvious one."""
+    --branch (``explicit``) > PIENV_PROFILE > worktree binding > HEAD, and that Selection.
+    Says which rule chose it when that is not the obvious one."""
     from pienv.ops.workspace import select
 
     ctx = _ctx()
     sel = select(ctx, Path.cwd(), os.environ, explicit)
     if not sel.by_default:
         ui.note(f"branch {sel.branch} (chosen by {sel.rule})")
-    return ctx
+    return ctx, sel
+
+
+def _selected(explicit: str | None = None) -> Context:
+    return _selection(explicit)[0]
 
 
 # -- run / shell ------------------------------------------------------------------------------
@@ -471,7 +476,11 @@ def checkout(
     """Switch the current env branch, or detach HEAD at a commit."""
     from pienv.ops.history import checkout as do_checkout
 
-    r = do_checkout(_selected(), target, create, start)
+    ctx, sel = _selection()
+    r = do_checkout(ctx, target, create, start)
+    if not sel.by_default:
+        # checkout moves the store's HEAD; here a stronger rule still picks the branch.
+        ui.warn(f"commands run here still use branch {sel.branch!r} ({sel.rule} comes first)")
     if r.branch is None:
         ui.out(f"HEAD is now at {r.commit[:12]} (detached).")
         ui.warn("runs will advance a detached HEAD; `pienv checkout -b NAME` keeps them")
