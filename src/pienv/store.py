@@ -12,7 +12,10 @@ Layout of ``$PIENV_HOME``::
     pienv.log       tracebacks of internal errors
 
 Ref moves are compare-and-swap: a transaction re-reads refs.json under the store lock and a
-move succeeds only if the ref still holds the value the caller expected.
+move succeeds only if the ref still holds the value the caller expected. Every write follows
+one protocol (docs/architecture.md, "Store writes"): under the store lock a transaction appends
+the commit index, then the reflog, then replaces refs.json; appends are whole lines or
+nothing, and readers skip a torn line without losing the lines after it.
 """
 
 from __future__ import annotations
@@ -33,6 +36,37 @@ from pienv.errors import ConcurrentUpdate, StoreError, UsageError
 from pienv.model import SCHEMA, Commit, now_rfc3339, short
 
 REFS = "refs.json"
+
+# Test-only crash points (tests/test_crash.py): PIENV_TEST_CRASH_AT=STEP kills pienv at STEP of
+# a run's finish, once per store; STEP+all kills its forked finalizer too. Read once at import
+# so the hot path pays one string comparison per step.
+_CRASH_STEP, _, _CRASH_MODE = os.environ.get("PIENV_TEST_CRASH_AT", "").partition("+")
+
+
+def crashpoint(step: str) -> None:
+    if step == _CRASH_STEP:
+        _crash(step)
+
+
+def _crash(step: str) -> None:
+    import signal
+
+    marker = default_home() / f"crashed-at-{step}"
+    try:
+        os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        return  # once: the finalizer or the next command must get past this step
+    if _CRASH_MODE == "all":
+        me = str(os.getpid())
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me:
+                with contextlib.suppress(OSError):
+                    os.kill(int(stat.parent.name), signal.SIGKILL)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def log_traceback(path: str | Path, argv: list[str], what: str = "") -> None:
@@ -154,6 +188,16 @@ class Refs:
         return self.head_detached
 
 
+# Reflog texts fsck --repair reads back (git parses "checkout: moving from A to B" the same way).
+WORKTREE_BIND = "worktree: bind "
+WORKTREE_UNBIND = "worktree: unbind "
+CHECKOUT = "checkout: moving to "
+
+# Store lock depth per (process, store directory): flock is per open file, so a second
+# open + flock by the same process would wait for itself.
+_LOCK_DEPTH: dict[str, int] = {}
+
+
 def who() -> str:
     try:
         user = getpass.getuser()
@@ -170,6 +214,33 @@ class Transaction:
         self.what = what
         self.entries: list[ReflogEntry] = []
         self.renames: dict[str, str] = {}  # old branch name -> new, applied to the reflog
+        self.commits: list[tuple[Commit, list[tuple[str, str]] | None]] = []
+
+    def add_commit(self, commit: Commit, changes: list[tuple[str, str]] | None = None) -> None:
+        """Index ``commit`` in the same transaction as the ref moves (written first)."""
+        self.commits.append((commit, changes))
+
+    def complete_move(self, ref: str, value: str) -> None:
+        """Finish a move whose reflog entry was written but refs.json was not (a crash between
+        the two): set the ref without logging the move a second time."""
+        if ref == "HEAD":
+            self.refs.head_detached = value
+        elif ref.startswith("tags/"):
+            self.refs.tags[ref.removeprefix("tags/")] = value
+        else:
+            self.refs.branches[ref] = value
+
+    def bind_worktree(self, path: str, branch: str) -> None:
+        """Bind a worktree to a branch; logged on the branch so fsck --repair can restore it."""
+        self.refs.worktrees[path] = branch
+        head = self.refs.branches.get(branch)
+        self._log(branch, head, head, f"{WORKTREE_BIND}{path}")
+
+    def unbind_worktree(self, path: str) -> None:
+        branch = self.refs.worktrees.pop(path, None)
+        if branch is not None:
+            head = self.refs.branches.get(branch)
+            self._log(branch, head, head, f"{WORKTREE_UNBIND}{path}")
 
     def _log(self, ref: str, old: str | None, new: str | None, what: str | None) -> None:
         self.entries.append(ReflogEntry(ref, old, new, now_rfc3339(), who(), what or self.what))
@@ -324,20 +395,38 @@ class Store:
 
     @contextlib.contextmanager
     def _store_lock(self) -> Iterator[None]:
+        """The store lock (flock on refs.lock); re-entrant within one process."""
+        key = f"{os.getpid()}:{self.home}"  # a forked child does not hold its parent's lock
+        if _LOCK_DEPTH.get(key):
+            _LOCK_DEPTH[key] += 1
+            try:
+                yield
+            finally:
+                _LOCK_DEPTH[key] -= 1
+            return
         self._mkdirs()
         fd = os.open(self.home / "refs.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
-            yield
+            _LOCK_DEPTH[key] = 1
+            try:
+                yield
+            finally:
+                _LOCK_DEPTH.pop(key, None)
         finally:
             os.close(fd)
 
     @contextlib.contextmanager
     def transaction(self, what: str) -> Iterator[Transaction]:
-        """Re-read refs under the store lock; on success append the reflog, then write refs."""
+        """Re-read refs under the store lock; on success append the commit index, then the
+        reflog, then replace refs.json (see docs/architecture.md for what a crash between two
+        of these leaves and how the next command completes it)."""
         with self._store_lock():
             txn = Transaction(self.load_refs(), what)
             yield txn
+            if txn.commits:
+                self._index_commits(txn.commits)
+                crashpoint("indexed")
             if txn.renames:
                 entries = self.reflog()
                 for e in entries:
@@ -347,7 +436,11 @@ class Store:
                 # Reflog first: a crash between the two writes over-reports a move (harmless,
                 # it only keeps a commit alive) instead of losing the record of one.
                 self._append_lines(self.reflog_path, [e.to_json() for e in txn.entries])
+                if txn.commits:
+                    crashpoint("reflogged")
             write_atomic(self.refs_path, _dump(txn.refs.to_json()))
+            if txn.commits:
+                crashpoint("moved")
 
     def write_refs_unchecked(self, refs: Refs, entries: list[ReflogEntry]) -> None:
         """Replace refs wholesale (fsck --repair only)."""
@@ -396,19 +489,59 @@ class Store:
             self._index = index
         return self._index
 
+    def fresh_commits(self) -> dict[str, Commit]:
+        """The index as on disk now (recovery paths, under the store lock)."""
+        self._index = None
+        return self.commits()
+
     def add_commit(self, commit: Commit, changes: list[tuple[str, str]] | None = None) -> None:
-        if changes is not None:
-            self._mkdirs()
-            payload = _dump([[kind, path] for kind, path in changes])
-            write_atomic(self.changes_dir / f"{commit.id}.json", payload)
-        self._append_lines(self.index_path, [commit.to_json()])
+        """Index one commit under the store lock (a run's commit goes through a transaction)."""
+        with self._store_lock():
+            self._index_commits([(commit, changes)])
+
+    def _index_commits(self, rows: list[tuple[Commit, list[tuple[str, str]] | None]]) -> None:
+        for commit, changes in rows:
+            if changes is not None:
+                self._mkdirs()
+                payload = _dump([[kind, path] for kind, path in changes])
+                write_atomic(self.changes_dir / f"{commit.id}.json", payload)
+        self._append_lines(self.index_path, [c.to_json() for c, _ in rows])
         if self._index is not None:
-            self._index[commit.id] = commit
+            for commit, _ in rows:
+                self._index[commit.id] = commit
 
     def rewrite_index(self, commits: list[Commit]) -> None:
+        """Replace the index. Under the store lock, so a commit indexed meanwhile waits for it;
+        callers must have read ``commits`` under the same lock (prune, fsck --repair)."""
         data = b"".join(_dump_line(c.to_json()) for c in commits)
-        write_atomic(self.index_path, data)
+        with self._store_lock():
+            write_atomic(self.index_path, data)
         self._index = {c.id: c for c in commits}
+
+    def torn_lines(self) -> list[tuple[Path, int]]:
+        """Lines of the append-only files that are not whole JSON objects (file, 1-based)."""
+        out = []
+        for path in (self.index_path, self.reflog_path):
+            try:
+                raw = path.read_bytes()
+            except OSError:
+                continue
+            for n, line in enumerate(raw.splitlines(), 1):
+                if line.strip() and _parse_line(line) is None:
+                    out.append((path, n))
+        return out
+
+    def drop_torn_lines(self) -> list[tuple[Path, int]]:
+        """Rewrite the append-only files without their torn lines (fsck --repair)."""
+        torn = self.torn_lines()
+        with self._store_lock():
+            for path in {p for p, _ in torn}:
+                raw = path.read_bytes()
+                keep = [ln + b"\n" for ln in raw.splitlines() if _parse_line(ln) is not None]
+                write_atomic(path.with_name(path.name + ".torn"), raw)
+                write_atomic(path, b"".join(keep))
+        self._index = None
+        return torn
 
     def changes(self, commit_id: str) -> list[tuple[str, str]] | None:
         path = self.changes_dir / f"{commit_id}.json"
@@ -424,16 +557,33 @@ class Store:
     # -- helpers ----------------------------------------------------------------------------
 
     def _append_lines(self, path: Path, rows: list[dict[str, Any]]) -> None:
+        """Append whole lines or nothing (callers hold the store lock).
+
+        A file that does not end in a newline holds a torn last line (a crash or a full disk
+        mid-append): start on a fresh line so the new lines are not glued onto it. A short
+        write is continued; a failed one is cut back to where the file ended.
+        """
         data = b"".join(_dump_line(r) for r in rows)
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         except OSError as exc:
             raise _os_error(exc, path) from exc
+        try:
+            end = os.fstat(fd).st_size
+            if end and os.pread(fd, 1, end - 1) != b"\n":
+                data = b"\n" + data
+            try:
+                view = memoryview(data)
+                while view:
+                    n = os.write(fd, view)
+                    view = view[n:]
+                os.fsync(fd)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, end)
+                raise _os_error(exc, path) from exc
+        finally:
+            os.close(fd)
 
 
 def _dump(obj: Any) -> bytes:
@@ -452,12 +602,18 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     except OSError as exc:
         raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
     for line in raw.splitlines():
-        if not line.strip():
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            # A torn last line (crash mid-append) is skipped, never fatal.
-            continue
-        if isinstance(data, dict):
+        # A torn line (crash or full disk mid-append) is skipped, never fatal; the appender
+        # starts the next line after it, so nothing after it is lost. fsck reports it.
+        data = _parse_line(line)
+        if data is not None:
             yield data
+
+
+def _parse_line(line: bytes) -> dict[str, Any] | None:
+    if not line.strip():
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    return data if isinstance(data, dict) else None
