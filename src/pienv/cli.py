@@ -209,7 +209,7 @@ def status(as_json: JsonOpt = False) -> None:
         ("size", ui.size(s.size)),
         ("depth", f"{s.depth} layers (flatten at {s.flatten_at})"),
         ("locks", ", ".join(f"{h.branch} by pid {h.pid}" for h in s.locks) or "none"),
-        ("orphans", str(s.orphans)),
+        ("orphans", "unknown (engine unreachable)" if s.orphans is None else str(s.orphans)),
     ]
     for key, value in rows:
         ui.out(f"{key:<10} {value}")
@@ -909,17 +909,26 @@ def doctor(as_json: JsonOpt = False) -> None:
 @app.command()
 def fsck(
     repair: Annotated[
-        bool, typer.Option("--repair", help="Rebuild the index and lost refs from image labels.")
+        bool,
+        typer.Option(
+            "--repair", help="Rebuild the index from image labels and lost refs from the reflog."
+        ),
+    ] = False,
+    allow_loss: Annotated[
+        bool,
+        typer.Option("--allow-loss", help="Let --repair drop refs whose commits are all gone."),
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check refs, tags and the reflog against the engine.
+    """Check refs, tags, the reflog and the index against the engine.
 
-    `--repair` rebuilds the commit index and lost refs from the images' labels.
+    `--repair` saves the old files next to the new ones, drops torn lines, rebuilds the
+    commit index from the images' labels and refs.json from the reflog (labels only for what
+    the reflog no longer knows).
     """
     from pienv.ops import maint
 
-    r = maint.fsck(_ctx(), repair)
+    r = maint.fsck(_ctx(), repair, allow_loss)
     if as_json:
         ui.emit_json(r.to_json())
         return

@@ -198,8 +198,8 @@ def busy_error(locks_dir: Path, branch: str) -> BranchBusy:
     )
 
 
-def force_clear(locks_dir: Path, branch: str) -> None:
-    """Forget a lock: the next holder takes a fresh file (the old holder keeps its flock on the
-    unlinked inode, which is why this needs --force for a live holder)."""
+def clear_record(locks_dir: Path, branch: str) -> None:
+    """Forget the holder record of a free lock. The file stays: unlinking it would let the next
+    run lock a fresh inode while a live holder keeps its flock on the old one."""
     with contextlib.suppress(FileNotFoundError):
-        lock_path(locks_dir, branch).unlink()
+        os.truncate(lock_path(locks_dir, branch), 0)

@@ -74,6 +74,7 @@ COMMIT_KEYS = (
     "run-host",
     "run-pid",
     "run-started",
+    "container",  # the run container it was made from: recovery finds an unindexed commit
 )
 
 
@@ -115,7 +116,7 @@ class Commit:
     # Filled from the engine after the commit; not labels.
     size: int = 0
     layers: int = 0
-    container: str = ""
+    container: str = ""  # the run container it was made from (a label too, for recovery)
 
     @property
     def short(self) -> str:
@@ -174,6 +175,7 @@ class Commit:
             "run-host": self.run_host,
             "run-pid": "" if self.run_pid is None else str(self.run_pid),
             "run-started": self.run_started,
+            "container": self.container,
         }
         assert set(values) == set(COMMIT_KEYS)
         return {LABEL + k: v for k, v in values.items()}
@@ -200,6 +202,7 @@ class Commit:
             run_host=get("run-host"),
             run_pid=int(get("run-pid")) if get("run-pid") else None,
             run_started=get("run-started"),
+            container=get("container"),
         )
 
 

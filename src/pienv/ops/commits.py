@@ -15,6 +15,7 @@ from pienv.engine import INIT_MOUNTS, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import Commit, short
 from pienv.ops.context import Context
+from pienv.store import crashpoint
 
 ProgressFn = Callable[[int], None]
 
@@ -43,13 +44,17 @@ def finish(
     commit: Commit,
     changes: list[tuple[str, str]] | None,
     parent_image: ImageInfo | None,
+    index: bool = True,
 ) -> Commit:
-    """Tag the new image, measure it, and index it."""
+    """Tag the new image, measure it, and index it (``index=False``: the caller indexes it in
+    the transaction that moves its ref, see docs/architecture.md)."""
+    crashpoint("committed")
     engine.tag(image_id, ctx.repository(), short(image_id))
     info = engine.inspect_image(image_id)
     size = (info.size if info else 0) - (parent_image.size if parent_image else 0)
     done = replace(commit, id=image_id, size=max(size, 0), layers=info.depth if info else 0)
-    ctx.store.add_commit(done, changes)
+    if index:
+        ctx.store.add_commit(done, changes)
     return done
 
 
@@ -90,6 +95,7 @@ def commit_container(
     draft: Commit,
     parent_image: ImageInfo | None,
     changes: list[tuple[str, str]],
+    index: bool = True,
 ) -> Commit:
     """Commit a run container on top of its parent; flatten and retry once at max depth."""
     engine = ctx.engine()
@@ -101,7 +107,7 @@ def commit_container(
         # changes included) into one layer and commit that with the parent's config.
         draft = replace(draft, flattened_from=draft.parents[0] if draft.parents else "")
         image_id = _squash_commit(engine, cid, parent_image, draft.labels(ctx.store_id), None)
-    return finish(ctx, engine, image_id, draft, changes, parent_image)
+    return finish(ctx, engine, image_id, draft, changes, parent_image, index)
 
 
 def flatten_image(

@@ -5,15 +5,16 @@ Shared by `pienv run`, the forked finalizer and `pienv recover`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pienv import gitrepo
-from pienv.errors import ConcurrentUpdate, EngineError, PienvError
-from pienv.locks import name_of
-from pienv.model import Commit, RunInfo
-from pienv.ops.commits import commit_container, mount_filter
+from pienv.errors import ConcurrentUpdate, EngineError, PienvError, StoreError
+from pienv.locks import DETACHED, name_of
+from pienv.model import LABEL, Commit, RunInfo
+from pienv.ops.commits import commit_container, finish, mount_filter
 from pienv.ops.context import Context
+from pienv.store import ReflogEntry, Transaction
 
 
 @dataclass
@@ -37,14 +38,17 @@ def finalize(
 ) -> RunResult:
     """Commit a finished run container onto its branch, or drop it when nothing changed.
 
-    Shared by `run`, the finalizer and `recover`. The branch moves by compare-and-swap from the
-    run's parent; if it moved meanwhile the commit goes to a new ``recovered/<id>`` branch.
+    Shared by `run`, the finalizer and `recover`. The protocol (docs/architecture.md, "Store
+    writes"): commit and tag the image (labelled with the container's id), then one store
+    transaction indexes it, logs and moves the branch by compare-and-swap from the run's parent
+    (or creates ``recovered/<id>`` when the branch moved meanwhile); the container goes last.
+    A crash anywhere leaves the container, so recovery finds it and completes what is missing.
     A failed commit keeps the container (and says how to recover it).
     """
     engine = ctx.engine()
-    # Recovery paths (the finalizer, `recover`) pass no exit code. Only there can the container
-    # already be committed (its pienv died between commit and remove); a live run just made it,
-    # so it skips reading the whole commit index (~12 ms at 1,000 commits).
+    # Recovery paths (the finalizer, `recover`) pass no exit code. Only there can an earlier
+    # attempt have got part of the way; a live run skips reading the whole commit index and
+    # reflog (~12 ms at 1,000 commits).
     recovering = exit_code is None
     if exit_code is None or mounts is None:
         # Read what the finished run no longer knows from the container.
@@ -56,21 +60,24 @@ def finalize(
         if mounts is None:
             mounts = list(state.mounts)
     result = RunResult(exit_code=exit_code, branch=info.branch, rule="", parent=info.parent)
-    made = [c for c in ctx.store.commits().values() if c.container == cid] if recovering else []
-    if made:
-        engine.remove_container(cid, force=True)
-        result.commit = made[0]
-        result.notes.append(f"container {cid[:12]} was already committed as {made[0].short}")
-        return result
+    cmd = " ".join(info.command) or "agent"
+    # The -m message (or `shell`) names the commit and its reflog entry alike.
+    summary = info.message or f"run: {cmd} (exit {exit_code})"
+    what = f"run: {summary.removeprefix('run: ')}"
+    if recovering:
+        made = _made_from(ctx, cid, mounts)
+        if made is not None:
+            result.commit = made
+            result.branch = _settle(ctx, cid, made, None, info, what, True, result.notes)
+            result.notes.append(f"container {cid[:12]} was already committed as {made.short}")
+            engine.remove_container(cid, force=True)
+            return result
     changes = mount_filter(engine.diff(cid), mounts)
     result.changes = len(changes)
     if no_commit or not changes:
         engine.remove_container(cid, force=True)
         return result
     parent_image = engine.inspect_image(info.parent)
-    cmd = " ".join(info.command) or "agent"
-    # The -m message (or `shell`) names the commit and its reflog entry alike.
-    summary = info.message or f"run: {cmd} (exit {exit_code})"
     draft = Commit.draft(
         info.branch,
         summary,
@@ -87,23 +94,105 @@ def finalize(
         run_started=info.started,
     )
     try:
-        commit = commit_container(ctx, cid, draft, parent_image, changes)
+        commit = commit_container(ctx, cid, draft, parent_image, changes, index=False)
     except PienvError as exc:
         raise EngineError(
             f"commit failed, the container {cid[:12]} is kept and the branch did not move: {exc}",
             hint=f"free space or fix the engine, then `pienv recover {cid[:12]}`",
         ) from exc
     result.commit = commit
-    try:
-        with ctx.store.transaction(f"run: {summary.removeprefix('run: ')}") as txn:
-            txn.move_head(info.branch, info.parent, commit.id)
-    except ConcurrentUpdate:
-        name = f"recovered/{commit.short}"
-        with ctx.store.transaction(f"recover: {name_of(info.branch)} had moved") as txn:
-            txn.move_branch(name, None, commit.id)
-        result.branch = name
-        result.notes.append(
-            f"{name_of(info.branch)!r} moved during the run; the commit is on branch {name!r}"
-        )
+    result.branch = _settle(ctx, cid, commit, changes, info, what, recovering, result.notes)
     engine.remove_container(cid, force=True)
     return result
+
+
+def _made_from(ctx: Context, cid: str, mounts: list[str]) -> Commit | None:
+    """The commit an earlier attempt made of container ``cid``: indexed, or only labelled (its
+    pienv died before indexing it, or the engine finished a commit whose answer was lost)."""
+    with ctx.store.locked():
+        indexed = [c for c in ctx.store.fresh_commits().values() if c.container == cid]
+    if indexed:
+        return indexed[0]
+    engine = ctx.engine()
+    labels = [f"{LABEL}store={ctx.store_id}", f"{LABEL}role=commit", f"{LABEL}container={cid}"]
+    rows = engine.images(labels)
+    made = sorted((Commit.from_labels(r.id, dict(r.labels)) for r in rows), key=lambda c: c.created)
+    if not made:
+        return None
+    for row in rows:  # a retried commit: keep the first, drop the copies
+        if row.id != made[0].id:
+            for tag in row.tags:
+                engine.untag(tag)
+            engine.remove_image(row.id)
+    keep = made[0]
+    parent = engine.inspect_image(keep.parents[0]) if keep.parents else None
+    changes = mount_filter(engine.diff(cid), mounts)
+    done = finish(ctx, engine, keep.id, keep, changes, parent, index=False)
+    return replace(done, container=cid, changes=len(changes))
+
+
+def _settle(
+    ctx: Context,
+    cid: str,
+    commit: Commit,
+    changes: list[tuple[str, str]] | None,
+    info: RunInfo,
+    what: str,
+    recovering: bool,
+    notes: list[str],
+) -> str | None:
+    """Index ``commit`` and move its branch in one transaction; returns the branch it is on.
+
+    Recovering, complete a half-done transaction instead of repeating it: index it if the
+    index lacks it, and move nothing if the reflog already records its move (then a crash
+    between the reflog and refs.json left refs.json behind: finish that write).
+    """
+    branch = info.branch
+    try:
+        with ctx.store.transaction(what) as txn:
+            if recovering:
+                if commit.id not in ctx.store.fresh_commits():
+                    txn.add_commit(commit, changes)
+                done, ref = _completed_move(ctx.store.reflog(), txn, commit.id)
+                if done:
+                    return ref
+            else:
+                txn.add_commit(commit, changes)
+            try:
+                txn.move_head(branch, info.parent, commit.id)
+                return branch
+            except ConcurrentUpdate:
+                name = f"recovered/{commit.short}"
+                txn.move_branch(name, None, commit.id, f"recover: {name_of(branch)} had moved")
+                notes.append(
+                    f"{name_of(branch)!r} moved during the run; the commit is on branch {name!r}"
+                )
+                return name
+    except PienvError as exc:
+        raise StoreError(
+            f"{exc.message}; the run's commit {commit.short} is made and its container "
+            f"{cid[:12]} kept, but {name_of(branch)!r} did not move",
+            hint=f"fix that, then `pienv recover {cid[:12]}` finishes the job",
+        ) from exc
+
+
+def _completed_move(
+    entries: list[ReflogEntry], txn: Transaction, cid: str
+) -> tuple[bool, str | None]:
+    """(True, ref) when an earlier attempt already moved a ref to ``cid`` (ref None: the
+    detached HEAD); (False, None) when no ref move of it happened yet."""
+    refs = txn.refs
+    for name, value in refs.branches.items():
+        if value == cid:
+            return True, name
+    if refs.head_branch is None and refs.head_detached == cid:
+        return True, None
+    hits = [i for i, e in enumerate(entries) if e.new == cid and not e.ref.startswith("tags/")]
+    if not hits:
+        return False, None
+    entry = entries[hits[-1]]
+    moved_since = any(e.ref == entry.ref for e in entries[hits[-1] + 1 :])
+    current = refs.head_detached if entry.ref == DETACHED else refs.branches.get(entry.ref)
+    if not moved_since and current == entry.old:
+        txn.complete_move(entry.ref, cid)  # logged, then killed before refs.json was written
+    return True, None if entry.ref == DETACHED else entry.ref

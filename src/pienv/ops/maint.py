@@ -4,23 +4,24 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import shutil
 import tarfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
 
 from pienv import dag, locks
-from pienv.engine import MAX_DEPTH
+from pienv.engine import MAX_DEPTH, ImageRow
 from pienv.errors import PienvError, StoreError, UsageError
-from pienv.locks import name_of
+from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import baseimage as basemod
 from pienv.ops.commits import commit_fresh, finish, flatten_image, make_root
 from pienv.ops.context import Context
 from pienv.ops.sandbox import AGENT_HOME
-from pienv.store import ReflogEntry, Refs
+from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
 
 # -- prune ------------------------------------------------------------------------------------
 
@@ -68,10 +69,23 @@ def prune(
     if older_than:
         cutoff = datetime.now(UTC).timestamp() - parse_age(older_than)
     result = PruneResult()
+    engine = ctx.engine()
     with ctx.store.locked():
         refs = ctx.refs()
-        commits = dict(ctx.store.commits())
-        g = dag.build(commits)
+        commits = dict(ctx.store.fresh_commits())
+        # Commits the engine holds but the index does not: a run still finishing (indexed in
+        # the transaction that moves its branch), or leftovers of an interrupted commit.
+        labelled = {
+            row.id: row
+            for row in engine.images([f"{LABEL}store={refs.store_id}", f"{LABEL}role=commit"])
+        }
+        strays = {
+            cid: Commit.from_labels(cid, dict(row.labels))
+            for cid, row in labelled.items()
+            if cid not in commits
+        }
+        known = {**strays, **commits}
+        g = dag.build(known)
         protected: set[str] = set()
         busy = {
             name
@@ -82,10 +96,11 @@ def prune(
             if keep is None or name in busy:
                 protected |= dag.ancestors(g, head)
             else:
-                protected |= set(_first_parent_chain(commits, head, keep))
+                protected |= set(_first_parent_chain(known, head, keep))
         protected |= dag.reachable(g, refs.tags.values())
         if refs.head_detached:
             protected |= dag.reachable(g, [refs.head_detached])
+        protected |= _in_flight(ctx, known, busy)
         entries = ctx.store.reflog()
         kept_entries = []
         for e in entries:
@@ -98,9 +113,8 @@ def prune(
             kept_entries.append(e)
             if keep is None:
                 protected |= dag.reachable(g, [v for v in (e.old, e.new) if v])
-        victims = [c for c in dag.log_order(commits, list(commits)) if c not in protected]
+        victims = [c for c in dag.log_order(known, list(known)) if c not in protected]
         in_use = _images_in_use(ctx)
-        engine = ctx.engine()
         repo = ctx.repository()
         for n, cid in enumerate(victims):  # children before parents, so parents become free
             if on_commit:
@@ -109,20 +123,61 @@ def prune(
                 result.kept_in_use.append(KeptInUse(cid, f"used by container {in_use[cid][:12]}"))
                 continue
             result.removed.append(cid)
+            freed = _own_bytes(ctx, known, labelled, cid, refs.base)
             if dry_run:
-                result.bytes_freed += commits[cid].size
+                result.bytes_freed += freed
                 continue
             engine.untag(f"{repo}:{short(cid)}")
             # False: a kept commit still builds on this image's layers (only untagged).
             if engine.remove_image(cid):
-                result.bytes_freed += commits[cid].size
-            del commits[cid]
+                result.bytes_freed += freed
+            commits.pop(cid, None)
             ctx.store.forget_commit_files(cid)
         if not dry_run:
             ctx.store.rewrite_index(list(commits.values()))
             if result.reflog_expired:
                 ctx.store.rewrite_reflog(kept_entries)
     return result
+
+
+def _in_flight(ctx: Context, known: dict[str, Commit], busy: set[str]) -> set[str]:
+    """Commits a run still finishing (or a crashed one's recovery) needs: those made from a
+    run container that still exists, and every commit made since the oldest live lock was
+    taken (its holder may not have moved its ref yet)."""
+    rows = ctx.engine().containers([f"{LABEL}store={ctx.store_id}", f"{LABEL}role=run"])
+    containers = {row.id for row in rows}
+    out = {cid for cid, c in known.items() if c.container and c.container in containers}
+    since = []
+    for name in busy:
+        holder = locks.read_holder(ctx.store.locks_dir, name)
+        since.append(holder.since if holder else "")
+    if since:
+        oldest = min(since)  # "" (a holder that wrote no record yet): everything is in flight
+        out |= {cid for cid, c in known.items() if not oldest or c.created >= oldest}
+    return out
+
+
+def _own_bytes(
+    ctx: Context,
+    known: dict[str, Commit],
+    labelled: dict[str, ImageRow],
+    cid: str,
+    base: str | None,
+) -> int:
+    """Bytes removing ``cid`` frees: its layer over its parent; for a commit without a parent
+    (root, reset), what it holds beyond the base image, which stays."""
+    c = known[cid]
+    if c.parents:
+        if cid in labelled and c.size == 0 and c.parents[0] in labelled:
+            return max(labelled[cid].size - labelled[c.parents[0]].size, 0)
+        return c.size
+    info = ctx.engine().inspect_image(cid)
+    if info is None:
+        return 0
+    base_info = ctx.engine().inspect_image(base) if base else None
+    if base_info is not None and info.layers[: len(base_info.layers)] == base_info.layers:
+        return max(info.size - base_info.size, 0)
+    return c.size
 
 
 def _images_in_use(ctx: Context) -> dict[str, str]:
@@ -224,7 +279,9 @@ def _base_with_home(
             engine.write_archive(cid, "/", _under(data, parent))
 
     image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), copy_home)
-    return finish(ctx, engine, image_id, draft, [("A", p) for p in _tar_paths(data, parent)], base)
+    # Measured like a root commit (no parent): the whole image, base included, so `status`
+    # shows the environment's real size; prune subtracts what the base itself still holds.
+    return finish(ctx, engine, image_id, draft, [("A", p) for p in _tar_paths(data, parent)], None)
 
 
 def _under(data: bytes, parent: str) -> bytes:
@@ -412,8 +469,14 @@ def _store_id(ctx: Context) -> str:
     )
 
 
-def fsck(ctx: Context, repair: bool) -> FsckResult:
-    """Check refs, tags, reflog and index against the engine; --repair rebuilds from labels."""
+def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
+    """Check refs, tags, reflog and index against the engine.
+
+    ``repair``: drop torn lines, rebuild the index from image labels, and restore refs.json
+    from the reflog (labels only for what the reflog no longer knows), saving the old files
+    next to the new ones first. A ref whose commits are all gone is dropped only with
+    ``allow_loss``; without it the repair keeps it and says so.
+    """
     r = FsckResult()
     engine = ctx.engine()
     refs_broken = False
@@ -423,18 +486,25 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
         r.problems.append(exc.message)
         refs, refs_broken = None, True
     store_id = refs.store_id if refs else _store_id(ctx)
+    for path, line in ctx.store.torn_lines():
+        r.problems.append(f"{path.name} line {line} is torn (a crash or full disk mid-append)")
     images = engine.images([f"{LABEL}store={store_id}", f"{LABEL}role=commit"])
+    running = {row.id for row in engine.containers([f"{LABEL}store={store_id}"])}
     on_engine: dict[str, Commit] = {}
+    in_flight: set[str] = set()
     for row in images:
         c = Commit.from_labels(row.id, dict(row.labels))
         on_engine[c.id] = c
+        if c.container and c.container in running:
+            in_flight.add(c.id)  # its run (or its recovery) has not indexed it yet
     index = ctx.store.commits()
     for cid in index:
         if cid not in on_engine:
             r.problems.append(f"indexed commit {short(cid)} has no image")
     for cid in on_engine:
-        if cid not in index:
+        if cid not in index and cid not in in_flight:
             r.problems.append(f"image {short(cid)} is missing from the commit index")
+    entries = ctx.store.reflog()
     if refs:
         for name, cid in sorted(refs.branches.items()):
             if cid not in on_engine:
@@ -442,72 +512,165 @@ def fsck(ctx: Context, repair: bool) -> FsckResult:
         for name, cid in sorted(refs.tags.items()):
             if cid not in on_engine:
                 r.problems.append(f"tag {name} -> {short(cid)}: no such image")
-        gone = {e.new for e in ctx.store.reflog() if e.new and e.new not in on_engine}
+        gone = {e.new for e in entries if e.new and e.new not in on_engine}
         for cid in sorted(gone):
             r.problems.append(f"reflog entry -> {short(cid)}: no such image (pruned?)")
     if not repair or not r.problems:
         return r
-    # -- repair: labels are the source of truth ------------------------------------------------
+    # -- repair ------------------------------------------------------------------------------
     with ctx.store.locked():
+        saved = _save_store_files(ctx)
+        if saved:
+            r.fixed.append(f"saved the old files as {', '.join(saved)}")
+        for path, line in ctx.store.drop_torn_lines():
+            r.fixed.append(f"dropped torn line {line} of {path.name}")
+        index = ctx.store.fresh_commits()  # re-read under the lock: nothing indexed is lost
         rebuilt = []
         for cid, c in on_engine.items():
             old = index.get(cid)
             if old is not None:
                 rebuilt.append(old)
                 continue
+            if cid in in_flight:
+                continue  # its run indexes it when it moves its branch
             info = engine.inspect_image(cid)
             parent = engine.inspect_image(c.parents[0]) if c.parents else None
             size = (info.size if info else 0) - (parent.size if parent else 0)
-            rebuilt.append(
-                Commit(
-                    **{
-                        **c.to_json(),
-                        "parents": c.parents,
-                        "command": c.command,
-                        "size": max(size, 0),
-                        "layers": info.depth if info else 0,
-                    }
-                )
-            )
+            rebuilt.append(replace(c, size=max(size, 0), layers=info.depth if info else 0))
             r.fixed.append(f"indexed {short(cid)} from its labels")
-        dropped = [cid for cid in index if cid not in on_engine]
-        for cid in dropped:
-            r.fixed.append(f"dropped {short(cid)} from the index (image gone)")
+        for cid in index:
+            if cid not in on_engine:
+                r.fixed.append(f"dropped {short(cid)} from the index (image gone)")
         ctx.store.rewrite_index(rebuilt)
-    by_branch: dict[str, list[Commit]] = {}
-    for c in on_engine.values():
-        if c.branch:
-            by_branch.setdefault(c.branch, []).append(c)
-    new_refs = refs or Refs(store_id=store_id)
-    entries = []
-    for name in sorted(set(by_branch) | set(new_refs.branches)):
-        current = new_refs.branches.get(name)
-        if current in on_engine:
-            continue
-        candidates = sorted(by_branch.get(name, []), key=lambda c: c.created)
-        if candidates:
-            newest = candidates[-1].id
-            new_refs.branches[name] = newest
-            entries.append(
-                ReflogEntry(name, current, newest, now_rfc3339(), "fsck", "fsck: rebuilt")
+        entries = ctx.store.reflog()
+        if refs_broken:
+            new_refs = _replay_reflog(entries, store_id)
+            r.fixed.append(
+                f"restored {len(new_refs.branches)} branch(es), {len(new_refs.tags)} tag(s), "
+                f"HEAD and {len(new_refs.worktrees)} worktree binding(s) from the reflog"
             )
-            r.fixed.append(f"branch {name} -> {short(newest)} (newest commit labelled {name})")
         else:
-            new_refs.branches.pop(name, None)
-            r.unrestorable.append(f"branch {name}: no commit of it is left")
-    for name, cid in list(new_refs.tags.items()):
-        if cid not in on_engine:
-            del new_refs.tags[name]
-            r.unrestorable.append(f"tag {name}: its commit {short(cid)} is gone")
-    if refs_broken:
-        r.unrestorable.append("tags and worktree bindings are not in image labels: re-create them")
-    if new_refs.head_branch and new_refs.head_branch not in new_refs.branches:
-        new_refs.head_branch = (
-            "main" if "main" in new_refs.branches else next(iter(sorted(new_refs.branches)), "main")
-        )
-    repo = f"pienv/{store_id}"
-    for cid in on_engine:
-        engine.tag(cid, repo, short(cid))
-    ctx.store.write_refs_unchecked(new_refs, entries)
+            assert refs is not None
+            new_refs = refs
+        log = _repair_refs(new_refs, entries, on_engine, in_flight, allow_loss, r)
+        if refs is not None and len(new_refs.branches) < len(refs.branches) and not allow_loss:
+            raise StoreError(  # _repair_refs keeps them; this is the last line of defence
+                "fsck --repair would drop branches; nothing written",
+                hint="`pienv fsck --repair --allow-loss` drops them",
+            )
+        repo = f"pienv/{store_id}"
+        for cid in on_engine:
+            engine.tag(cid, repo, short(cid))
+        ctx.store.write_refs_unchecked(new_refs, log)
     r.fixed.append(f"wrote {ctx.store.refs_path}")
     return r
+
+
+def _save_store_files(ctx: Context) -> list[str]:
+    """Copy refs.json, the reflog and the index aside before a repair rewrites them."""
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    saved = []
+    for path in (ctx.store.refs_path, ctx.store.reflog_path, ctx.store.index_path):
+        if path.exists():
+            copy = path.with_name(f"{path.name}.before-fsck-{stamp}")
+            shutil.copy2(path, copy)
+            saved.append(copy.name)
+    return saved
+
+
+def _replay_reflog(entries: list[ReflogEntry], store_id: str) -> Refs:
+    """refs.json as the reflog last knew it: branches, tags, HEAD, worktree bindings, base."""
+    refs = Refs(store_id=store_id)
+    for e in entries:
+        if e.ref == DETACHED:
+            target = e.what.removeprefix(CHECKOUT) if e.what.startswith(CHECKOUT) else None
+            if target is not None and not (e.new and e.new.startswith(target)):
+                refs.head_branch, refs.head_detached = target, None
+            else:
+                refs.head_branch, refs.head_detached = None, e.new
+            continue
+        if e.ref.startswith("tags/"):
+            name = e.ref.removeprefix("tags/")
+            if e.new:
+                refs.tags[name] = e.new
+            else:
+                refs.tags.pop(name, None)
+            continue
+        if e.what.startswith(WORKTREE_BIND):
+            refs.worktrees[e.what.removeprefix(WORKTREE_BIND)] = e.ref
+        elif e.what.startswith(WORKTREE_UNBIND):
+            refs.worktrees.pop(e.what.removeprefix(WORKTREE_UNBIND), None)
+        elif e.what.startswith(RENAMED):
+            old = e.what.removeprefix(RENAMED).rsplit(" to ", 1)[0]
+            if refs.head_branch == old:
+                refs.head_branch = e.ref
+        base = _BASE_IN_WHAT.search(e.what)
+        if base:
+            refs.base = base.group(1)
+        if e.new:
+            refs.branches[e.ref] = e.new
+        else:
+            refs.branches.pop(e.ref, None)
+    return refs
+
+
+def _repair_refs(
+    refs: Refs,
+    entries: list[ReflogEntry],
+    on_engine: dict[str, Commit],
+    in_flight: set[str],
+    allow_loss: bool,
+    r: FsckResult,
+) -> list[ReflogEntry]:
+    """Point refs whose image is gone at their last surviving reflog value; give commits the
+    reflog does not reach a branch from their labels. Returns the reflog entries to add."""
+    log: list[ReflogEntry] = []
+
+    def last_alive(ref: str) -> str | None:
+        for e in reversed(entries):
+            if e.ref == ref and e.new in on_engine:
+                return e.new
+        return None
+
+    for kind, table, prefix in (("branch", refs.branches, ""), ("tag", refs.tags, "tags/")):
+        for name, cid in sorted(table.items()):
+            if cid in on_engine:
+                continue
+            alive = last_alive(prefix + name)
+            if alive:
+                table[name] = alive
+                log.append(ReflogEntry(prefix + name, cid, alive, now_rfc3339(), "fsck", FSCK))
+                r.fixed.append(f"{kind} {name} -> {short(alive)} (its last commit still there)")
+            elif allow_loss:
+                del table[name]
+                log.append(ReflogEntry(prefix + name, cid, None, now_rfc3339(), "fsck", FSCK))
+                r.unrestorable.append(f"{kind} {name}: no commit of it is left; dropped")
+            else:
+                r.unrestorable.append(
+                    f"{kind} {name}: no commit of it is left; kept as is "
+                    "(`pienv fsck --repair --allow-loss` drops it)"
+                )
+    # What the reflog no longer knows (expired, or lost with refs.json): label branches.
+    g = dag.build(on_engine)
+    roots = [*refs.branches.values(), *refs.tags.values(), *in_flight]
+    roots += [v for e in entries for v in (e.old, e.new) if v]
+    if refs.head_detached:
+        roots.append(refs.head_detached)
+    known = dag.reachable(g, [c for c in roots if c in on_engine])
+    heads: dict[str, Commit] = {}
+    for c in sorted(on_engine.values(), key=lambda c: c.created):
+        if c.id not in known:
+            heads[c.branch or "recovered"] = c  # the newest of each labelled branch
+    for label, c in sorted(heads.items()):
+        name = label if label not in refs.branches else f"recovered/{c.short}"
+        refs.branches[name] = c.id
+        log.append(ReflogEntry(name, None, c.id, now_rfc3339(), "fsck", FSCK + " from labels"))
+        r.fixed.append(f"branch {name} -> {c.short} (newest commit labelled {label!r})")
+    if refs.head_branch and refs.branches and refs.head_branch not in refs.branches:
+        r.unrestorable.append(f"HEAD names branch {refs.head_branch!r}, which has no commit")
+    return log
+
+
+FSCK = "fsck: restored"
+RENAMED = "branch: renamed "
+_BASE_IN_WHAT = re.compile(r"(?:^root: base|: base|bare base) (\S+)")

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from pienv import locks
 from pienv.errors import UsageError
-from pienv.locks import name_of
+from pienv.locks import DETACHED, name_of
 from pienv.model import INTERNAL, LABEL, JsonResult, RunInfo, short
 from pienv.ops.context import Context
 from pienv.ops.finish import finalize
@@ -195,14 +195,31 @@ class UnlockResult:
 
 
 def unlock(ctx: Context, branch: str, force: bool) -> UnlockResult:
+    """Clear the holder record of a lock nobody holds.
+
+    The flock is the truth: a held lock cannot be broken (not even with ``force``), because
+    its holder would go on running and committing while a second run starts on the branch;
+    the kernel frees it when the holder exits. The lock file is never unlinked, so every
+    later run locks the same file.
+    """
     locks_dir = ctx.store.locks_dir
+    if not locks.lock_path(locks_dir, branch).exists():
+        refs = ctx.refs()
+        if branch not in refs.branches and branch != DETACHED:
+            raise UsageError(
+                f"no branch or lock named {branch!r}", hint="`pienv status` lists the held locks"
+            )
+        return UnlockResult(branch=branch, was_locked=False, holder=None)
     holder = locks.read_holder(locks_dir, branch)
-    held = locks.is_locked(locks_dir, branch)
-    if held and holder is not None and holder.alive() and not force:
+    if locks.is_locked(locks_dir, branch):
+        who = f"live pid {holder.pid}" if holder else "a live process"
+        since = f" (since {holder.since[:19]}, workspace {holder.workspace})" if holder else ""
+        stop = f"`kill {holder.pid}`" if holder else "stop it"
         raise UsageError(
-            f"branch {branch!r} is locked by live pid {holder.pid} (since {holder.since[:19]}, "
-            f"workspace {holder.workspace})",
-            hint="stop that run, or `pienv unlock --force` if you are sure",
+            f"branch {branch!r} is locked by {who}{since}"
+            + ("; a held lock cannot be broken, even with --force" if force else ""),
+            hint=f"the lock frees itself when that run ends; {stop} ends it (its changes are "
+            "committed first)",
         )
-    locks.force_clear(locks_dir, branch)
-    return UnlockResult(branch=branch, was_locked=held, holder=holder)
+    locks.clear_record(locks_dir, branch)
+    return UnlockResult(branch=branch, was_locked=False, holder=holder)

@@ -216,9 +216,12 @@ def run(
                 f"warning: {commondir} exists (git never writes one there): your git follows it "
                 "to another config; check it"
             )
-        exit_code = _attach(
-            engine, cid, req.interactive, out, err, stdin_fd if forward_stdin else None
-        )
+        try:
+            exit_code = _attach(
+                engine, cid, req.interactive, out, err, stdin_fd if forward_stdin else None
+            )
+        except EngineError as exc:
+            raise _attach_failed(engine, cid, exc) from exc
         if commondir is not None and not planted_before and os.path.lexists(commondir):
             notes.append(quarantine(commondir))
         new_repo = ws.path / ".git"
@@ -256,6 +259,23 @@ def _has_input(fd: int | None) -> bool:
     except OSError:
         return False
     return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+
+
+def _attach_failed(engine: Engine, cid: str, exc: EngineError) -> EngineError:
+    """The container did not start, or the engine went away mid-run: say what was kept."""
+    try:
+        state = engine.inspect_container(cid)
+    except EngineError:
+        state = None  # the engine is gone: the container is still there when it comes back
+    if state is not None and state.status == "created":
+        # It never ran, so it holds nothing: do not leave it behind as an orphan.
+        with contextlib.suppress(EngineError):
+            engine.remove_container(cid, force=True)
+        return EngineError(f"the run's container could not start: {exc.message}", hint=exc.hint)
+    return EngineError(
+        f"{exc.message}; the run's container {cid[:12]} is kept with everything it changed",
+        hint=f"when the engine is back, `pienv recover {cid[:12]}` commits it",
+    )
 
 
 def _attach(

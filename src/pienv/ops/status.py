@@ -31,7 +31,7 @@ class StatusResult(JsonResult):
     depth: int
     flatten_at: int
     locks: list[locks.Holder] = field(default_factory=list)
-    orphans: int = 0
+    orphans: int | None = None  # None: the engine cannot be asked
     warnings: list[str] = field(default_factory=list)
 
 

@@ -66,8 +66,8 @@ def add(ctx: Context, cwd: Path, path: Path, branch: str | None, from_rev: str |
         raise
     with ctx.store.transaction(f"worktree: bind {target}") as txn:
         for stale in [p for p, b in txn.refs.worktrees.items() if b == name]:
-            del txn.refs.worktrees[stale]  # its directory is gone (checked above)
-        txn.refs.worktrees[str(target)] = name
+            txn.unbind_worktree(stale)  # its directory is gone (checked above)
+        txn.bind_worktree(str(target), name)
     return Added(path=str(target), branch=name, env_head=start or "", existing=existing)
 
 
@@ -133,5 +133,5 @@ def remove(ctx: Context, path: Path, force: bool) -> Removed:
             raise UsageError(f"{target} is no longer a git worktree")
         gitrepo.remove_worktree(repo.common_dir.parent, target)
     with ctx.store.transaction(f"worktree: unbind {target}") as txn:
-        txn.refs.worktrees.pop(str(target), None)
+        txn.unbind_worktree(str(target))
     return Removed(path=str(target), env_branch=branch)
