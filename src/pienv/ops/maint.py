@@ -545,6 +545,10 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
         entries = ctx.store.reflog()
         if refs_broken:
             new_refs = _replay_reflog(entries, store_id)
+            for name, cid in sorted(new_refs.branches.items()):
+                r.fixed.append(f"branch {name} -> {short(cid)} (from the reflog)")
+            for name, cid in sorted(new_refs.tags.items()):
+                r.fixed.append(f"tag {name} -> {short(cid)} (from the reflog)")
             r.fixed.append(
                 f"restored {len(new_refs.branches)} branch(es), {len(new_refs.tags)} tag(s), "
                 f"HEAD and {len(new_refs.worktrees)} worktree binding(s) from the reflog"
