@@ -920,7 +920,7 @@ def fsck(
     ] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Check refs, tags, the reflog and the index against the engine.
+    """Check refs, reflog and index against the engine.
 
     `--repair` saves the old files next to the new ones, drops torn lines, rebuilds the
     commit index from the images' labels and refs.json from the reflog (labels only for what
