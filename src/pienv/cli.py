@@ -779,14 +779,20 @@ def unlock(
         ),
     ],
     force: Annotated[
-        bool, typer.Option("--force", help="Clear it even if the holder is alive.")
+        bool,
+        typer.Option(
+            "--force", help="Accepted, but a held lock is never broken: the error says why."
+        ),
     ] = False,
 ) -> None:
-    """Clear a branch lock whose holder is gone."""
+    """Clear the record of a branch lock whose holder is gone."""
     from pienv.ops import recovery
 
     r = recovery.unlock(_ctx(), branch_name, force)
-    ui.out(f"unlocked {r.branch}" + ("" if r.was_locked else " (it was not held)"))
+    if r.holder is not None:
+        ui.out(f"unlocked {r.branch} (cleared the record of pid {r.holder.pid}, which is gone)")
+    else:
+        ui.out(f"unlocked {r.branch}" + ("" if r.was_locked else " (it was not held)"))
 
 
 # -- maintenance ------------------------------------------------------------------------------
