@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from pienv import config as configmod
 from pienv.errors import UsageError
+from pienv.locks import name_of
 from pienv.model import Commit, is_hex_prefix, parse_rev, short
 from pienv.store import Refs, Store
 
@@ -90,7 +91,7 @@ class Context:
         if at is not None:
             ref = base
             if base == "HEAD":
-                ref = refs.head_branch or "HEAD"
+                ref = name_of(refs.head_branch)
             elif base not in refs.branches and base in refs.tags:
                 ref = "tags/" + base
             values = [e.new for e in reversed(self.store.reflog(ref)) if e.new]

@@ -330,7 +330,7 @@ class ReflogRow(JsonResult):
 def reflog(ctx: Context, ref: str | None) -> list[ReflogRow]:
     """Newest first. Without a ref: the current branch (HEAD's log when detached)."""
     refs = ctx.refs()
-    name = ref or refs.head_branch or "HEAD"
+    name = ref or locks.name_of(refs.head_branch)
     if ref and ref not in refs.branches and ref != "HEAD":
         if ref in refs.tags:
             name = "tags/" + ref
