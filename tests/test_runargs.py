@@ -19,6 +19,8 @@ SAME = [
     ["run", "--branch", "a", "--branch", "b", "true"],  # the last one wins, as in click
     ["run", "-e", "ANTHROPIC_API_KEY", "--env=FOO", "-e", "BAR", "true"],
     ["run", "--wait", "2.5", "true"],
+    ["run", "--agent", "claude"],
+    ["run", "--agent=codex", "--", "codex", "--version"],
     ["run", "--wait=0", "--", "--help"],  # after --, even --help is the command's
     ["run", "-", "x"],
     ["shell"],

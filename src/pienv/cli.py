@@ -35,6 +35,10 @@ worktree_app = typer.Typer(
 base_app = typer.Typer(help="The base image new roots start from.", no_args_is_help=True)
 app.add_typer(worktree_app, name="worktree")
 app.add_typer(base_app, name="base")
+agent_app = typer.Typer(
+    help="Agent presets: what `pienv run` installs and starts.", no_args_is_help=True
+)
+app.add_typer(agent_app, name="agent")
 
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON instead of text (keys in docs/json.md).")
@@ -134,6 +138,14 @@ def run(
             "--env", "-e", metavar="NAME", help="Also pass the host variable NAME (repeatable)."
         ),
     ] = None,
+    agent: Annotated[
+        str | None,
+        typer.Option(
+            "--agent",
+            metavar="NAME",
+            help="Run this agent preset instead of the configured one (`pienv agent list`).",
+        ),
+    ] = None,
 ) -> None:
     """Run the agent (or CMD) in the env branch's container.
 
@@ -151,6 +163,7 @@ def run(
         no_commit=no_commit,
         wait=wait,
         envs=env,
+        agent=agent,
     )
 
 
@@ -811,6 +824,12 @@ def prune(
         ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Only report what would go.")] = False,
+    caches: Annotated[
+        bool,
+        typer.Option(
+            "--caches", help="Empty the store's shared apt/npm/pip caches instead (not commits)."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Remove commits nothing reaches; report the bytes freed.
@@ -818,6 +837,18 @@ def prune(
     A commit stays while a branch, a tag or an unexpired reflog entry reaches it.
     """
     from pienv.ops import maint
+
+    if caches:
+        from pienv.ops import agent as agent_ops
+
+        pruned = agent_ops.prune_caches(_ctx())
+        for name in pruned.removed:
+            ui.out(f"emptied {name}")
+        for name in pruned.busy:
+            ui.out(f"kept {name}: a run is using it")
+        if not pruned.removed and not pruned.busy:
+            ui.out("no caches to empty")
+        return
 
     with ui.activity("prune") as act:
         r = maint.prune(
@@ -856,6 +887,34 @@ def flatten(
         task = bar.add_task("flatten", total=None)
         r = maint.flatten(ctx, branch_name, lambda n: bar.advance(task, n))
     ui.out(f"{r.branch}: {r.old[:12]} ({r.old_depth} layers) -> {r.new[:12]} (1 layer)")
+
+
+@agent_app.command("list")
+def agent_list() -> None:
+    """The agent presets: command, pinned install, variables passed, where the login lives.
+
+    `[agent] preset` picks one (`pienv run --agent NAME` for one run); `[agent] version`
+    moves its pin. The configured agent is marked with `*`.
+    """
+    from pienv.ops import agent as agent_ops
+    from pienv.ops.context import Context
+
+    rows = agent_ops.list_agents(Context().config)
+    ui.table(
+        ["", "agent", "version", "passes", "state (a volume, never committed)", "install"],
+        keep=("agent", "version", "install"),
+        rows=[
+            (
+                "*" if r.configured else "",
+                r.name,
+                r.version or "-",
+                r.env or "-",
+                r.state or "-",
+                r.install or "-",
+            )
+            for r in rows
+        ],
+    )
 
 
 @base_app.command("build")

@@ -4,8 +4,11 @@
 ``$PIENV_CONFIG`` or ``$PIENV_HOME/config.toml``::
 
     [agent]
+    preset = "pi"                        # pi | claude | codex | gemini | opencode | aider
+    version = "1.5.2"                    # the preset's pinned version (changes its install)
     command = ["pi"]                     # what `pienv run` starts without `-- CMD`
-    install = "npm install -g ..."       # run in the container when the command is missing
+    install = "npm install -g ..."       # its own committed step, once per install command
+    state = [".pi/agent"]                # dirs under the home kept in per-store volumes
     passthrough = ["ANTHROPIC_API_KEY"]  # host variables handed to the agent
 
     [run]
@@ -15,6 +18,7 @@
     network = "bridge"                   # docker network mode
     flatten_at = 100                     # flatten a head at this layer depth
     protect_git = true                   # .git/hooks, .git/config read-only in the container
+    caches = true                        # apt/npm/pip caches in volumes shared by the store
 """
 
 from __future__ import annotations
@@ -28,7 +32,165 @@ from typing import Any, ClassVar
 from pienv.errors import UsageError
 
 DEFAULT_AGENT = ("pi",)
-DEFAULT_INSTALL = "npm install -g --ignore-scripts @earendil-works/pi-coding-agent"
+DEFAULT_PRESET = "pi"
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A known agent: how to start it, its pinned install, what it needs, where it keeps state."""
+
+    name: str
+    command: tuple[str, ...]
+    manager: str  # npm | pip
+    package: str
+    version: str  # the pin: installs are reproducible, upgrades deliberate
+    env: tuple[str, ...] = ()  # host variables it reads (passed when set; never committed)
+    state: tuple[str, ...] = ()  # dirs under the home holding its login and settings
+    state_env: tuple[tuple[str, str], ...] = ()  # variables that point it at its state dir
+    npm_flags: str = ""
+
+    def install_for(self, version: str) -> str:
+        if self.manager == "pip":
+            return (
+                f"python3 -m pip install --user --break-system-packages {self.package}=={version}"
+            )
+        flags = f" {self.npm_flags}" if self.npm_flags else ""
+        return f"npm install -g{flags} {self.package}@{version}"
+
+
+# Pinned to versions this registry serves (Pi 1.6.0's dependency pi-agent-core@1.6.0 is
+# missing here; 1.5.2 installs and starts). `[agent] version` moves a pin.
+PRESETS: dict[str, Preset] = {
+    p.name: p
+    for p in (
+        Preset(
+            "pi",
+            ("pi",),
+            "npm",
+            "@earendil-works/pi-coding-agent",
+            "1.5.2",
+            env=("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"),
+            state=(".pi/agent",),
+            npm_flags="--ignore-scripts",
+        ),
+        Preset(
+            "claude",
+            ("claude",),
+            "npm",
+            "@anthropic-ai/claude-code",
+            "2.1.332",
+            env=("ANTHROPIC_API_KEY",),
+            # CLAUDE_CONFIG_DIR moves ~/.claude.json into ~/.claude too: one directory to keep.
+            state=(".claude",),
+            state_env=(("CLAUDE_CONFIG_DIR", ".claude"),),
+        ),
+        Preset(
+            "codex",
+            ("codex",),
+            "npm",
+            "@openai/codex",
+            "0.171.0",
+            env=("OPENAI_API_KEY",),
+            state=(".codex",),
+        ),
+        Preset(
+            "gemini",
+            ("gemini",),
+            "npm",
+            "@google/gemini-cli",
+            "0.61.0",
+            env=("GEMINI_API_KEY", "GOOGLE_API_KEY"),
+            state=(".gemini",),
+        ),
+        Preset(
+            "opencode",
+            ("opencode",),
+            "npm",
+            "opencode-ai",
+            "1.18.33",
+            env=("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"),
+            state=(".local/share/opencode", ".config/opencode"),
+        ),
+        Preset(
+            "aider",
+            ("aider",),
+            "pip",
+            "aider-chat",
+            "0.86.2",
+            env=("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"),
+            state=(".aider",),
+        ),
+    )
+}
+DEFAULT_INSTALL = PRESETS[DEFAULT_PRESET].install_for(PRESETS[DEFAULT_PRESET].version)
+# Every preset's state dirs: the prepared root makes them (owned by the host user) so that a
+# per-store volume mounted there starts with that owner (a new volume copies the image dir).
+ALL_STATE_DIRS = tuple(dict.fromkeys(d for p in PRESETS.values() for d in p.state))
+# Package caches shared by every branch of a store, as volumes: (name, container path);
+# "~" is the agent's home.
+CACHES = (
+    ("apt", "/var/cache/apt"),
+    ("apt-lists", "/var/lib/apt/lists"),
+    ("npm", "~/.npm"),
+    ("pip", "~/.cache/pip"),
+)
+
+
+@dataclass(frozen=True)
+class Agent:
+    """The agent `pienv run` starts without a command: a preset, or the user's own."""
+
+    name: str
+    command: tuple[str, ...]
+    install: str
+    version: str = ""
+    env: tuple[str, ...] = ()
+    state: tuple[str, ...] = ()
+    state_env: tuple[tuple[str, str], ...] = ()
+    preset: str = ""  # "" for a custom agent
+
+    @property
+    def label(self) -> str:
+        """How its install commit is named: "install pi 1.5.2"."""
+        return f"{self.name} {self.version}".strip()
+
+
+def resolve_agent(
+    name: str | None,
+    version: str | None = None,
+    command: tuple[str, ...] | None = None,
+    install: str | None = None,
+    state: tuple[str, ...] | None = None,
+) -> Agent:
+    """The agent of a preset name (None: the default, Pi), with the user's overrides."""
+    if name is None and command is not None:
+        # A custom command with no preset: its own install (or none), no preset state.
+        return Agent(
+            name=command[0] if command else "agent",
+            command=command,
+            install=install or "",
+            state=state or (),
+        )
+    key = name or DEFAULT_PRESET
+    preset = PRESETS.get(key)
+    if preset is None:
+        raise UsageError(
+            f"unknown agent preset {key!r}",
+            hint=f"one of {', '.join(PRESETS)} (`pienv agent list`)",
+        )
+    ver = version or preset.version
+    return Agent(
+        name=preset.name,
+        command=command or preset.command,
+        install=install if install is not None else preset.install_for(ver),
+        version=ver if install is None else "",
+        env=preset.env,
+        state=state if state is not None else preset.state,
+        state_env=preset.state_env,
+        preset=preset.name,
+    )
+
+
 # The locale variables glibc knows, by name: a pattern like LC_* would pass LC_SECRET too.
 LOCALE_ENV = (
     "LC_ALL",
@@ -85,14 +247,22 @@ class Config:
     network: str = "bridge"
     flatten_at: int = DEFAULT_FLATTEN_AT
     protect_git: bool = True
+    caches: bool = True
+    agent: Agent = field(default_factory=lambda: resolve_agent(None))
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def agent_named(self, name: str | None) -> Agent:
+        """The configured agent, or the preset ``name`` (`pienv run --agent NAME`)."""
+        if name is None or name == self.agent.preset:
+            return self.agent
+        return resolve_agent(name)
 
     def container_env(
         self, environ: dict[str, str] | os._Environ[str], extra_names: tuple[str, ...] = ()
     ) -> dict[str, str]:
         """The host variables the container gets: allow-list + configured, minus credentials."""
-        wanted = [*ALLOWED_ENV, *self.passthrough, *extra_names]
+        wanted = [*ALLOWED_ENV, *self.agent.env, *self.passthrough, *extra_names]
         out = {}
         for name, value in environ.items():
             if not matches(name, wanted):
@@ -107,7 +277,7 @@ class Config:
     ) -> list[str]:
         """Host variables that were asked for (allow-list, configuration, ``-e``) but are not
         passed, as "NAME (why)", so a dropped credential is never silent."""
-        wanted = [*ALLOWED_ENV, *self.passthrough, *extra_names]
+        wanted = [*ALLOWED_ENV, *self.agent.env, *self.passthrough, *extra_names]
         out = []
         for name in sorted(environ):
             if matches(name, wanted) and matches(name, DENIED_ENV) and name not in self.force_env:
@@ -179,12 +349,22 @@ def load(path: Path) -> Config:
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise UsageError(f"cannot read config {path}: {exc}") from exc
     r = _Reader(data, path)
-    command = r.get("agent", "command", (str, list), list(DEFAULT_AGENT))
+    command = r.get("agent", "command", (str, list), None)
     if isinstance(command, str):
         command = [command]
+    state = r.get("agent", "state", list, None)
+    resolved = resolve_agent(
+        r.get("agent", "preset", str, None),
+        r.get("agent", "version", str, None),
+        tuple(command) if command is not None else None,
+        r.get("agent", "install", str, None),
+        tuple(d.strip("/") for d in state) if state is not None else None,
+    )
     cfg = Config(
-        agent_command=tuple(command),
-        agent_install=r.get("agent", "install", str, DEFAULT_INSTALL),
+        agent_command=resolved.command,
+        agent_install=resolved.install,
+        agent=resolved,
+        caches=r.get("run", "caches", bool, True),
         passthrough=tuple(r.get("agent", "passthrough", list, []))
         + tuple(r.get("run", "env", list, [])),
         force_env=tuple(r.get("run", "force_env", list, [])),

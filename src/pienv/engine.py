@@ -775,6 +775,34 @@ class Engine:
                 return None
             raise
 
+    def path_exists(self, cid: str, path: str) -> bool:
+        """Whether ``path`` exists in container ``cid``'s filesystem (symlinks of its parent
+        directories followed, as the engine does for mount targets); needs no start."""
+        try:
+            self._call("HEAD", f"/containers/{cid}/archive", {"path": path})
+        except HTTPError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def remove_volume(self, name: str) -> bool:
+        """Remove a named volume; False when there is none (a volume in use is an error)."""
+        try:
+            self._call("DELETE", f"/volumes/{name}")
+        except HTTPError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def volumes(self, prefix: str) -> list[str]:
+        """Names of the volumes whose name starts with ``prefix``."""
+        data = self._call("GET", "/volumes", _filters(name=[prefix])) or {}
+        return sorted(
+            str(v["Name"]) for v in data.get("Volumes") or () if str(v["Name"]).startswith(prefix)
+        )
+
     def write_archive(self, cid: str, directory: str, data: bytes) -> None:
         """Extract a tar into ``directory`` of the container (owners and modes kept)."""
         with translated(self.base_url):

@@ -128,7 +128,8 @@ class UnixTransport:
         with self.connect(timeout) as sock:
             sock.sendall(request_head(method, target, data) + (data or b""))
             resp = Response(sock)
-            return resp.status, resp.headers, resp.body()
+            # A HEAD answer may announce a Content-Length but never sends the body.
+            return resp.status, resp.headers, b"" if method == "HEAD" else resp.body()
 
     def upgrade(self, target: str) -> tuple[socket.socket, Response]:
         """A POST asking to hijack the connection (attach): the socket and the read answer.

@@ -18,7 +18,7 @@ LABEL = "dev.pienv."
 
 # What made a commit (the `kind` label): a root from a base image, a run, a flatten of a deep
 # head, or `reset --system` (a fresh base keeping the agent's home).
-CommitKind = Literal["root", "run", "flatten", "reset-system"]
+CommitKind = Literal["root", "run", "flatten", "reset-system", "install"]
 COMMIT_KINDS: tuple[CommitKind, ...] = get_args(CommitKind)
 
 # ``field(metadata=INTERNAL)``: a result field for the caller only, left out of its JSON.

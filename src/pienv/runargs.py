@@ -33,6 +33,7 @@ VALUED = {
         "--wait": "wait",
         "--env": "env",
         "-e": "env",
+        "--agent": "agent",
     },
     "shell": {"--branch": "branch", "-b": "branch", "--workdir": "workdir", "-w": "workdir"},
 }
@@ -93,6 +94,7 @@ def build(
     no_commit: bool = False,
     wait: str | float | None = None,
     envs: list[str] | None = None,
+    agent: str | None = None,
 ) -> RunRequest | None:
     """The one place a RunRequest is made from command-line values (both parsers use it)."""
     from pienv.ops.run import RunRequest
@@ -114,6 +116,7 @@ def build(
         shell=shell,
         wait=wait,
         env_names=tuple(envs or ()),
+        agent=agent,
     )
 
 

@@ -13,7 +13,7 @@ from dataclasses import replace
 
 from pienv.engine import INIT_MOUNTS, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
-from pienv.model import Commit, short
+from pienv.model import Commit, CommitKind, short
 from pienv.ops.context import Context
 from pienv.store import crashpoint
 
@@ -78,15 +78,39 @@ def commit_fresh(
         engine.remove_container(cid, force=True)
 
 
-def make_root(ctx: Context, base_image: str, branch: str | None) -> Commit:
-    """A commit holding the base image as is (no layer added), labelled for this store."""
+def make_root(
+    ctx: Context,
+    base_image: str,
+    branch: str | None,
+    message: str = "",
+    kind: CommitKind = "root",
+    fill: Callable[[str], list[str]] | None = None,
+) -> Commit:
+    """The base image plus one small layer that prepares it for the host user (see
+    ``ops.hostuser``), labelled for this store; ``fill`` may copy more in (reset --system's
+    home) and returns the paths it wrote."""
+    from pienv.ops.hostuser import prepare_host_user
+
     engine = ctx.engine()
     base = engine.inspect_image(base_image)
     if base is None:
         raise EngineError(f"base image {base_image!r} is not there")
-    draft = Commit.draft(branch, f"root: base {base_image}", "root")
-    image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id))
-    return finish(ctx, engine, image_id, draft, [], None)
+    draft = Commit.draft(branch, message or f"root: base {base_image}", kind)
+    written: list[str] = []
+
+    def prepare(cid: str) -> None:
+        user = prepare_host_user(
+            engine, cid, os.getuid(), os.getgid(), ctx.config.caches, ctx.config.agent.state
+        )
+        engine.write_archive(cid, "/", user.tar)
+        written.extend(user.paths)
+        if fill is not None:
+            written.extend(fill(cid))
+
+    image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), prepare)
+    # Measured with no parent: the whole image, base included, so `status` shows the
+    # environment's real size (prune subtracts what the base itself still holds).
+    return finish(ctx, engine, image_id, draft, [("A", p) for p in written], None)
 
 
 def commit_container(

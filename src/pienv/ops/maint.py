@@ -18,7 +18,7 @@ from pienv.errors import PienvError, StoreError, UsageError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import baseimage as basemod
-from pienv.ops.commits import commit_fresh, finish, flatten_image, make_root
+from pienv.ops.commits import flatten_image, make_root
 from pienv.ops.context import Context
 from pienv.ops.sandbox import AGENT_HOME
 from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
@@ -259,29 +259,23 @@ def _base_with_home(
     ctx: Context, base_image: str, old: str, branch: str | None, home: str
 ) -> Commit:
     engine = ctx.engine()
-    base = engine.inspect_image(base_image)
-    if base is None:
-        raise UsageError(f"base image {base_image} is not there")
     src = engine.create_stopped(old)
     try:
         data = engine.read_archive(src, home) or b""  # no home in the old env: start clean
     finally:
         engine.remove_container(src, force=True)
     parent = os.path.dirname(home.rstrip("/")) or "/"
-    draft = Commit.draft(
-        branch, f"reset --system from {short(old)}: fresh base, {home} kept", "reset-system"
-    )
 
-    def copy_home(cid: str) -> None:
+    def copy_home(cid: str) -> list[str]:
+        # After the host user's layer: the old home (owned by that user already) wins.
         if data:
             # Into / with the parent path inside the tar: the new base may lack /home (a
             # PUT into a missing directory is Docker's raw 404).
             engine.write_archive(cid, "/", _under(data, parent))
+        return _tar_paths(data, parent)
 
-    image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), copy_home)
-    # Measured like a root commit (no parent): the whole image, base included, so `status`
-    # shows the environment's real size; prune subtracts what the base itself still holds.
-    return finish(ctx, engine, image_id, draft, [("A", p) for p in _tar_paths(data, parent)], None)
+    message = f"reset --system from {short(old)}: fresh base, {home} kept"
+    return make_root(ctx, base_image, branch, message, "reset-system", copy_home)
 
 
 def _under(data: bytes, parent: str) -> bytes:

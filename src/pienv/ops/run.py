@@ -15,6 +15,7 @@ from pienv import locks
 from pienv.errors import EngineError
 from pienv.locks import name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
+from pienv.ops import agent as agent_ops
 from pienv.ops import guard as guardmod
 from pienv.ops import recovery
 from pienv.ops.commits import flatten_image, host_ids, make_root
@@ -52,6 +53,7 @@ class RunRequest:
     shell: bool = False
     wait: float | None = None
     env_names: tuple[str, ...] = ()
+    agent: str | None = None  # a preset name (`--agent`); None: the configured agent
 
 
 def ensure_root(ctx: Context, branch: str | None, notes: list[str]) -> str:
@@ -147,16 +149,41 @@ def run(
             notes.append(f"flattened {short(parent)} ({parent_image.depth} layers) to {flat.short}")
             parent = flat.id
 
-        command = req.command or (LOGIN_SHELL if req.shell else ctx.config.agent_command)
+        agent = ctx.config.agent_named(req.agent)
+        command = req.command or (LOGIN_SHELL if req.shell else agent.command)
         token = os.urandom(6).hex()
         env_path = env_file_path = env_file(ctx.store.runs_dir, token)
-        install = not req.command and not req.shell
-        write_env_file(env_path, container_env(ctx.config, environ, req.env_names, branch, install))
-        dropped = ctx.config.dropped_env(dict(environ), req.env_names)
+        env_names = (*req.env_names, *agent.env)
+        write_env_file(
+            env_path,
+            container_env(ctx.config, environ, env_names, branch, agent_ops.state_env(agent)),
+        )
+        dropped = ctx.config.dropped_env(dict(environ), env_names)
         if dropped:
             err(f"pienv: not passed: {', '.join(dropped)}\n".encode())
+        # pienv's own volumes (agent state, package caches): named volumes, never committed.
+        volumes = agent_ops.volume_binds(refs.store_id, agent, ctx.config.caches)
+        env_bind = {str(env_path): {"bind": ENV_FILE, "mode": "ro"}}
+        if (
+            not req.command
+            and not req.shell
+            and not agent_ops.installed(parent_image.labels, agent)
+        ):
+            installed = agent_ops.install(
+                ctx,
+                parent,
+                branch,
+                agent,
+                {**env_bind, **volumes},
+                err,
+                ctx.config.network,
+                run_name(refs.store_id, token) + "-install",
+            )
+            notes.append(f"installed {agent.label} as {installed.short}")
+            parent = installed.id
         binds = {str(ws.path): {"bind": WORKSPACE, "mode": "rw"}}
-        binds[str(env_path)] = {"bind": ENV_FILE, "mode": "ro"}
+        binds.update(env_bind)
+        binds.update(volumes)
         binds.update(git_binds)
         for host, target, mode in mounts_wanted:
             binds[host] = {"bind": target, "mode": mode}

@@ -23,13 +23,13 @@ WORKSPACE = "/workspace"
 ENV_FILE = "/run/pienv/env"
 AGENT_HOME = "/home/agent"
 # The container's entry: load the env file (never container Env, which a commit would keep),
-# install the agent when it is missing, then become the command.
+# let `npm install -g` and `pip install --user` land in the home (the host user cannot write
+# /usr/local of a stock image; an image's own NPM_CONFIG_PREFIX wins), then become the command.
+# The agent's install is not here: it is its own committed step (ops/agent.py).
 WRAPPER = (
     'set -a; [ -r "$0" ] && . "$0"; set +a; '
-    'if [ -n "$PIENV_INSTALL" ] && ! command -v "$1" >/dev/null 2>&1; then '
-    'echo "pienv: installing $1: $PIENV_INSTALL" >&2; sh -c "$PIENV_INSTALL" || '
-    'echo "pienv: the install command failed" >&2; fi; '
-    "unset PIENV_INSTALL; "
+    ': "${NPM_CONFIG_PREFIX:=$HOME/.local}"; export NPM_CONFIG_PREFIX; '
+    'PATH="$NPM_CONFIG_PREFIX/bin:$HOME/.local/bin:$PATH"; '
     # Say which command is missing and what to do, instead of the shell's `exec: line 0`.
     'command -v "$1" >/dev/null 2>&1 || { echo "pienv: $1: command not found in this '
     "environment; install it (pienv shell), set [agent] install in the config, or use "
@@ -278,10 +278,10 @@ def container_env(
     environ: Mapping[str, str],
     env_names: tuple[str, ...],
     branch: str | None,
-    install: bool,
+    extra: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The agent's variables: allowed host ones, pienv's own, git's agent identity; plus the
-    agent's install command when ``install`` (the configured agent, not a given command)."""
+    """The agent's variables: allowed host ones, pienv's own, git's agent identity, and
+    ``extra`` (pienv's settings for the agent, e.g. where its state dir is)."""
     env = config.container_env(dict(environ), env_names)
     env.update(
         {
@@ -305,8 +305,7 @@ def container_env(
             "GIT_CONFIG_VALUE_3": "",
         }
     )
-    if install and config.agent_install:
-        env["PIENV_INSTALL"] = config.agent_install
+    env.update(extra or {})
     return env
 
 

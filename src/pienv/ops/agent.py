@@ -1,0 +1,187 @@
+"""The agent: its install as its own committed step, its state and the package caches in
+per-store volumes (never in an env commit), `pienv agent list`, `pienv prune --caches`.
+
+Volumes, not host directories under the store: they work on remote engines, the agent's root
+(apt via sudo) can write them without leaving root-owned files in the user's store, and a new
+volume starts with the owner of the directory it is mounted on (the prepared root makes those
+directories the host user's). Names carry the store id, so two stores never share them.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+from pienv.config import CACHES, PRESETS, Agent, Config
+from pienv.errors import PienvError
+from pienv.model import LABEL, Commit
+from pienv.ops.commits import finish, host_ids, mount_filter
+from pienv.ops.context import Context
+from pienv.ops.sandbox import AGENT_HOME, ENV_FILE, WRAPPER
+
+# On the install commit (and inherited by its descendants with the image config): the install
+# command that succeeded, so later runs skip the step without starting a container.
+INSTALLED_LABEL = LABEL + "agent-install"
+
+Binds = dict[str, dict[str, str]]
+Sink = Callable[[bytes], None]
+
+
+def _home(path: str) -> str:
+    return AGENT_HOME + path[1:] if path.startswith("~/") else path
+
+
+def volume_prefix(store_id: str) -> str:
+    return f"pienv-{store_id}-"
+
+
+def state_volume(store_id: str, rel: str) -> str:
+    return f"{volume_prefix(store_id)}state-{re.sub(r'[^A-Za-z0-9_.-]', '_', rel.strip('/'))}"
+
+
+def cache_volume(store_id: str, name: str) -> str:
+    return f"{volume_prefix(store_id)}cache-{name}"
+
+
+def volume_binds(store_id: str, agent: Agent, caches: bool) -> Binds:
+    """pienv's own mounts of a run: the agent's state dirs, and the caches when on. Named
+    volumes (a name is never a host path, so the mount policy has nothing to judge)."""
+    binds: Binds = {}
+    for rel in agent.state:
+        target = f"{AGENT_HOME}/{rel.strip('/')}"
+        binds[state_volume(store_id, rel)] = {"bind": target, "mode": "rw"}
+    if caches:
+        for name, path in CACHES:
+            binds[cache_volume(store_id, name)] = {"bind": _home(path), "mode": "rw"}
+    return binds
+
+
+def state_env(agent: Agent) -> dict[str, str]:
+    return {k: f"{AGENT_HOME}/{v}" for k, v in agent.state_env}
+
+
+def installed(labels: Mapping[str, str], agent: Agent) -> bool:
+    return not agent.install or labels.get(INSTALLED_LABEL) == agent.install
+
+
+def install(
+    ctx: Context,
+    parent: str,
+    branch: str | None,
+    agent: Agent,
+    binds: Binds,
+    err: Sink,
+    network: str,
+    name: str,
+) -> Commit:
+    """Run the agent's install in its own container on ``parent``; commit it as "install
+    <agent> <version>" and move the branch there. A failed install commits nothing."""
+    engine = ctx.engine()
+    parent_image = engine.inspect_image(parent)
+    cid = engine.create(
+        parent,
+        entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, "sh", "-c", agent.install],
+        user=host_ids(),
+        workdir=AGENT_HOME,
+        binds=binds,
+        labels={LABEL + "store": ctx.store_id, LABEL + "role": "install"},
+        network=network,
+        name=name,
+    )
+    try:
+        err(f"pienv: installing {agent.label}: {agent.install}\n".encode())
+        for stdout, stderr in engine.run_streaming(cid, None):
+            if stdout:
+                err(stdout)
+            if stderr:
+                err(stderr)
+        code = int(engine.wait(cid))
+        if code != 0:
+            key = "[agent] version" if agent.preset and agent.version else "[agent] install"
+            raise PienvError(
+                f"installing {agent.label} failed (exit {code}): `{agent.install}`; "
+                f"nothing was committed: change {key} in {ctx.store.config_path}"
+            )
+        mounts = [b["bind"] for b in binds.values()]
+        changes = mount_filter(engine.diff(cid), mounts)
+        draft = Commit.draft(
+            branch,
+            f"install {agent.label}",
+            "install",
+            parents=(parent,),
+            command=("sh", "-c", agent.install),
+            exit_code=0,
+            changes=len(changes),
+        )
+        draft = replace(draft, container=cid)
+        labels = draft.labels(ctx.store_id)
+        labels[INSTALLED_LABEL] = agent.install
+        image_id = engine.commit(cid, parent_image, labels)
+        commit = finish(ctx, engine, image_id, draft, changes, parent_image)
+        with ctx.store.transaction(f"install: {agent.label}") as txn:
+            txn.move_head(branch, parent, commit.id)
+        return commit
+    finally:
+        engine.remove_container(cid, force=True)
+
+
+@dataclass(frozen=True)
+class AgentRow:
+    name: str
+    command: str
+    version: str
+    install: str
+    env: str
+    state: str
+    configured: bool
+
+
+def list_agents(config: Config) -> list[AgentRow]:
+    rows = []
+    for p in PRESETS.values():
+        agent = config.agent if config.agent.preset == p.name else config.agent_named(p.name)
+        rows.append(
+            AgentRow(
+                name=p.name,
+                command=" ".join(agent.command),
+                version=agent.version,
+                install=agent.install,
+                env=", ".join(p.env),
+                state=", ".join(f"~/{d}" for d in agent.state),
+                configured=config.agent.preset == p.name,
+            )
+        )
+    if not config.agent.preset:
+        a = config.agent
+        rows.append(
+            AgentRow(
+                a.name,
+                " ".join(a.command),
+                "",
+                a.install,
+                "",
+                ", ".join(f"~/{d}" for d in a.state),
+                True,
+            )
+        )
+    return rows
+
+
+@dataclass(frozen=True)
+class CachesPruned:
+    removed: list[str]
+    busy: list[str]
+
+
+def prune_caches(ctx: Context) -> CachesPruned:
+    """Empty the store's package caches (remove their volumes; the next run makes new ones)."""
+    engine = ctx.engine()
+    removed, busy = [], []
+    for name in engine.volumes(volume_prefix(ctx.store_id) + "cache-"):
+        try:
+            engine.remove_volume(name)
+            removed.append(name)
+        except PienvError:
+            busy.append(name)
+    return CachesPruned(removed, busy)

@@ -1,0 +1,163 @@
+"""Issue 12: prepared roots for the host user, agent presets and their install step, agent state
+and package caches in per-store volumes that no env commit contains."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import tarfile
+
+import pytest
+from conftest import NonrootPienv, Pienv
+
+pytestmark = [pytest.mark.engine]
+
+
+def layer_paths(image: str) -> list[str]:
+    """Every path in every layer of ``image`` (from `docker save`): what an image holds."""
+    saved = subprocess.run(["docker", "save", image], capture_output=True, check=True).stdout
+    paths: list[str] = []
+    with tarfile.open(fileobj=io.BytesIO(saved)) as outer:
+        manifest = json.load(outer.extractfile("manifest.json"))  # type: ignore[arg-type]
+        for layer in manifest[0]["Layers"]:
+            data = outer.extractfile(layer)
+            assert data is not None
+            with tarfile.open(fileobj=io.BytesIO(data.read())) as tar:
+                paths += ["/" + m.name for m in tar.getmembers()]
+    return paths
+
+
+def volumes(store_id: str) -> list[str]:
+    out = subprocess.run(
+        ["docker", "volume", "ls", "-q", "--filter", f"name=pienv-{store_id}-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return out.split()
+
+
+def remove_volumes(p: Pienv) -> None:
+    try:
+        sid = p.refs()["store_id"]
+    except (OSError, KeyError):
+        return
+    for name in volumes(sid):
+        subprocess.run(["docker", "volume", "rm", "-f", name], capture_output=True)
+
+
+def config(p: Pienv, text: str) -> None:
+    p.home.mkdir(parents=True, exist_ok=True)
+    (p.home / "config.toml").write_text(text)
+
+
+@pytest.mark.nonroot
+def test_prepared_root_makes_any_base_usable_by_a_non_root_user(nonroot: NonrootPienv) -> None:
+    """Rule 5 on a base with no user for uid 4321 and a root-owned /home/agent: the root commit
+    adds a passwd/group entry and a home owned by the user, nothing else needed."""
+    try:
+        r = nonroot(
+            "run", "--", "sh", "-c",
+            "id -un; id -gn; echo $HOME; touch ~/x && echo wrote;"
+            " stat -c '%u:%g %a' ~ ~/.pi/agent ~/.npm",
+        )  # fmt: skip
+        lines = r.out.split()
+        assert lines[:4] == ["agent", "agent", "/home/agent", "wrote"], r.out
+        assert "4321:4321 755" in r.out
+        assert r.out.count("4321:4321") == 3
+    finally:
+        remove_volumes(nonroot)
+
+
+def test_login_lives_in_a_volume_never_in_a_commit(pienv: Pienv) -> None:
+    """A planted auth.json survives runs and branches and is in no layer of the head."""
+    try:
+        pienv("run", "--", "sh", "-c", "echo secret > ~/.pi/agent/auth.json; echo tool > /tool")
+        head = pienv.head()
+        assert pienv("run", "--", "cat", "/home/agent/.pi/agent/auth.json").out == "secret\n"
+        pienv("branch", "other")
+        r = pienv("run", "-b", "other", "--", "cat", "/home/agent/.pi/agent/auth.json")
+        assert r.out == "secret\n"
+        paths = layer_paths(head)
+        assert "/tool" in paths  # the run's own change is there...
+        assert not [p for p in paths if "auth.json" in p]  # ...the login is not
+        assert not [p for p in paths if p.startswith("/home/agent/.pi/agent/")]
+        # reset --all: a bare base again, the login (outside images) stays.
+        pienv("reset", "--all")
+        assert pienv("run", "--", "cat", "/home/agent/.pi/agent/auth.json").out == "secret\n"
+    finally:
+        remove_volumes(pienv)
+
+
+INSTALL_OK = (
+    "mkdir -p ~/.local/bin && printf '#!/bin/sh\\necho hello from myagent\\n'"
+    " > ~/.local/bin/myagent && chmod +x ~/.local/bin/myagent"
+)
+
+
+def test_install_is_its_own_commit_and_runs_once(pienv: Pienv) -> None:
+    config(pienv, f'[agent]\ncommand = ["myagent"]\ninstall = "{INSTALL_OK}"\n')
+    try:
+        r = pienv("run")
+        assert "hello from myagent" in r.out
+        assert "installing myagent" in r.err
+        log = pienv("log").out
+        assert "install myagent" in log
+        assert pienv("run").out == "hello from myagent\n"
+        assert pienv("log").out.count("install myagent") == 1  # not again
+        assert "installing" not in pienv("run").err
+    finally:
+        remove_volumes(pienv)
+
+
+def test_failed_install_stops_with_one_line_and_commits_nothing(pienv: Pienv) -> None:
+    config(
+        pienv,
+        '[agent]\npreset = "pi"\ninstall = "mkdir -p ~/.npm/_logs; echo log > ~/junk; exit 7"\n',
+    )
+    try:
+        pienv("run", "--", "true")  # the root commit
+        root = pienv.head()
+        r = pienv("run", check=False)
+        assert r.code == 1
+        errors = [line for line in r.err.splitlines() if line.startswith("pienv: error:")]
+        assert len(errors) == 1
+        assert "exit 7" in errors[0] and "[agent] install" in errors[0]
+        assert pienv.head() == root
+        assert "install" not in pienv("log").out
+    finally:
+        remove_volumes(pienv)
+
+
+def test_agent_list_and_unknown_preset(pienv: Pienv) -> None:
+    out = pienv("agent", "list").out
+    for name in ("pi", "claude", "codex", "gemini", "opencode", "aider"):
+        assert f" {name} " in out
+    assert "@earendil-works/pi-coding-agent@1.5.2" in out
+    config(pienv, '[agent]\npreset = "claude"\nversion = "2.0.0"\n')
+    out = pienv("agent", "list").out
+    assert "@anthropic-ai/claude-code@2.0.0" in out
+    config(pienv, '[agent]\npreset = "nope"\n')
+    r = pienv("agent", "list", check=False)
+    assert r.code == 1 and "unknown agent preset 'nope'" in r.err
+
+
+def test_caches_are_store_volumes_and_prune_caches_empties_them(pienv: Pienv) -> None:
+    try:
+        pienv("run", "--", "sh", "-c", "echo x > ~/.npm/blob; echo y > /var/cache/apt/z")
+        sid = pienv.refs()["store_id"]
+        assert f"pienv-{sid}-cache-npm" in volumes(sid)
+        paths = layer_paths(pienv.head())
+        assert not [p for p in paths if p.startswith(("/home/agent/.npm/", "/var/cache/apt/"))]
+        other = pienv("run", "--", "cat", "/home/agent/.npm/blob").out
+        assert other == "x\n"
+        out = pienv("prune", "--caches").out
+        assert f"emptied pienv-{sid}-cache-npm" in out
+        assert pienv("run", "--", "ls", "/home/agent/.npm").out == ""
+        # Caches off: the directories are the image's own again (and commit with it).
+        config(pienv, "[run]\ncaches = false\n")
+        pienv("run", "--", "sh", "-c", "echo x > ~/.npm/kept")
+        assert "/home/agent/.npm/kept" in layer_paths(pienv.head())
+    finally:
+        remove_volumes(pienv)
