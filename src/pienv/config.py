@@ -184,7 +184,9 @@ def resolve_agent(
         command=command or preset.command,
         install=install if install is not None else preset.install_for(ver),
         version=ver if install is None else "",
-        env=preset.env,
+        # Its keys pass only when the user chose it (`preset =`, `--agent`): with no config at
+        # all, nothing beyond the allow-list leaves the host (rule 4).
+        env=preset.env if name else (),
         state=state if state is not None else preset.state,
         state_env=preset.state_env,
         preset=preset.name,
