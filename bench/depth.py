@@ -24,7 +24,7 @@ import _store
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=1000)
-    ap.add_argument("--image", default="pienv-test/busybox-git:1")
+    ap.add_argument("--image", default="pienv-test/busybox-git:2")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update({"PIENV_HOME": f"{tmp}/store", "PIENV_BASE_IMAGE": args.image})

@@ -44,7 +44,7 @@ def clean_venv(where: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--image", default="pienv-test/busybox-git:1")
+    ap.add_argument("--image", default="pienv-test/busybox-git:2")
     ap.add_argument("--clean-venv", action="store_true", help="measure pienv from a fresh venv")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

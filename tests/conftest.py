@@ -20,7 +20,24 @@ from pathlib import Path
 
 import pytest
 
-BASE_TAG = "pienv-test/busybox-git:1"
+BASE_TAG = "pienv-test/busybox-git:2"  # :2 has /etc/group (Podman adds one for a run user)
+# Podman's commit of an unchanged container adds this empty layer (see engine.EMPTY_LAYER).
+EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+
+
+def on_podman() -> bool:
+    """Whether DOCKER_HOST is Podman's compatible API (the podman tier of .ci/run)."""
+    import docker
+
+    names = [c.get("Name", "") for c in docker.from_env().version().get("Components", [])]
+    return "Podman Engine" in names
+
+
+def content_layers(image: dict) -> list[str]:  # type: ignore[type-arg]
+    """An image's layers that hold files (as engine.ImageInfo.content_layers)."""
+    return [layer for layer in image["RootFS"]["Layers"] if layer != EMPTY_LAYER]
+
+
 REALISTIC_BUILD = Path(__file__).parent / "realistic" / "build.sh"
 NONROOT_SETUP = Path(__file__).parent / "nonroot" / "setup.sh"
 NONROOT_USER = "pienvtest"
@@ -101,7 +118,8 @@ def base_image(engine_available: None, tmp_path_factory: pytest.TempPathFactory)
         "FROM scratch\n" + "\n".join(copies) + "\n"
         'RUN ["/bin/busybox", "--install", "-s", "/bin"]\n'
         'RUN ["/bin/sh", "-c", "mkdir -p /tmp /home/agent /etc /usr/bin && chmod 1777 /tmp'
-        ' /home/agent && echo root:x:0:0:root:/root:/bin/sh > /etc/passwd"]\n'
+        " /home/agent && echo root:x:0:0:root:/root:/bin/sh > /etc/passwd"
+        ' && echo root:x:0: > /etc/group"]\n'
         "ENV PATH=/usr/local/bin:/usr/bin:/bin\n"
         "LABEL org.example.base=busybox\n"
         'CMD ["sh"]\n'

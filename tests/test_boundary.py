@@ -13,7 +13,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import NonrootPienv, Pienv, git, make_repo
+from conftest import NonrootPienv, Pienv, git, make_repo, on_podman
 
 pytestmark = pytest.mark.engine
 
@@ -242,6 +242,10 @@ def test_workspace_refusals(pienv: Pienv, tmp_path: Path, workdir: str) -> None:
 
 def test_workspace_path_with_colon_and_comma_runs(pienv: Pienv, tmp_path: Path) -> None:
     ws = make_repo(tmp_path / "a:b,c")
+    if on_podman():  # Podman 4.3 cannot mount a path with ',': one line, before any container
+        r = pienv("run", "--", "true", cwd=ws, check=False)
+        assert r.code == 1 and "Podman cannot mount" in r.err and "','" in r.err, r.err
+        ws = make_repo(tmp_path / "a:b")
     r = pienv("run", "--", "sh", "-c", "cat README; touch made", cwd=ws)
     assert r.out == "hello\n", r.err
     assert (ws / "made").exists()

@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 import pytest
-from conftest import Pienv
+from conftest import BASE_TAG, Pienv
 
 pytestmark = pytest.mark.engine
 
@@ -57,7 +57,7 @@ def test_log_graph_exact(pienv: Pienv) -> None:
         f"| * {short(pienv)} (HEAD -> main) main work",
         "|/",
         f"* {tools_id} tools",
-        f"* {root} root: base pienv-test/busybox-git:1",
+        f"* {root} root: base {BASE_TAG}",
     ]
     assert tools  # exp head exists
     assert "\x1b[" not in out  # NO_COLOR

@@ -313,7 +313,8 @@ def test_image_prune_keeps_every_commit(pienv: Pienv) -> None:
     assert {i["Id"] for i in store_images(pienv)} == before
     for cid in before:
         assert any(
-            t.startswith(f"pienv/{pienv.refs()['store_id']}:") for t in inspect(cid)["RepoTags"]
+            t.removeprefix("docker.io/").startswith(f"pienv/{pienv.refs()['store_id']}:")
+            for t in inspect(cid)["RepoTags"]
         )
 
 

@@ -421,6 +421,47 @@ class Engine:
     def info(self) -> EngineInfo:
         return EngineInfo.from_api(self._call("GET", "/info"))
 
+    def describe(self) -> str:
+        """One truthful line: product, version, API, storage driver, rootless, endpoint."""
+        version, info = self.version(), self.info()
+        mode = "rootless" if info.rootless else "rootful"
+        return f"{version}, {info.driver}, {mode}, at {self.base_url}"
+
+    def probe(self, image: str) -> list[tuple[str, str]]:
+        """What pienv needs of an engine, tried for real on ``image`` (for `pienv doctor`):
+        [(check, "" when it works, else what failed)]. Leaves nothing behind."""
+        out: list[tuple[str, str]] = []
+        labels = {"dev.pienv.probe": 'a "quoted" $value \\ ', "dev.pienv.probe-empty": ""}
+        cid = new = ""
+        try:
+            cid = self.create(
+                image,
+                entrypoint=["/bin/sh", "-c", "echo ok > /probe"],
+                labels={"dev.pienv.probe": "run"},
+            )
+            for _ in self.run_streaming(cid):
+                pass
+            code = self.wait(cid)
+            out.append(("init binary", "" if code == 0 else f"the probe exited {code}"))
+        except EngineError as exc:
+            out.append(("init binary", str(exc)))
+            return out
+        try:
+            like = self.inspect_image(image)
+            new = self.commit(cid, like, labels)
+            got = self.inspect_image(new)
+            lost = {k: v for k, v in labels.items() if not got or got.labels.get(k) != v}
+            out.append(("commit labels", f"labels changed on the way: {lost}" if lost else ""))
+            data = self.read_archive(cid, "/probe")
+            out.append(("archive API", "" if data else "GET /containers/{id}/archive gave nothing"))
+        except EngineError as exc:
+            out.append(("commit labels" if not new else "archive API", str(exc)))
+        finally:
+            self.remove_container(cid, force=True)
+            if new:
+                self.remove_image(new)
+        return out
+
     # -- images ----------------------------------------------------------------------------
 
     def inspect_image(self, ref: str) -> ImageInfo | None:
@@ -433,8 +474,11 @@ class Engine:
 
     def images(self, label_filters: list[str]) -> list[ImageRow]:
         # /images/json, not docker-py's images.list(), which inspects every image (7x slower).
-        rows = self._call("GET", "/images/json", _filters(label=label_filters)) or []
-        return [ImageRow.from_api(r) for r in rows]
+        # Podman 4.3 answers nothing when given two label filters: it gets the first, the
+        # rest are checked here (on every engine: the same rule everywhere).
+        sent = label_filters[:1] if self.is_podman else label_filters
+        rows = self._call("GET", "/images/json", _filters(label=sent)) or []
+        return [r for r in map(ImageRow.from_api, rows) if _has_labels(r.labels, label_filters)]
 
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         self._call("POST", f"/images/{self._id(image_id)}/tag", {"repo": repository, "tag": tag})
@@ -517,6 +561,14 @@ class Engine:
         hostname: str | None = None,
         name: str | None = None,
     ) -> str:
+        if self.is_podman:
+            for host in binds or {}:
+                if "," in host:
+                    # Podman 4.3 turns Mounts back into "a,b=c" option text and fails.
+                    raise EngineError(
+                        f"Podman cannot mount {host}: its path holds a ','",
+                        hint="rename or move the directory, or use Docker",
+                    )
         config: dict[str, Any] = {
             "Image": self._ref(image),
             "Entrypoint": entrypoint,
@@ -667,7 +719,8 @@ class Engine:
 
     def containers(self, label_filters: list[str]) -> list[ContainerRow]:
         rows = self._call("GET", "/containers/json", {"all": 1, **_filters(label=label_filters)})
-        return [ContainerRow.from_api(r) for r in rows or []]
+        found = [ContainerRow.from_api(r) for r in rows or []]
+        return [r for r in found if _has_labels(r.labels, label_filters)]
 
     def container_size(self, cid: str) -> int:
         rows = self._call("GET", "/containers/json", {"all": 1, "size": 1, **_filters(id=[cid])})
@@ -836,6 +889,15 @@ def _imported_id(result: Any) -> str:
             if "error" in data:
                 raise EngineError(f"Docker import failed: {data['error']}")
     raise EngineError(f"Docker import returned no image id: {text[:200]}")
+
+
+def _has_labels(labels: Mapping[str, str], filters: list[str]) -> bool:
+    """Docker's label filter: "key" (present) or "key=value"."""
+    for f in filters:
+        key, eq, value = f.partition("=")
+        if key not in labels or (eq and labels[key] != value):
+            return False
+    return True
 
 
 def _familiar(tags: Any) -> tuple[str, ...]:

@@ -337,14 +337,17 @@ def doctor(ctx: Context) -> list[Check]:
     except PienvError as exc:
         checks.append(Check("engine", "fail", exc.message, exc.hint or "start Docker"))
         return checks
-    checks.append(Check("engine", "ok", f"Docker {version.version} at {engine.base_url}"))
+    mode = "rootless" if info.rootless else "rootful"
+    checks.append(Check("engine", "ok", f"{version}, {mode}, at {engine.base_url}"))
     driver = info.driver
+    # Docker's overlay2 and Podman's overlay are the drivers pienv is tested on.
+    tested = driver in ("overlay2", "overlay")
     checks.append(
         Check(
             "storage driver",
-            "ok" if driver == "overlay2" else "warn",
+            "ok" if tested else "warn",
             driver,
-            "" if driver == "overlay2" else "pienv is tested on overlay2",
+            "" if tested else "pienv is tested on overlay2 (Docker) and overlay (Podman)",
         )
     )
     root = info.root_dir
@@ -367,6 +370,20 @@ def doctor(ctx: Context) -> list[Check]:
     base_ref = named or basemod.BASE_TAG
     if engine.inspect_image(base_ref) is not None:
         checks.append(Check("base", "ok", base_ref))
+        fixes = {
+            "init binary": "Podman: install catatonit; Docker: docker-init (tini) ships with it",
+            "commit labels": "this engine loses commit metadata: use Docker or Podman >= 4.3",
+            "archive API": "`pienv diff --packages` and `reset --system` need it",
+        }
+        for name, problem in engine.probe(base_ref):
+            checks.append(
+                Check(
+                    name,
+                    "fail" if problem else "ok",
+                    problem or "works",
+                    fixes[name] if problem else "",
+                )
+            )
     else:
         checks.append(
             Check(

@@ -102,8 +102,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
             "`pienv checkout -b NAME` keeps them on a branch"
         )
     try:
-        version = ctx.engine().version()
-        result.engine = f"Docker {version.version} at {ctx.engine().base_url}"
+        result.engine = ctx.engine().describe()
         result.engine_ok = True
         from pienv.ops.recovery import orphans
 

@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# Podman's Docker-compatible API on a private socket and a private storage root, so it never
+# touches the Docker engine (or a Podman) others use on this machine.
+#
+#   tests/podman/service.sh start DIR   -> prints unix://DIR/podman.sock once it answers
+#   tests/podman/service.sh stop DIR    -> stops that service (its containers and storage
+#                                          stay in DIR; rm -rf DIR after stop removes them)
+#
+# Rootful here (CI runs as root). The sandbox lacks CAP_SYS_RESOURCE, so the containers.conf
+# written below also empties default_ulimits (that part is this machine's, not pienv's).
+# `init: true` needs catatonit (Debian: apt-get install podman catatonit).
+set -euo pipefail
+cmd=${1:?start|stop}
+dir=${2:?DIR}
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+sock="$dir/podman.sock"
+export CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf"
+
+case "$cmd" in
+start)
+  command -v podman >/dev/null || { echo "podman is not installed (apt-get install podman catatonit)" >&2; exit 1; }
+  cat >"$CONTAINERS_CONF" <<CONF
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+CONF
+  cat >"$CONTAINERS_STORAGE_CONF" <<CONF
+[storage]
+driver = "overlay"
+graphroot = "$dir/storage"
+runroot = "$dir/run"
+CONF
+  if [ -S "$sock" ] && curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1; then
+    echo "unix://$sock"
+    exit 0
+  fi
+  rm -f "$sock"
+  (setsid podman system service --time=0 "unix://$sock" >"$dir/service.log" 2>&1 &
+   echo $! >"$dir/service.pid")
+  for _ in $(seq 1 100); do
+    curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && { echo "unix://$sock"; exit 0; }
+    sleep 0.2
+  done
+  echo "podman service did not answer on $sock; its log:" >&2
+  tail -20 "$dir/service.log" >&2
+  exit 1
+  ;;
+stop)
+  if [ -f "$dir/service.pid" ]; then
+    pid=$(cat "$dir/service.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    rm -f "$dir/service.pid" "$sock"
+  fi
+  ;;
+*)
+  echo "usage: $0 start|stop DIR" >&2
+  exit 2
+  ;;
+esac
