@@ -78,7 +78,7 @@ def reply(status: str, body: bytes, chunked: bool = False) -> bytes:
 
 
 def test_content_length_chunked_and_eof_bodies(serve: Serve) -> None:
-    listing = b'[{"Id": "a"}, {"Id": "b"}]'
+    listing = b'[{"Id": "a", "Labels": {"x": "1"}}, {"Id": "b", "Labels": {"x": "1"}}]'
     server = serve(
         reply("200 OK", listing),
         reply("200 OK", listing, chunked=True),
