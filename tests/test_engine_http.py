@@ -198,3 +198,24 @@ def test_broken_answers_are_one_line_errors(serve: Serve) -> None:
             engine.version()
     with pytest.raises(EngineError, match="malformed"):
         engine.version()
+
+
+def test_remote_engine_that_cannot_see_the_workspace_says_so(serve: Serve) -> None:
+    """A bind source the engine does not have, on a non-local endpoint: the engine runs on
+    another machine. One line naming the path, before any container exists."""
+    missing = json.dumps(
+        {
+            "message": 'invalid mount config for type "bind": bind source path does not exist: '
+            "/ws/run.env"
+        }
+    ).encode()
+    serve(reply("200 OK", b"OK"), reply("400 Bad Request", missing), reply("200 OK", b"OK"))
+    engine = Engine()
+    engine.base_url = "tcp://build-box:2376"  # the same transport, named as a remote engine
+    binds = {"/ws/run.env": {"bind": "/run/pienv/env", "mode": "ro"}}
+    with pytest.raises(EngineError) as exc:
+        engine.create("img", entrypoint=["sh"], binds=binds)
+    assert str(exc.value).startswith(
+        "the engine at tcp://build-box:2376 cannot see /ws/run.env: it runs on another machine"
+    )
+    assert "\n" not in str(exc.value)

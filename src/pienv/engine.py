@@ -624,6 +624,17 @@ class Engine:
                     hint="install catatonit (Debian/Ubuntu: `apt-get install catatonit`) or "
                     "set init_path in containers.conf",
                 ) from exc
+            missing = _missing_source(config, str(exc))
+            if missing and not self.base_url.startswith("unix://"):
+                # Every run mounts its env file, named by a fresh random token: an engine
+                # that cannot find it does not share this machine's files, so the workspace
+                # it would mount is not this one (a remote engine: ssh://, tcp://).
+                raise EngineError(
+                    f"the engine at {self.base_url} cannot see {missing}: it runs on another "
+                    "machine, and the workspace must be on the engine's machine",
+                    hint="run pienv on that machine, or use a local engine "
+                    "(unset DOCKER_HOST, `docker context use default`)",
+                ) from exc
             raise
         return str(created["Id"])
 
@@ -889,6 +900,18 @@ def _imported_id(result: Any) -> str:
             if "error" in data:
                 raise EngineError(f"Docker import failed: {data['error']}")
     raise EngineError(f"Docker import returned no image id: {text[:200]}")
+
+
+def _missing_source(config: Mapping[str, Any], message: str) -> str:
+    """The bind source an engine's create error says does not exist, or ""."""
+    low = message.lower()
+    if "does not exist" not in low and "no such file" not in low:
+        return ""
+    for mount in (config.get("HostConfig") or {}).get("Mounts") or ():
+        source = str(mount.get("Source") or "")
+        if mount.get("Type") == "bind" and source and source in message:
+            return source
+    return ""
 
 
 def _has_labels(labels: Mapping[str, str], filters: list[str]) -> bool:
