@@ -44,6 +44,7 @@ INIT_MOUNTS = ("/sbin/docker-init", "/run/podman-init")
 # The DiffID of an empty layer (a tar of two zero blocks). Podman's commit adds one even when
 # the container changed nothing (Docker adds no layer then): it holds no content.
 EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+_CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._/-]*")
 
@@ -321,12 +322,25 @@ class Engine:
         if self._client is None:
             import docker
 
-            with translated(self.base_url):
-                if self.base_url == os.environ.get("DOCKER_HOST"):
-                    # from_env also honours DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
-                    self._client = docker.from_env(timeout=self.timeout)
-                else:
-                    self._client = docker.DockerClient(base_url=self.base_url, timeout=self.timeout)
+            # requests lets these variables replace a session's CA (psf/requests#3829), so
+            # with TLS the engine's own CA (DOCKER_CERT_PATH/ca.pem) would be ignored: hide
+            # them while the client is made (it asks the engine's version), then stop the
+            # session from reading them.
+            tls = bool(os.environ.get("DOCKER_TLS_VERIFY"))
+            hidden = {k: os.environ.pop(k) for k in _CA_VARIABLES if tls and k in os.environ}
+            try:
+                with translated(self.base_url):
+                    if self.base_url == os.environ.get("DOCKER_HOST"):
+                        # from_env also honours DOCKER_TLS_VERIFY and DOCKER_CERT_PATH.
+                        self._client = docker.from_env(timeout=self.timeout)
+                    else:
+                        self._client = docker.DockerClient(
+                            base_url=self.base_url, timeout=self.timeout
+                        )
+            finally:
+                os.environ.update(hidden)
+            if hidden:
+                self._client.api.trust_env = False
         return self._client.api
 
     # -- the REST layer --------------------------------------------------------------------
