@@ -148,3 +148,12 @@ def test_branch_precedence() -> None:
     assert select_branch(refs(), None, {}, Path("/elsewhere")) == ("main", "HEAD")
     detached = Refs(store_id="x", head_branch=None, head_detached="a")
     assert select_branch(detached, None, {}, Path("/x")) == (None, "detached HEAD")
+
+
+def test_run_token_from_run_and_install_container_names() -> None:
+    from pienv.ops.sandbox import run_name, run_token
+
+    name = run_name("4a62d409a0de", "0123456789ab")
+    assert run_token(name) == run_token("/" + name) == "0123456789ab"
+    assert run_token(name + "-install") == "0123456789ab"
+    assert run_token("pienv-4a62d4-install") == run_token("other") == ""

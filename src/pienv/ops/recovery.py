@@ -14,7 +14,7 @@ from pienv.locks import DETACHED, name_of
 from pienv.model import INTERNAL, LABEL, JsonResult, RunInfo, short
 from pienv.ops.context import Context
 from pienv.ops.finish import finalize
-from pienv.ops.sandbox import remove_env_file
+from pienv.ops.sandbox import remove_env_file, run_token
 
 if TYPE_CHECKING:
     from pienv.engine import ContainerStatus
@@ -166,12 +166,13 @@ ENV_FILE_GRACE = 120.0
 
 def remove_stale_env_files(ctx: Context, grace: float = ENV_FILE_GRACE) -> list[str]:
     """Remove env files (``runs/*.env``, they may hold API keys) that no starting or running
-    run container of this store needs any more; return their names."""
-    live = {
-        o.name.rpartition("-")[2]
-        for o in run_containers(ctx)
-        if o.state in ("created", "running", "restarting", "paused")
-    }
+    container of this store (a run, or its agent install step) needs any more; return their
+    names."""
+    live = set()
+    for row in ctx.engine().containers([f"{LABEL}store={ctx.refs().store_id}"]):
+        token = run_token(row.name)
+        if token and row.state in ("created", "running", "restarting", "paused"):
+            live.add(token)
     gone = []
     now = time.time()
     for path in sorted(ctx.store.runs_dir.glob("*.env")):

@@ -181,6 +181,9 @@ def run(
             )
             notes.append(f"installed {agent.label} as {installed.short}")
             parent = installed.id
+            # A fresh mtime: `doctor` spares young env files of runs about to start.
+            with contextlib.suppress(OSError):
+                os.utime(env_path)
         binds = {str(ws.path): {"bind": WORKSPACE, "mode": "rw"}}
         binds.update(env_bind)
         binds.update(volumes)

@@ -318,10 +318,17 @@ def env_file(runs_dir: Path, token: str) -> Path:
     return runs_dir / f"{token}.env"
 
 
+def run_token(container_name: str) -> str:
+    """The run token in a container name of `run_name`'s form (also with a suffix such as
+    ``-install``); "" for other names."""
+    found = re.match(r"/?pienv-[^-/]+-([0-9a-f]{12})(?:-|$)", container_name)
+    return found.group(1) if found else ""
+
+
 def remove_env_file(runs_dir: Path, container_name: str) -> None:
     """Remove the env file of the run container ``container_name`` (it may hold API keys):
     every path that ends a run calls this, whoever ends it."""
-    token = container_name.lstrip("/").rpartition("-")[2]
+    token = run_token(container_name)
     if token:
         with contextlib.suppress(OSError):
             env_file(runs_dir, token).unlink()
