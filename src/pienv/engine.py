@@ -38,9 +38,19 @@ KIND = {0: "C", 1: "A", 2: "D"}
 MAX_DEPTH = 125  # overlay2 refuses to commit past this many layers ("max depth exceeded")
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 _NO_TIMEOUT = NO_TIMEOUT
-# Where the engine bind-mounts its init for Init=true (not listed in a container's Mounts):
-# Docker's tini, Podman's catatonit.
-INIT_MOUNTS = ("/sbin/docker-init", "/run/podman-init")
+# Mount points the engine makes for itself (not listed in a container's Mounts): its init
+# for Init=true (Docker's tini, Podman's catatonit), and on Podman the files below.
+# Podman also makes its /etc/hosts, /etc/hostname, /etc/resolv.conf and /run/.containerenv
+# mount points in the container's own layer (Docker keeps them in a layer it never commits),
+# so a run that changed nothing shows "C /etc" there.
+INIT_MOUNTS = (
+    "/sbin/docker-init",
+    "/run/podman-init",
+    "/etc/hosts",
+    "/etc/hostname",
+    "/etc/resolv.conf",
+    "/run/.containerenv",
+)
 # The DiffID of an empty layer (a tar of two zero blocks). Podman's commit adds one even when
 # the container changed nothing (Docker adds no layer then): it holds no content.
 EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
