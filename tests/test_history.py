@@ -173,7 +173,7 @@ def test_branch_list_delete_rename(pienv: Pienv) -> None:
     ("args", "message"),
     [
         (("show", "nosuch"), "unknown revision 'nosuch'"),
-        (("reset", "HEAD~9"), "has no parent #1"),
+        (("reset", "HEAD~9"), "'HEAD~9': the history goes back only 1 commit from there"),
         (("branch", "bad..name"), "invalid branch name 'bad..name'"),
         (("checkout", "-b", "a b"), "invalid branch name 'a b'"),
         (("reflog", "nope"), "no reflog for 'nope'"),
