@@ -127,3 +127,13 @@ def test_graph_draws_a_parentless_commit_as_a_root() -> None:
     order = ["x", "r", "b", "a"]
     rows = dag.lanes(order, {"x": ("a",), "r": (), "b": ("a",), "a": ()})
     assert [row.graph for row in rows] == ["*", "| *", "|", "| *", "|/", "*"]
+
+
+def test_notes_follow_the_lines_printed_before_them(tmp_path: Path) -> None:
+    code = "from pienv import ui\nui.out('first')\nui.note('second')\nui.out('third')\n"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    with open(tmp_path / "both", "w") as fh:
+        subprocess.run(
+            [sys.executable, "-c", code], stdout=fh, stderr=subprocess.STDOUT, check=True, env=env
+        )
+    assert (tmp_path / "both").read_text() == "first\npienv: second\nthird\n"

@@ -67,6 +67,9 @@ def _line(text: str) -> None:
     if sys.stderr is None:
         return
     try:
+        # What `out` buffered comes first (both streams may go to one file: `> log 2>&1`).
+        if sys.stdout is not None:
+            sys.stdout.flush()
         sys.stderr.write(text + "\n")
         sys.stderr.flush()
     except (OSError, ValueError):
