@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Pienv, git
+from conftest import Pienv, git, on_podman
 
 pytestmark = pytest.mark.engine
 
@@ -177,7 +177,8 @@ def test_failed_base_build_of_a_custom_dir_leaves_nothing(
     )
     r = pienv("base", "build", str(ctxdir), check=False)
     assert r.code == 1
-    assert "pienv: Step 1/4 : FROM " in r.err and "Step 4/4 : RUN false" in r.err
+    if not on_podman():  # Podman 4.3's compat build sends no step lines before a failure
+        assert "pienv: Step 1/4 : FROM " in r.err and "Step 4/4 : RUN false" in r.err
     last = r.err.splitlines()[-1]
     assert last.startswith("pienv: error: base build failed") and "registry" not in last
     assert f"fix {ctxdir / 'Dockerfile'}" in last
