@@ -161,3 +161,70 @@ def test_caches_are_store_volumes_and_prune_caches_empties_them(pienv: Pienv) ->
         assert "/home/agent/.npm/kept" in layer_paths(pienv.head())
     finally:
         remove_volumes(pienv)
+
+
+def _tty_run(p: NonrootPienv, keys: list[bytes], wait: float, timeout: float) -> tuple[int, str]:
+    """`pienv run` (no command) under a pseudo-terminal (`script -qc`), typing ``keys`` once
+    ``wait`` seconds have passed: the way a user starts the agent."""
+    import shlex
+    import time
+
+    proc = subprocess.Popen(
+        ["script", "-qc", shlex.join([*p.command, "run"]), "/dev/null"],
+        cwd=p.repo,
+        env=p.env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    assert proc.stdin is not None
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(1)
+    for key in keys:
+        if proc.poll() is None:
+            proc.stdin.write(key)
+            proc.stdin.flush()
+            time.sleep(1.5)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, _ = proc.communicate()
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.mark.realistic
+@pytest.mark.nonroot
+def test_real_pi_on_a_stock_image_as_a_non_root_user(nonroot_realistic: NonrootPienv) -> None:
+    """Issue 12 end to end on Debian + Node with no agent user: the default `pienv run` installs
+    the pinned Pi as its own commit and starts its TUI; `pi --version` runs from the persisted
+    install; a planted login survives runs and is in no layer; apt runs through sudo."""
+    p = nonroot_realistic
+    try:
+        # Pi's TUI under a TTY: Ctrl-C twice, then Ctrl-D, leave it.
+        code, out = _tty_run(p, [b"\x03", b"\x03", b"\x04"], wait=150, timeout=60)
+        assert "pienv: installing pi 1.5.2: npm install -g" in out, out[-3000:]
+        assert "installed pi 1.5.2 as" in out, out[-3000:]
+        assert code == 0, out[-3000:]
+        assert "/workspace" in out  # Pi's status line: it started in the workspace
+        log = p("log").out
+        assert log.count("install pi 1.5.2") == 1
+        install = p.refs()["branches"]["main"]
+        assert p("run", "--", "pi", "--version").out.strip() == "1.5.2"
+        # The prepared root: the host user by name, a home it owns, sudo for apt.
+        r = p("run", "--", "sh", "-c", "id -un; stat -c %u ~; sudo -n true && echo sudo-ok")
+        assert r.out.split() == ["agent", "4321", "sudo-ok"], r.out
+        # A login, planted where Pi keeps it: kept across runs, in no image layer.
+        p("run", "--", "sh", "-c", "echo '{\"k\": 1}' > ~/.pi/agent/auth.json")
+        assert p("run", "--", "cat", "/home/agent/.pi/agent/auth.json").out == '{"k": 1}\n'
+        for image in (p.refs()["branches"]["main"], install):
+            paths = layer_paths(image)
+            assert not [x for x in paths if "auth.json" in x or x.startswith("/home/agent/.npm/")]
+        assert [x for x in layer_paths(install) if x.endswith("/pi-coding-agent/package.json")]
+        # Nothing of a run of Pi itself lands in the image (its compile cache is a cache).
+        head = p.refs()["branches"]["main"]
+        code, _ = _tty_run(p, [b"\x03", b"\x03", b"\x04"], wait=8, timeout=60)
+        assert code == 0 and p.refs()["branches"]["main"] == head
+    finally:
+        remove_volumes(p)

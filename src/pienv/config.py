@@ -133,7 +133,11 @@ CACHES = (
     ("apt-lists", "/var/lib/apt/lists"),
     ("npm", "~/.npm"),
     ("pip", "~/.cache/pip"),
+    # Node's compile cache (Pi enables it): in /tmp by default, i.e. in every run's commit.
+    ("node-compile", "~/.cache/node-compile"),
 )
+# Variables that point tools at a cache above (set only when caches are on).
+CACHE_ENV = (("NODE_COMPILE_CACHE", "~/.cache/node-compile"),)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 
-from pienv.config import CACHES, PRESETS, Agent, Config
+from pienv.config import CACHE_ENV, CACHES, PRESETS, Agent, Config
 from pienv.errors import PienvError
 from pienv.model import LABEL, Commit
 from pienv.ops.commits import finish, host_ids, mount_filter
@@ -57,8 +57,12 @@ def volume_binds(store_id: str, agent: Agent, caches: bool) -> Binds:
     return binds
 
 
-def state_env(agent: Agent) -> dict[str, str]:
-    return {k: f"{AGENT_HOME}/{v}" for k, v in agent.state_env}
+def agent_env(agent: Agent, caches: bool) -> dict[str, str]:
+    """pienv's variables for the agent: where its state and (when on) the caches are."""
+    env = {k: f"{AGENT_HOME}/{v}" for k, v in agent.state_env}
+    if caches:
+        env.update({k: _home(v) for k, v in CACHE_ENV})
+    return env
 
 
 def installed(labels: Mapping[str, str], agent: Agent) -> bool:

@@ -61,7 +61,8 @@ def home_dirs(extra: Iterable[str] = ()) -> list[str]:
     return out
 
 
-def _read_file(engine: Engine, cid: str, path: str) -> bytes | None:
+def _read_file(engine: Engine, cid: str, path: str) -> tuple[bytes, tarfile.TarInfo] | None:
+    """A regular file's content and tar header (owner, mode), or None."""
     if not engine.path_exists(cid, path):
         return None
     data = engine.read_archive(cid, path)
@@ -71,8 +72,16 @@ def _read_file(engine: Engine, cid: str, path: str) -> bytes | None:
         for m in tar.getmembers():
             if m.isfile():
                 fh = tar.extractfile(m)
-                return fh.read() if fh else None
+                return (fh.read(), m) if fh else None
     return None  # a directory or a symlink: leave it alone
+
+
+def _text(found: tuple[bytes, tarfile.TarInfo] | None) -> str:
+    return found[0].decode("utf-8", "replace") if found else ""
+
+
+def _appended(text: str, line: str) -> bytes:
+    return (text if text.endswith("\n") or not text else text + "\n").encode() + line.encode()
 
 
 def _entries(text: str) -> list[list[str]]:
@@ -91,8 +100,9 @@ def prepare_host_user(
     engine: Engine, cid: str, uid: int, gid: int, caches: bool, state: Iterable[str] = ()
 ) -> HostUser:
     """The tar that prepares container ``cid`` (never started) for ``uid``:``gid``."""
-    passwd = (_read_file(engine, cid, "/etc/passwd") or b"").decode("utf-8", "replace")
-    group = (_read_file(engine, cid, "/etc/group") or b"").decode("utf-8", "replace")
+    passwd_file = _read_file(engine, cid, "/etc/passwd")
+    group_file = _read_file(engine, cid, "/etc/group")
+    passwd, group = _text(passwd_file), _text(group_file)
     users = _entries(passwd)
     groups = _entries(group)
     now = int(time.time())
@@ -125,14 +135,26 @@ def prepare_host_user(
     user_name = by_uid[0][0] if by_uid else _free_name("agent", {u[0] for u in users})
     shell = "/bin/bash" if engine_has(engine, cid, "/bin/bash") else "/bin/sh"
     sudo = engine_has(engine, cid, "/etc/sudoers")
+    # PAM's account check (sudo) wants a shadow entry too; "*": no password, not locked.
+    shadow_file = _read_file(engine, cid, "/etc/shadow") if added_user else None
+
+    def keep(found: tuple[bytes, tarfile.TarInfo] | None, mode: int) -> dict[str, int]:
+        if found is None:
+            return {"mode": mode}
+        m = found[1]
+        return {"mode": m.mode, "owner": m.uid, "gowner": m.gid}
+
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
         if added_group:
-            text = group if group.endswith("\n") or not group else group + "\n"
-            add("/etc/group", data=f"{text}{group_name}:x:{gid}:\n".encode(), mode=0o644)
+            line = f"{group_name}:x:{gid}:\n"
+            add("/etc/group", data=_appended(group, line), **keep(group_file, 0o644))
         if added_user:
-            text = passwd if passwd.endswith("\n") or not passwd else passwd + "\n"
             line = f"{user_name}:x:{uid}:{gid}:pienv agent:{HOME}:{shell}\n"
-            add("/etc/passwd", data=f"{text}{line}".encode(), mode=0o644)
+            add("/etc/passwd", data=_appended(passwd, line), **keep(passwd_file, 0o644))
+            shadow = _text(shadow_file)
+            if shadow_file is not None and not any(e[0] == user_name for e in _entries(shadow)):
+                line = f"{user_name}:*:::::::\n"
+                add("/etc/shadow", data=_appended(shadow, line), **keep(shadow_file, 0o640))
         add(HOME, owner=uid, gowner=gid)
         for rel in home_dirs(state):
             add(f"{HOME}/{rel}", owner=uid, gowner=gid)

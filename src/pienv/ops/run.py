@@ -156,7 +156,13 @@ def run(
         env_names = (*req.env_names, *agent.env)
         write_env_file(
             env_path,
-            container_env(ctx.config, environ, env_names, branch, agent_ops.state_env(agent)),
+            container_env(
+                ctx.config,
+                environ,
+                env_names,
+                branch,
+                agent_ops.agent_env(agent, ctx.config.caches),
+            ),
         )
         dropped = ctx.config.dropped_env(dict(environ), env_names)
         if dropped:

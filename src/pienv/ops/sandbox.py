@@ -28,7 +28,11 @@ AGENT_HOME = "/home/agent"
 # The agent's install is not here: it is its own committed step (ops/agent.py).
 WRAPPER = (
     'set -a; [ -r "$0" ] && . "$0"; set +a; '
-    ': "${NPM_CONFIG_PREFIX:=$HOME/.local}"; export NPM_CONFIG_PREFIX; '
+    # npm reads its global config from PREFIX/etc/npmrc: keep the image's (registry, proxy).
+    'if [ -z "${NPM_CONFIG_PREFIX:-}" ]; then n=$(command -v node 2>/dev/null) && '
+    '[ -f "${n%/bin/node}/etc/npmrc" ] && '
+    'export NPM_CONFIG_GLOBALCONFIG="${n%/bin/node}/etc/npmrc"; '
+    'export NPM_CONFIG_PREFIX="$HOME/.local"; fi; '
     'PATH="$NPM_CONFIG_PREFIX/bin:$HOME/.local/bin:$PATH"; '
     # Say which command is missing and what to do, instead of the shell's `exec: line 0`.
     'command -v "$1" >/dev/null 2>&1 || { echo "pienv: $1: command not found in this '
