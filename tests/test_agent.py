@@ -163,10 +163,11 @@ def test_caches_are_store_volumes_and_prune_caches_empties_them(pienv: Pienv) ->
         remove_volumes(pienv)
 
 
-def _tty_run(p: NonrootPienv, keys: list[bytes], wait: float, timeout: float) -> tuple[int, str]:
+def _tty_run(p: NonrootPienv, keys: list[bytes], ready: bytes, timeout: float) -> tuple[int, str]:
     """`pienv run` (no command) under a pseudo-terminal (`script -qc`), typing ``keys`` once
-    ``wait`` seconds have passed: the way a user starts the agent."""
+    the screen shows ``ready`` (or ``timeout`` passed): the way a user starts the agent."""
     import shlex
+    import threading
     import time
 
     proc = subprocess.Popen(
@@ -177,21 +178,32 @@ def _tty_run(p: NonrootPienv, keys: list[bytes], wait: float, timeout: float) ->
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
-    assert proc.stdin is not None
-    deadline = time.monotonic() + wait
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(1)
+    assert proc.stdin is not None and proc.stdout is not None
+    chunks: list[bytes] = []
+    stdout = proc.stdout
+
+    def read() -> None:
+        while data := stdout.read1(65536):
+            chunks.append(data)
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None and ready not in b"".join(chunks):
+        time.sleep(0.5)
+    time.sleep(2)  # let the TUI finish drawing and read its keyboard
     for key in keys:
         if proc.poll() is None:
             proc.stdin.write(key)
             proc.stdin.flush()
             time.sleep(1.5)
     try:
-        out, _ = proc.communicate(timeout=timeout)
+        proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
         proc.kill()
-        out, _ = proc.communicate()
-    return proc.returncode, out.decode(errors="replace")
+        proc.wait()
+    reader.join(10)
+    return proc.returncode, b"".join(chunks).decode(errors="replace")
 
 
 @pytest.mark.realistic
@@ -203,7 +215,7 @@ def test_real_pi_on_a_stock_image_as_a_non_root_user(nonroot_realistic: NonrootP
     p = nonroot_realistic
     try:
         # Pi's TUI under a TTY: Ctrl-C twice, then Ctrl-D, leave it.
-        code, out = _tty_run(p, [b"\x03", b"\x03", b"\x04"], wait=150, timeout=60)
+        code, out = _tty_run(p, [b"\x03", b"\x03", b"\x04"], b"/workspace", timeout=300)
         assert "pienv: installing pi 1.5.2: npm install -g" in out, out[-3000:]
         assert "installed pi 1.5.2 as" in out, out[-3000:]
         assert code == 0, out[-3000:]
@@ -224,7 +236,7 @@ def test_real_pi_on_a_stock_image_as_a_non_root_user(nonroot_realistic: NonrootP
         assert [x for x in layer_paths(install) if x.endswith("/pi-coding-agent/package.json")]
         # Nothing of a run of Pi itself lands in the image (its compile cache is a cache).
         head = p.refs()["branches"]["main"]
-        code, _ = _tty_run(p, [b"\x03", b"\x03", b"\x04"], wait=8, timeout=60)
+        code, _ = _tty_run(p, [b"\x03", b"\x03", b"\x04"], b"/workspace", timeout=60)
         assert code == 0 and p.refs()["branches"]["main"] == head
     finally:
         remove_volumes(p)
