@@ -118,6 +118,46 @@ def test_hooks_and_fsmonitor_from_the_container_never_run_on_the_host(
     assert not (pienv.repo / ".git" / "hooks" / "pre-commit").exists()
 
 
+@pytest.mark.parametrize("layout", ["nested .git dir", ".git file into .git/modules"])
+def test_submodule_planted_from_the_container_never_runs_on_the_host(
+    pienv: Pienv, tmp_path: Path, layout: str
+) -> None:
+    # The host's `git status` at the top recurses into every populated gitlink of the index
+    # and runs git there with that repository's own config: a nested repo with
+    # core.fsmonitor, gitlinked from inside, ran the agent's program on the host.
+    marker = tmp_path / "pwned"
+    if layout == "nested .git dir":
+        make = "git init -q sub && G=sub/.git"
+    else:  # where `git submodule add` keeps it; .git/modules did not exist before the run
+        make = (
+            "mkdir -p .git/modules sub && git init -q --bare .git/modules/sub "
+            "&& echo 'gitdir: ../.git/modules/sub' > sub/.git "
+            "&& git --git-dir=.git/modules/sub config core.worktree ../../../sub "
+            "&& git --git-dir=.git/modules/sub config core.bare false && G=.git/modules/sub"
+        )
+    script = (
+        f"{make} && git -C sub commit -q --allow-empty -m s "
+        f"&& printf '[core]\\n\\tfsmonitor = touch {marker}\\n' >> $G/config "
+        "&& git update-index --add --cacheinfo 160000,$(git -C sub rev-parse HEAD),sub "
+        "&& echo PLANTED"
+    )
+    r = pienv("run", "--", "sh", "-c", script)
+    assert "PLANTED" in r.out, r.err
+    assert "160000" in git(pienv.repo, "ls-files", "-s", "sub")
+    git(pienv.repo, "status")
+    assert not marker.exists()
+    assert "submodule" in r.err and "pienv-quarantined" in r.err
+
+
+def test_untouched_submodule_is_left_alone(pienv: Pienv, tmp_path: Path) -> None:
+    sub = make_repo(tmp_path / "subsrc")
+    git(pienv.repo, "-c", "protocol.file.allow=always", "submodule", "add", "-q", str(sub), "s")
+    git(pienv.repo, "commit", "-q", "-m", "sub")
+    r = pienv("run", "--", "sh", "-c", "git -C s log -1 --format=%s && echo x > s/new")
+    assert "init" in r.out, r.err
+    assert "quarantined" not in r.err and (pienv.repo / "s" / ".git").is_file()
+
+
 def test_dot_git_cannot_be_replaced_from_the_container(pienv: Pienv, tmp_path: Path) -> None:
     # Moving .git aside and writing a new one (with hooks and a config of the agent's
     # choosing) would bypass every read-only file inside it.

@@ -75,6 +75,31 @@ def _link_problem(dotgit: Path, gitdir: Path, common: Path) -> str:
     return ""
 
 
+def gitlinks(gitdir: Path) -> list[str]:
+    """The paths of the gitlinks (submodule entries, mode 160000) in ``gitdir``'s index.
+
+    A host `git status` recurses into each populated one and runs git there with *that*
+    repository's config and hooks. Cheap when there are none: the index bytes are searched
+    for the gitlink mode before dulwich is imported (this runs after every run)."""
+    try:
+        data = (gitdir / "index").read_bytes()
+    except OSError:
+        return []
+    if b"\x00\x00\xe0\x00" not in data:  # mode 0o160000, big-endian, in an entry
+        return []
+    from dulwich.index import Index
+
+    try:
+        index = Index(str(gitdir / "index"))
+    except Exception:  # a torn index the agent left: git will say so
+        return []
+    return [
+        bytes(path).decode(errors="surrogateescape")
+        for path, entry in index.items()
+        if getattr(entry, "mode", 0) == 0o160000
+    ]
+
+
 def head_commit(root: Path) -> str:
     """The commit checked out at ``root`` ("" when unborn, or when ``root`` is not a repo's
     top directory)."""

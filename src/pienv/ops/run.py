@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,9 @@ from pienv.ops.sandbox import (
     env_file,
     git_mounts,
     planted_commondir,
+    planted_submodules,
     quarantine,
+    quarantine_submodule,
     run_name,
     validate_mount,
     write_env_file,
@@ -247,6 +250,8 @@ def run(
         commondir = planted_commondir(ws.path, ws.repo) if ctx.config.protect_git else None
         planted_before = commondir is not None and os.path.lexists(commondir)
         had_dotgit = os.path.lexists(ws.path / ".git")
+        # ctimes are the filesystem's clock (whole seconds on some): a margin, not a race.
+        started = time.time() - 1.0
         if planted_before:
             notes.append(
                 f"warning: {commondir} exists (git never writes one there): your git follows it "
@@ -260,6 +265,9 @@ def run(
             raise _attach_failed(engine, cid, exc) from exc
         if commondir is not None and not planted_before and os.path.lexists(commondir):
             notes.append(quarantine(commondir))
+        if ctx.config.protect_git:
+            for nested in planted_submodules(ws.path, ws.repo, started):
+                notes.append(quarantine_submodule(nested))
         new_repo = ws.path / ".git"
         if ws.repo is None and not had_dotgit and os.path.lexists(new_repo):
             # Not pienv's to remove (the agent may have meant it), but the host's git would

@@ -222,6 +222,66 @@ def planted_commondir(root: Path, repo: RepoInfo | None) -> Path | None:
     return dotgit / "commondir" if dotgit.is_dir() and not dotgit.is_symlink() else None
 
 
+def planted_submodules(root: Path, repo: RepoInfo | None, since: float) -> list[Path]:
+    """The ``.git`` of each gitlink (submodule entry in the index) under ``root`` whose git
+    config or hooks were written since ``since`` (a ctime: `touch -d` cannot backdate it).
+
+    The host's `git status` at the top of the workspace recurses into every populated
+    gitlink and runs git there with that repository's own config: an agent that creates a
+    nested repo with `core.fsmonitor` and adds it to the index (`git update-index
+    --cacheinfo 160000,...`) would make the host run its program. `run` moves these aside."""
+    if repo is None or repo.link_problem:
+        return []
+    from pienv.gitrepo import gitlinks
+
+    found = []
+    for rel in gitlinks(repo.gitdir):
+        dotgit = root / rel / ".git"
+        if not _under(dotgit, root):
+            continue
+        candidates = [dotgit] if dotgit.is_file() or dotgit.is_symlink() else []
+        gitdir = dotgit
+        if dotgit.is_file():
+            with contextlib.suppress(OSError, ValueError):
+                text = dotgit.read_text(errors="replace")
+                if text.startswith("gitdir:"):
+                    gitdir = Path(os.path.realpath(dotgit.parent / text[7:].strip()))
+        for name in ("config", "config.worktree", "commondir", "hooks"):
+            candidates.append(gitdir / name)
+        hooks = gitdir / "hooks"
+        with contextlib.suppress(OSError):
+            if hooks.is_dir():
+                candidates += list(hooks.iterdir())
+        if any(_changed_since(c, since) for c in candidates):
+            found.append(dotgit)
+    return found
+
+
+def quarantine_submodule(dotgit: Path) -> str:
+    """Move a gitlink's ``.git`` aside, so the host's git no longer recurses into it."""
+    aside = dotgit.with_name(".git.pienv-quarantined")
+    what = (
+        f"warning: the run wrote the git config or hooks of submodule {dotgit.parent}, "
+        "which your `git status` would run"
+    )
+    try:
+        os.replace(dotgit, aside)
+    except OSError as exc:
+        return f"{what}; remove {dotgit} before running git here ({exc.strerror})"
+    return f"{what}; moved {dotgit.name} to {aside} (check it before moving it back)"
+
+
+def _under(path: Path, root: Path) -> bool:
+    return _within(Path(os.path.realpath(path.parent)), _real(root))
+
+
+def _changed_since(path: Path, since: float) -> bool:
+    try:
+        return os.lstat(path).st_ctime >= since
+    except OSError:
+        return False
+
+
 def quarantine(path: Path) -> str:
     """Move a file the agent planted in .git out of git's way; the note says where."""
     aside = path.with_name(f"{path.name}.pienv-quarantined")
