@@ -1,13 +1,20 @@
 #!/usr/bin/env python3
-"""No-op `pienv run -- true` against plain `docker run --rm --init IMAGE true`, interleaved.
+"""Run overhead of pienv against plain Docker, on the busybox test base and the realistic base
+(Debian bookworm + Node 22, tests/realistic/build.sh), side by side.
 
-Usage: python bench/run_overhead.py [--rounds N] [--image IMAGE] [--clean-venv]
+Usage: python bench/run_overhead.py [--rounds N] [--clean-venv] [--only busybox|realistic]
 
-Prints the median of each and their ratio (target <= 1.3). Uses a throwaway store and
-removes its images afterwards. pienv runs under this interpreter, or with --clean-venv under
-a fresh venv holding only pienv and its dependencies (what `pipx install .` gives a user):
-an interpreter whose site-packages run extra .pth start-up hooks pays for them on every
-command, and that cost is the interpreter's, not pienv's.
+Rows, each the median of N interleaved rounds (one round runs every command once, in turn,
+so load from other processes falls on all of them alike):
+
+- no-op: `pienv run -- true` against `docker run --rm -v WS:/workspace IMAGE true` on the same
+  image (the branch's head), target ratio <= 1.3 on both bases;
+- one-file change: `pienv run -- sh -c 'echo N > /f'` (a commit each time) on busybox and on
+  the realistic base grown to ~40k files, target: within 0.3 s of each other.
+
+Uses throwaway stores and removes their images afterwards. pienv runs under this interpreter,
+or with --clean-venv under a fresh venv holding only pienv and its dependencies (what
+`pipx install .` gives a user).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from pathlib import Path
 import _store
 
 REPO = Path(__file__).resolve().parent.parent
+BUSYBOX = "pienv-test/busybox-git:2"
+BIG_FILES = 40_000
 
 
 def timed(cmd: list[str], env: dict[str, str], cwd: str) -> float:
@@ -41,35 +50,97 @@ def clean_venv(where: Path) -> str:
     return python
 
 
+def realistic() -> str:
+    out = subprocess.run(["bash", str(REPO / "tests" / "realistic" / "build.sh")],
+                         capture_output=True, text=True, check=True).stdout
+    return out.strip().splitlines()[-1]
+
+
+def grown(image: str, files: int) -> str:
+    """``image`` with small files added until it holds about ``files`` (cached by tag)."""
+    tag = f"pienv-bench/grown:{image.rsplit(':', 1)[-1]}-{files}"
+    if subprocess.run(["docker", "image", "inspect", tag], capture_output=True).returncode == 0:
+        return tag
+    have = int(subprocess.run(
+        ["docker", "run", "--rm", image, "sh", "-c", "find / -xdev | wc -l"],
+        capture_output=True, text=True, check=True).stdout)
+    more = max(files - have, 0)
+    script = (f"mkdir -p /opt/filler && cd /opt/filler && i=0; while [ $i -lt {more} ]; do "
+              "echo $i > f$i; i=$((i+1)); done")
+    cid = subprocess.run(["docker", "create", image, "sh", "-c", script],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    subprocess.run(["docker", "start", "-a", cid], check=True)
+    subprocess.run(["docker", "commit", cid, tag], check=True, capture_output=True)
+    subprocess.run(["docker", "rm", cid], check=True, capture_output=True)
+    return tag
+
+
+class Subject:
+    """One store on one base: its workspace, the pienv and docker commands to time."""
+
+    def __init__(self, name: str, base: str, python: str, tmp: str) -> None:
+        self.name, self.base = name, base
+        self.home = Path(tmp) / f"store-{name}"
+        self.ws = f"{tmp}/ws-{name}"
+        os.mkdir(self.ws)
+        self.env = {**os.environ, "PIENV_HOME": str(self.home), "PIENV_BASE_IMAGE": base}
+        self.python = python
+        self.noop = [python, "-m", "pienv", "run", "--", "true"]
+        timed(self.noop, self.env, self.ws)  # the root commit: not measured
+        self.docker = ["docker", "run", "--rm", "-v", f"{self.ws}:/workspace", self.head(),
+                       "true"]
+        timed(self.docker, self.env, self.ws)
+        self.n = 0
+
+    def head(self) -> str:
+        out = subprocess.run([self.python, "-m", "pienv", "log", "--json", "-n", "1"],
+                             env=self.env, cwd=self.ws, capture_output=True, text=True,
+                             check=True).stdout
+        return str(json.loads(out)[0]["id"])
+
+    def change(self) -> list[str]:
+        self.n += 1
+        return [self.python, "-m", "pienv", "run", "--", "sh", "-c", f"echo {self.n} > /f"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
-    ap.add_argument("--image", default="pienv-test/busybox-git:2")
     ap.add_argument("--clean-venv", action="store_true", help="measure pienv from a fresh venv")
+    ap.add_argument("--only", choices=["busybox", "realistic"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         python = clean_venv(Path(tmp) / "venv") if args.clean_venv else sys.executable
-        env = {**os.environ, "PIENV_HOME": f"{tmp}/store", "PIENV_BASE_IMAGE": args.image}
-        ws = f"{tmp}/ws"
-        os.mkdir(ws)
-        pienv = [python, "-m", "pienv", "run", "--", "true"]
-        timed(pienv, env, ws)  # first run creates the root commit: not measured
-        head = subprocess.run([python, "-m", "pienv", "log", "--json", "-n", "1"],
-                              env=env, cwd=ws, capture_output=True, text=True, check=True)
-        image = json.loads(head.stdout)[0]["id"]
-        docker = ["docker", "run", "--rm", "--init", image, "true"]
-        timed(docker, env, ws)
-        p_times, d_times = [], []
-        for _ in range(args.rounds):
-            d_times.append(timed(docker, env, ws))
-            p_times.append(timed(pienv, env, ws))
-        p, d = statistics.median(p_times), statistics.median(d_times)
+        subjects = []
+        if args.only != "realistic":
+            subjects.append(Subject("busybox", BUSYBOX, python, tmp))
+        if args.only != "busybox":
+            real = realistic()
+            subjects.append(Subject("realistic", real, python, tmp))
+            subjects.append(Subject(f"realistic+{BIG_FILES // 1000}k", grown(real, BIG_FILES),
+                                    python, tmp))
+        times: dict[tuple[str, str], list[float]] = {}
+        try:
+            for _ in range(args.rounds):
+                for s in subjects:
+                    times.setdefault((s.name, "docker"), []).append(timed(s.docker, s.env, s.ws))
+                    times.setdefault((s.name, "noop"), []).append(timed(s.noop, s.env, s.ws))
+                    times.setdefault((s.name, "change"), []).append(
+                        timed(s.change(), s.env, s.ws))
+        finally:
+            for s in subjects:
+                _store.drop(s.home)
+        med = {k: statistics.median(v) for k, v in times.items()}
         where = "clean venv" if args.clean_venv else python
-        print(f"pienv from           {where}")
-        print(f"docker run --rm      median {d:.3f} s  (n={args.rounds})")
-        print(f"pienv run -- true    median {p:.3f} s  (n={args.rounds})")
-        print(f"ratio                {p / d:.2f}  (target <= 1.30)")
-        _store.drop(Path(tmp) / "store")
+        print(f"pienv from {where}; medians of {args.rounds} interleaved rounds")
+        print(f"{'base':<16} {'docker run --rm':>16} {'pienv run -- true':>18} {'ratio':>6}"
+              f" {'1-file change':>14}")
+        for s in subjects:
+            d, p, c = med[(s.name, "docker")], med[(s.name, "noop")], med[(s.name, "change")]
+            print(f"{s.name:<16} {d:>14.3f} s {p:>16.3f} s {p / d:>6.2f} {c:>12.3f} s")
+        if len(subjects) == 3:
+            gap = med[(subjects[2].name, "change")] - med[(subjects[0].name, "change")]
+            print(f"1-file change, {subjects[2].name} minus busybox: {gap:+.3f} s (target <= 0.3)")
 
 
 if __name__ == "__main__":

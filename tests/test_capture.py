@@ -120,21 +120,60 @@ def test_noop_runs_add_no_image_after_root_flatten_and_reset(pienv: Pienv) -> No
 
 def test_noop_in_linked_worktree_and_with_configured_mount(pienv: Pienv, tmp_path: Path) -> None:
     """Mount points that vary per run (a worktree's common git dir at its host path, a
-    configured mount) are not changes either."""
+    configured mount) are not changes either: the first run that needs them gets a "prepare"
+    commit holding them, and the run itself (and every later no-op) makes none."""
     pienv("run", "--", "true")
-    head = pienv.head()
     wt = tmp_path / "wt"
-    subprocess.run(["git", "worktree", "add", "-q", "-b", "wtb", str(wt)], cwd=pienv.repo, check=True)
+    subprocess.run(
+        ["git", "worktree", "add", "-q", "-b", "wtb", str(wt)], cwd=pienv.repo, check=True
+    )
     r = pienv("run", "--", "true", cwd=wt)
-    assert "no commit" in r.err, r.err
-    assert pienv.head() == head
+    assert "no commit" in r.err and "prepare: mount points" in r.err, r.err
+    kinds = [c["kind"] for c in json.loads(pienv("log", "--json").out)]
+    assert kinds == ["prepare", "root"]
+    head, images = pienv.head(), store_images(pienv)
+    r = pienv("run", "--", "true", cwd=wt)
+    assert "no commit" in r.err and "prepare" not in r.err, r.err
+    assert pienv.head() == head and store_images(pienv) == images
+
     data = tmp_path / "data"
     data.mkdir()
     (pienv.home / "config.toml").write_text(f'[run]\nmounts = ["{data}:/srv/deep/data:ro"]\n')
+    pienv("run", "--", "true")
+    head, images = pienv.head(), store_images(pienv)
     r = pienv("run", "--", "true")
     assert "no commit" in r.err, r.err
-    assert pienv.head() == head
+    assert pienv.head() == head and store_images(pienv) == images
     # A real change made beside a varying mount point is still committed.
     pienv("run", "--", "touch", "/real", cwd=wt)
     assert pienv.head() != head
     assert pienv("run", "--", "ls", "/real").out == "/real\n"
+
+
+@pytest.mark.realistic
+def test_realistic_noop_runs_add_no_image(realistic_pienv: Pienv) -> None:
+    """On a merged-/usr Debian base Docker's init lands at /usr/sbin/docker-init: the root,
+    flatten and reset --system commits hold it, so no-op runs after each add nothing."""
+    test_noop_runs_add_no_image_after_root_flatten_and_reset(realistic_pienv)
+
+
+@pytest.mark.realistic
+def test_realistic_back_to_back_rewrites_are_all_committed(
+    realistic_pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    test_back_to_back_same_size_rewrites_are_all_committed(realistic_pienv, monkeypatch)
+
+
+def test_diff_lists_no_engine_noise_nor_mount_points(pienv: Pienv) -> None:
+    """`diff X X` is empty; Docker's per-container files (/.dockerenv, /etc/hosts, ...) and
+    the mount points of runs are not listed; a dot-file keeps its name."""
+    pienv("run", "--", "true")
+    root = pienv.head()
+    data = json.loads(pienv("diff", root, root, "--json").out)
+    assert (data["added"], data["changed"], data["deleted"]) == ([], [], [])
+    pienv("run", "--", "sh", "-c", "touch /.hidden /visible")
+    data = json.loads(pienv("diff", root, "--json").out)
+    assert data["added"] == ["/.hidden", "/visible"], data
+    assert data["changed"] == [] and data["deleted"] == []
+    head = pienv.head()
+    assert pienv("diff", head, head).out.startswith(f"{head[:12]}..{head[:12]}: 0 added")

@@ -103,3 +103,19 @@ def test_forged_git_file_is_not_a_linked_worktree(tmp_path: Path) -> None:
     (tmp_path / "victim" / ".git").write_text(f"gitdir: {fake_common}/worktrees/x\n")
     info = gitrepo.find(tmp_path / "victim")
     assert info is not None and "is not a git directory" in info.link_problem
+
+
+def test_head_commit_by_hand_agrees_with_git(layouts: dict[str, Path]) -> None:
+    """HEAD is read by hand (no dulwich import on the run path): packed refs, a detached
+    HEAD, a branch moved in a linked worktree all read as git reads them."""
+    root, wt = layouts["root"], layouts["linked worktree"]
+    git(root, "commit", "-q", "--allow-empty", "-m", "two")
+    git(root, "pack-refs", "--all")  # refs/heads/* now only in packed-refs
+    assert not (root / ".git" / "refs" / "heads" / "main").exists()
+    assert gitrepo.head_commit(root) == git(root, "rev-parse", "HEAD")
+    git(wt, "commit", "-q", "--allow-empty", "-m", "in wt")  # a loose ref beside packed-refs
+    assert gitrepo.head_commit(wt) == git(wt, "rev-parse", "HEAD")
+    assert gitrepo.head_commit(wt) != gitrepo.head_commit(root)
+    git(root, "checkout", "-q", "--detach", "HEAD~1")
+    assert gitrepo.head_commit(root) == git(root, "rev-parse", "HEAD")
+    assert gitrepo.head_commit(root) == gitrepo._dulwich_head(root)

@@ -123,10 +123,13 @@ def test_diff_paths_and_packages(pienv: Pienv) -> None:
         "mkdir -p /usr/lib/node_modules/left-pad && "
         'echo \'{"version": "1.3.0"}\' > /usr/lib/node_modules/left-pad/package.json',
     )
-    data = json.loads(pienv("diff", "before", "--packages", "--json").out)
+    data = json.loads(pienv("diff", "before", "--json").out)
     assert "/old" in data["deleted"]
     assert "/var/lib/dpkg/status" in data["changed"]
     assert "/usr/lib/node_modules/left-pad/package.json" in data["added"]
+    assert data["packages"] is None
+    data = json.loads(pienv("diff", "before", "--packages", "--json").out)
+    assert data["added"] is None  # --packages reads the package databases, not every path
     assert data["packages"]["dpkg"] == {
         "added": ["jq 1.7"],
         "removed": [],

@@ -321,7 +321,7 @@ def show(
     ui.out(f"    {c.message}")
     ui.out("")
     if r.changes is None:
-        ui.out(f"{ui.plural(c.changes, 'path')} changed (list not recorded)")
+        ui.out("paths: not recorded (a commit without a parent in the index)")
         return
     counts = {k: sum(1 for kk, _ in r.changes if kk == k) for k in "ACD"}
     ui.out(
@@ -362,16 +362,18 @@ def diff(
     if as_json:
         ui.emit_json(r.to_json())
         return
-    ui.out(
-        f"{r.old[:12]}..{r.new[:12]}: {len(r.added)} added, {len(r.changed)} changed, "
-        f"{len(r.deleted)} deleted"
-    )
-    for kind, paths in (("A", r.added), ("C", r.changed), ("D", r.deleted)):
-        for p in paths[:limit]:
-            ui.out(f"{kind} {p}")
-        if len(paths) > limit:
-            ui.out(f"{kind} ... and {len(paths) - limit} more")
+    if r.added is not None and r.changed is not None and r.deleted is not None:
+        ui.out(
+            f"{r.old[:12]}..{r.new[:12]}: {len(r.added)} added, {len(r.changed)} changed, "
+            f"{len(r.deleted)} deleted"
+        )
+        for kind, paths in (("A", r.added), ("C", r.changed), ("D", r.deleted)):
+            for p in paths[:limit]:
+                ui.out(f"{kind} {p}")
+            if len(paths) > limit:
+                ui.out(f"{kind} ... and {len(paths) - limit} more")
     if r.packages is not None:
+        ui.out(f"{r.old[:12]}..{r.new[:12]}: packages (dpkg, pip, npm -g)")
         for mgr, groups in r.packages.items():
             for what, items in groups.items():
                 for item in items:
@@ -885,7 +887,9 @@ def flatten(
     ctx = _selected(branch_name)
     with ui.progress("flattening", None) as bar:
         task = bar.add_task("flatten", total=None)
-        r = maint.flatten(ctx, branch_name, lambda n: bar.advance(task, n))
+        r = maint.flatten(
+            ctx, branch_name, lambda done, total: bar.update(task, completed=done, total=total)
+        )
     ui.out(f"{r.branch}: {r.old[:12]} ({r.old_depth} layers) -> {r.new[:12]} (1 layer)")
 
 

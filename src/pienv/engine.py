@@ -21,6 +21,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -268,12 +269,15 @@ def translated(where: str = DEFAULT_SOCKET) -> Iterator[None]:
         yield
     except EngineError:
         raise
-    except OSError as exc:
-        raise _translate(exc, where) from exc
     except Exception as exc:
+        # docker-py's APIError is an OSError too (via requests' HTTPError): look at it first.
+        if isinstance(exc, OSError) and "docker.errors" not in sys.modules:
+            raise _translate(exc, where) from exc
         import docker.errors
         import requests.exceptions
 
+        if isinstance(exc, OSError) and not isinstance(exc, docker.errors.APIError):
+            raise _translate(exc, where) from exc
         if isinstance(exc, docker.errors.NotFound):
             raise HTTPError(404, str(exc.explanation or exc)) from exc
         if isinstance(exc, docker.errors.APIError):
@@ -761,6 +765,22 @@ class Engine:
         rows = self._call("GET", "/containers/json", {"all": 1, "size": 1, **_filters(id=[cid])})
         return int(rows[0].get("SizeRw", 0)) if rows else 0
 
+    def path_exists(self, cid: str, path: str) -> bool:
+        """Whether ``path`` exists in container ``cid``'s filesystem (symlinks of its parent
+        directories followed, as the engine does for mount targets); needs no start."""
+        try:
+            self._call("HEAD", f"/containers/{cid}/archive", {"path": path})
+        except HTTPError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def init_path(self) -> str:
+        """Where this engine bind-mounts its init for ``Init: True`` (a run creates it in its
+        writable layer unless the image holds it). Docker's; Podman's is INIT_MOUNTS[1]."""
+        return INIT_MOUNTS[0]
+
     def diff(self, cid: str) -> list[tuple[str, str]]:
         rows = self._call("GET", f"/containers/{cid}/changes") or []
         return [(KIND.get(r["Kind"], "C"), r["Path"]) for r in rows]
@@ -863,17 +883,6 @@ class Engine:
                 return None
             raise
 
-    def path_exists(self, cid: str, path: str) -> bool:
-        """Whether ``path`` exists in container ``cid``'s filesystem (symlinks of its parent
-        directories followed, as the engine does for mount targets); needs no start."""
-        try:
-            self._call("HEAD", f"/containers/{cid}/archive", {"path": path})
-        except HTTPError as exc:
-            if exc.status == 404:
-                return False
-            raise
-        return True
-
     def remove_volume(self, name: str) -> bool:
         """Remove a named volume; False when there is none (a volume in use is an error)."""
         try:
@@ -890,6 +899,19 @@ class Engine:
         return sorted(
             str(v["Name"]) for v in data.get("Volumes") or () if str(v["Name"]).startswith(prefix)
         )
+
+    def archive_stream(self, cid: str, path: str) -> Iterator[bytes] | None:
+        """A tar of ``path`` in the container as a stream of chunks; None if it does not
+        exist. Only that path is read, however big the image."""
+        if not self.path_exists(cid, path):
+            return None
+
+        def chunks() -> Iterator[bytes]:
+            with translated(self.base_url):
+                stream, _ = self.api.get_archive(cid, path, chunk_size=1 << 20)
+                yield from stream
+
+        return chunks()
 
     def write_archive(self, cid: str, directory: str, data: bytes) -> None:
         """Extract a tar into ``directory`` of the container (owners and modes kept)."""

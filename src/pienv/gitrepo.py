@@ -102,7 +102,62 @@ def gitlinks(gitdir: Path) -> list[str]:
 
 def head_commit(root: Path) -> str:
     """The commit checked out at ``root`` ("" when unborn, or when ``root`` is not a repo's
-    top directory)."""
+    top directory).
+
+    Read by hand (HEAD, loose refs, packed-refs), as git does: it is asked on every run that
+    may commit, and importing dulwich costs 15-40 ms (tests/test_gitrepo.py checks both
+    agree). Anything this reader does not know (e.g. a reftable repository) goes to dulwich.
+    """
+    info = find(root)
+    if info is None or info.root != Path(os.path.realpath(root)):
+        return ""
+    try:
+        value = (info.gitdir / "HEAD").read_text().strip()
+        for _ in range(10):  # symbolic refs may chain; git gives up after 5
+            if not value.startswith("ref:"):
+                return value if _is_object_id(value) else _dulwich_head(root)
+            value = _read_ref(info, value[len("ref:") :].strip())
+            if value == "":
+                return ""  # unborn branch
+    except _Unknown:
+        pass
+    except OSError:
+        return ""
+    return _dulwich_head(root)
+
+
+class _Unknown(Exception):
+    """A ref store this reader does not handle."""
+
+
+def _is_object_id(value: str) -> bool:
+    return len(value) in (40, 64) and all(c in "0123456789abcdef" for c in value)
+
+
+def _read_ref(info: RepoInfo, name: str) -> str:
+    """The value of ref ``name`` (a target id or ``ref: ...``); "" when it does not exist."""
+    if not name.startswith("refs/") and name != "HEAD":
+        raise _Unknown(name)
+    per_worktree = name == "HEAD" or name.startswith(("refs/worktree/", "refs/bisect/"))
+    loose = (info.gitdir if per_worktree else info.common_dir) / name
+    try:
+        return loose.read_text().strip()
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        pass
+    try:
+        packed = (info.common_dir / "packed-refs").read_text()
+    except FileNotFoundError:
+        return ""
+    for line in packed.splitlines():
+        if line[:1] in ("#", "^"):
+            continue
+        value, _, ref = line.partition(" ")
+        if ref.strip() == name:
+            return value.strip()
+    return ""
+
+
+def _dulwich_head(root: Path) -> str:
     from dulwich.errors import NotGitRepository
     from dulwich.repo import Repo
 

@@ -18,7 +18,7 @@ LABEL = "dev.pienv."
 
 # What made a commit (the `kind` label): a root from a base image, a run, a flatten of a deep
 # head, or `reset --system` (a fresh base keeping the agent's home).
-CommitKind = Literal["root", "run", "flatten", "reset-system", "install"]
+CommitKind = Literal["root", "run", "flatten", "reset-system", "install", "prepare"]
 COMMIT_KINDS: tuple[CommitKind, ...] = get_args(CommitKind)
 
 # ``field(metadata=INTERNAL)``: a result field for the caller only, left out of its JSON.
@@ -108,7 +108,9 @@ class Commit:
     exit_code: int | None = None
     workspace: str = ""
     git_head: str = ""
-    changes: int = 0
+    # Paths the commit changed; None: not counted at commit time (a run's list is read from
+    # its layer on demand, see ops/history.py show).
+    changes: int | None = None
     flattened_from: str = ""
     run_host: str = ""
     run_pid: int | None = None
@@ -169,7 +171,7 @@ class Commit:
             "exit-code": "" if self.exit_code is None else str(self.exit_code),
             "workspace": self.workspace,
             "git-head": self.git_head,
-            "changes": str(self.changes),
+            "changes": "" if self.changes is None else str(self.changes),
             "flattened-from": self.flattened_from,
             "kind": self.kind,
             "run-host": self.run_host,
@@ -197,7 +199,7 @@ class Commit:
             exit_code=int(get("exit-code")) if get("exit-code") else None,
             workspace=get("workspace"),
             git_head=get("git-head"),
-            changes=int(get("changes") or 0),
+            changes=int(get("changes")) if get("changes") else None,
             flattened_from=get("flattened-from"),
             run_host=get("run-host"),
             run_pid=int(get("run-pid")) if get("run-pid") else None,

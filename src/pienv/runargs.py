@@ -152,9 +152,9 @@ def run_command(req: RunRequest) -> int:
     if result.commit:
         ui.note(
             f"committed {result.commit.short} on {name_of(result.branch)} "
-            f"({result.changes} path{'' if result.changes == 1 else 's'} changed)"
+            f"(+{ui.size(result.commit.size)})"
         )
-    elif req.no_commit and result.changes:
+    elif req.no_commit and result.discarded:
         ui.note("--no-commit: the environment changes were discarded")
     else:
         ui.note("nothing changed in the environment; no commit")

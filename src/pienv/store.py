@@ -502,9 +502,7 @@ class Store:
     def _index_commits(self, rows: list[tuple[Commit, list[tuple[str, str]] | None]]) -> None:
         for commit, changes in rows:
             if changes is not None:
-                self._mkdirs()
-                payload = _dump([[kind, path] for kind, path in changes])
-                write_atomic(self.changes_dir / f"{commit.id}.json", payload)
+                self.record_changes(commit.id, changes)
         self._append_lines(self.index_path, [c.to_json() for c, _ in rows])
         if self._index is not None:
             for commit, _ in rows:
@@ -542,6 +540,12 @@ class Store:
                 write_atomic(path, b"".join(keep))
         self._index = None
         return torn
+
+    def record_changes(self, commit_id: str, changes: list[tuple[str, str]]) -> None:
+        """The paths a commit changed (written once: at commit time, or on first `show`)."""
+        self._mkdirs()
+        payload = _dump([[kind, path] for kind, path in changes])
+        write_atomic(self.changes_dir / f"{commit_id}.json", payload)
 
     def changes(self, commit_id: str) -> list[tuple[str, str]] | None:
         path = self.changes_dir / f"{commit_id}.json"

@@ -7,25 +7,49 @@ prune` keeps it, then appended to the commit index. Moving a ref is the caller's
 
 from __future__ import annotations
 
+import io
+import json
 import os
-from collections.abc import Callable
-from dataclasses import replace
+import tarfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 from pienv.engine import INIT_MOUNTS, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
-from pienv.model import Commit, CommitKind, short
+from pienv.model import LABEL, Commit, CommitKind, short
 from pienv.ops.context import Context
+from pienv.ops.sandbox import ENV_FILE, WORKSPACE
 from pienv.store import crashpoint
 
-ProgressFn = Callable[[int], None]
+# Progress of a long copy: (bytes done, bytes expected); the expected total is an estimate
+# (an image's size; the tar stream runs a little over it).
+ProgressFn = Callable[[int, int], None]
 
-
-# The engine bind-mounts its init here for init=True; it is not listed in Mounts.
+# Every engine's init path: Docker creates whichever it uses as a mount point.
 ENGINE_MOUNTS = INIT_MOUNTS
 
 
-def mount_filter(changes: list[tuple[str, str]], mounts: list[str]) -> list[tuple[str, str]]:
-    """Drop the paths Docker creates as mount points (and their parent dirs): not changes."""
+@dataclass(frozen=True)
+class MountPoint:
+    """A path a run bind-mounts over: a directory, or a file for a file mount."""
+
+    path: str
+    directory: bool = True
+
+
+def run_mount_points(engine: Engine) -> tuple[MountPoint, ...]:
+    """The mount points of every run: the workspace, the env file and the engine's init."""
+    return (
+        MountPoint(WORKSPACE),
+        MountPoint(ENV_FILE, directory=False),
+        MountPoint(engine.init_path(), directory=False),
+    )
+
+
+def mount_filter(changes: list[tuple[str, str]], mounts: Sequence[str]) -> list[tuple[str, str]]:
+    """Drop the paths Docker creates as mount points (and their parent dirs), and the
+    per-container files of its init layer: not changes (for listings, never for deciding)."""
     mounts = [*mounts, *ENGINE_MOUNTS]
     out = []
     for kind, path in changes:
@@ -37,6 +61,43 @@ def mount_filter(changes: list[tuple[str, str]], mounts: list[str]) -> list[tupl
     return out
 
 
+def prepare(engine: Engine, cid: str, extra: Sequence[MountPoint] = ()) -> list[str]:
+    """The one "prepare" step of every commit pienv makes itself (root, flatten, reset
+    --system/--all, a run's missing mount points): give the never-started container ``cid``
+    what a run would otherwise create in its writable layer, so that a run which changed
+    nothing leaves that layer empty and adds no commit (design rule 3). Returns the paths
+    it created.
+
+    Today: the run's mount points (``run_mount_points`` and ``extra``), made as the engine
+    makes them (directories or empty files, root, 0755; parents created, symlinked parents
+    followed, so ``/sbin/docker-init`` lands in ``/usr/sbin`` on merged-/usr bases). Only
+    missing paths are written: an existing one keeps its owner, mode and time.
+
+    Extend it here, not beside it (issue 12: the host user's passwd entry, home and sudo
+    rule; the agent's state and cache mount points): everything a run would otherwise
+    create belongs in this one step, so every pienv-made commit gets it.
+    """
+    points = [*run_mount_points(engine), *extra]
+    missing = [m for m in points if not engine.path_exists(cid, m.path)]
+    if missing:
+        engine.write_archive(cid, "/", _mount_point_tar(missing))
+    return [m.path for m in missing]
+
+
+def _mount_point_tar(points: Sequence[MountPoint]) -> bytes:
+    # Only the leaves: the engine makes missing parents itself (0755, root) and follows a
+    # parent that is a symlink, where a directory entry for it would replace the symlink.
+    buf = io.BytesIO()
+    now = int(time.time())
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for m in points:
+            entry = tarfile.TarInfo(m.path.strip("/"))
+            entry.type = tarfile.DIRTYPE if m.directory else tarfile.REGTYPE
+            entry.mode, entry.mtime = 0o755, now
+            tar.addfile(entry)
+    return buf.getvalue()
+
+
 def finish(
     ctx: Context,
     engine: Engine,
@@ -45,12 +106,14 @@ def finish(
     changes: list[tuple[str, str]] | None,
     parent_image: ImageInfo | None,
     index: bool = True,
+    info: ImageInfo | None = None,
 ) -> Commit:
     """Tag the new image, measure it, and index it (``index=False``: the caller indexes it in
-    the transaction that moves its ref, see docs/architecture.md)."""
+    the transaction that moves its ref, see docs/architecture.md; ``info``: the new image,
+    if inspected)."""
     crashpoint("committed")
     engine.tag(image_id, ctx.repository(), short(image_id))
-    info = engine.inspect_image(image_id)
+    info = info or engine.inspect_image(image_id)
     size = (info.size if info else 0) - (parent_image.size if parent_image else 0)
     done = replace(commit, id=image_id, size=max(size, 0), layers=info.depth if info else 0)
     if index:
@@ -63,17 +126,20 @@ def commit_fresh(
     image: str,
     config_from: ImageInfo | None,
     labels: dict[str, str],
-    prepare: Callable[[str], None] | None = None,
-) -> str:
-    """Commit a never-started container of ``image`` with ``config_from``'s config + labels;
-    ``prepare`` may copy files into the container first."""
+    fill: Callable[[str], None] | None = None,
+    extra: Sequence[MountPoint] = (),
+) -> tuple[str, list[str]]:
+    """Commit a never-started container of ``image`` with ``config_from``'s config + labels,
+    after ``fill`` (which may copy files in) and the prepare step; the new image's id and
+    the paths the prepare step created."""
     # The labels go on the container too: an engine whose commit keeps the container's
     # labels (Podman) then needs no label sent as text (engine.commit).
     cid = engine.create_stopped(image, labels=labels)
     try:
-        if prepare is not None:
-            prepare(cid)
-        return engine.commit(cid, config_from, labels)
+        if fill is not None:
+            fill(cid)
+        made = prepare(engine, cid, extra)
+        return engine.commit(cid, config_from, labels), made
     finally:
         engine.remove_container(cid, force=True)
 
@@ -87,8 +153,8 @@ def make_root(
     fill: Callable[[str], list[str]] | None = None,
 ) -> Commit:
     """The base image plus one small layer that prepares it for the host user (see
-    ``ops.hostuser``), labelled for this store; ``fill`` may copy more in (reset --system's
-    home) and returns the paths it wrote."""
+    ``ops.hostuser``) and holds the run's mount points (``prepare``), labelled for this store;
+    ``fill`` may copy more in (reset --system's home) and returns the paths it wrote."""
     from pienv.ops.hostuser import prepare_host_user
 
     engine = ctx.engine()
@@ -107,10 +173,49 @@ def make_root(
         if fill is not None:
             written.extend(fill(cid))
 
-    image_id = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), prepare)
+    image_id, made = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), prepare)
+    written.extend(made)
     # Measured with no parent: the whole image, base included, so `status` shows the
     # environment's real size (prune subtracts what the base itself still holds).
     return finish(ctx, engine, image_id, draft, [("A", p) for p in written], None)
+
+
+# Image label listing the per-run mount points (a worktree's git dir, configured mounts) an
+# image is known to hold. Not a commit key: descendants inherit it with their parent's config.
+MOUNT_POINTS_LABEL = LABEL + "mount-points"
+
+
+def known_mount_points(image: ImageInfo) -> set[str]:
+    try:
+        return set(json.loads(image.labels.get(MOUNT_POINTS_LABEL) or "[]"))
+    except (ValueError, TypeError):
+        return set()
+
+
+def make_prepared(
+    ctx: Context, parent: str, branch: str | None, extra: Sequence[MountPoint]
+) -> Commit:
+    """A child of ``parent`` holding the mount points ``extra`` that a run is about to get
+    (a linked worktree's git dir, a configured mount) and listing them in its labels: so a
+    run that changes nothing there adds no commit, and no later run checks again."""
+    engine = ctx.engine()
+    info = engine.inspect_image(parent)
+    if info is None:
+        raise EngineError(f"image {short(parent)} is not there")
+    old = ctx.store.commits().get(parent)
+    draft = Commit.draft(
+        branch,
+        f"prepare: mount points {', '.join(m.path for m in extra)}",
+        "prepare",
+        parents=(parent,),
+        workspace=old.workspace if old else "",
+        git_head=old.git_head if old else "",
+    )
+    labels = draft.labels(ctx.store_id)
+    known = known_mount_points(info) | {m.path for m in extra}
+    labels[MOUNT_POINTS_LABEL] = json.dumps(sorted(known))
+    image_id, made = commit_fresh(engine, parent, info, labels, None, extra)
+    return finish(ctx, engine, image_id, draft, [("A", p) for p in made], info)
 
 
 def commit_container(
@@ -118,10 +223,17 @@ def commit_container(
     cid: str,
     draft: Commit,
     parent_image: ImageInfo | None,
-    changes: list[tuple[str, str]],
     index: bool = True,
-) -> Commit:
-    """Commit a run container on top of its parent; flatten and retry once at max depth."""
+) -> Commit | None:
+    """Commit a run container on top of its parent, or None when the commit captured nothing.
+
+    "Changed" is decided by what the commit holds, never by `docker diff` (which misses a
+    same-size rewrite within the second of the previous write, and walks the whole image):
+    an unchanged writable layer commits to an image with exactly the parent's layers, which
+    is removed again. The cost is the commit's, proportional to the change. Mount points are
+    not in that layer because pienv's own commits hold them (``prepare``). At max depth the
+    container is squashed into one layer and committed (whether or not it changed).
+    """
     engine = ctx.engine()
     draft = replace(draft, container=cid)
     try:
@@ -131,13 +243,32 @@ def commit_container(
         # changes included) into one layer and commit that with the parent's config.
         draft = replace(draft, flattened_from=draft.parents[0] if draft.parents else "")
         image_id = _squash_commit(engine, cid, parent_image, draft.labels(ctx.store_id), None)
-    return finish(ctx, engine, image_id, draft, changes, parent_image, index)
+        return finish(ctx, engine, image_id, draft, None, parent_image, index)
+    info = engine.inspect_image(image_id)
+    if info is not None and parent_image is not None and info.layers == parent_image.layers:
+        engine.remove_image(image_id)
+        return None
+    return finish(ctx, engine, image_id, draft, None, parent_image, index, info)
+
+
+def captures_anything(engine: Engine, cid: str, parent_image: ImageInfo | None) -> bool:
+    """Whether committing container ``cid`` would add a layer (the probe image is removed)."""
+    probe = engine.commit(cid, parent_image, {})
+    try:
+        info = engine.inspect_image(probe)
+        return info is None or parent_image is None or info.layers != parent_image.layers
+    finally:
+        engine.remove_image(probe)
 
 
 def flatten_image(
-    ctx: Context, image_id: str, branch: str | None, on_bytes: ProgressFn | None = None
+    ctx: Context, image_id: str, branch: str | None, on_progress: ProgressFn | None = None
 ) -> Commit:
-    """A one-layer copy of ``image_id`` with its whole config; parent = the old commit."""
+    """A one-layer copy of ``image_id`` with its whole config; parent = the old commit.
+
+    It costs a copy of the whole image (export streamed into an import, then a commit for
+    the config), so it runs only every ``flatten_at`` layers; ``on_progress`` follows the copy.
+    """
     engine = ctx.engine()
     info = engine.inspect_image(image_id)
     if info is None:
@@ -152,9 +283,17 @@ def flatten_image(
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",
     )
+    done = 0
+
+    def counted(n: int) -> None:
+        nonlocal done
+        done += n
+        if on_progress is not None:
+            on_progress(done, max(info.size, done))
+
     cid = engine.create_stopped(image_id)
     try:
-        new_id = _squash_commit(engine, cid, info, draft.labels(ctx.store_id), on_bytes)
+        new_id = _squash_commit(engine, cid, info, draft.labels(ctx.store_id), counted)
     finally:
         engine.remove_container(cid, force=True)
     return finish(ctx, engine, new_id, draft, [], info)
@@ -165,12 +304,12 @@ def _squash_commit(
     cid: str,
     config_from: ImageInfo | None,
     labels: dict[str, str],
-    on_bytes: ProgressFn | None,
+    on_bytes: Callable[[int], None] | None,
 ) -> str:
     """Export container ``cid`` as one layer, then give it ``config_from``'s config + labels."""
     flat = engine.export_container(cid, on_bytes)
     try:
-        return commit_fresh(engine, flat, config_from, labels)
+        return commit_fresh(engine, flat, config_from, labels)[0]
     finally:
         # The bare imported image is only an intermediate; its layer lives on in the commit.
         engine.remove_image(flat)

@@ -12,7 +12,7 @@ from pienv import gitrepo
 from pienv.errors import ConcurrentUpdate, EngineError, PienvError, StoreError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, RunInfo
-from pienv.ops.commits import commit_container, finish, mount_filter
+from pienv.ops.commits import captures_anything, commit_container, finish
 from pienv.ops.context import Context
 from pienv.store import ReflogEntry, Transaction
 
@@ -24,7 +24,7 @@ class RunResult:
     rule: str
     parent: str
     commit: Commit | None = None
-    changes: int = 0
+    discarded: bool = False  # --no-commit threw changes away
     notes: list[str] = field(default_factory=list)
 
 
@@ -34,9 +34,9 @@ def finalize(
     info: RunInfo,
     exit_code: int | None,
     no_commit: bool,
-    mounts: list[str] | None = None,
 ) -> RunResult:
-    """Commit a finished run container onto its branch, or drop it when nothing changed.
+    """Commit a finished run container onto its branch, or drop it when nothing changed
+    (decided by the commit itself, never by `docker diff`: see commits.commit_container).
 
     Shared by `run`, the finalizer and `recover`. The protocol (docs/architecture.md, "Store
     writes"): commit and tag the image (labelled with the container's id), then one store
@@ -50,34 +50,30 @@ def finalize(
     # attempt have got part of the way; a live run skips reading the whole commit index and
     # reflog (~12 ms at 1,000 commits).
     recovering = exit_code is None
-    if exit_code is None or mounts is None:
+    if exit_code is None:
         # Read what the finished run no longer knows from the container.
         state = engine.inspect_container(cid)
         if state is None:
             raise EngineError(f"container {cid[:12]} is gone")
-        if exit_code is None:
-            exit_code = state.exit_code
-        if mounts is None:
-            mounts = list(state.mounts)
+        exit_code = state.exit_code
     result = RunResult(exit_code=exit_code, branch=info.branch, rule="", parent=info.parent)
     cmd = " ".join(info.command) or "agent"
     # The -m message (or `shell`) names the commit and its reflog entry alike.
     summary = info.message or f"run: {cmd} (exit {exit_code})"
     what = f"run: {summary.removeprefix('run: ')}"
     if recovering:
-        made = _made_from(ctx, cid, mounts)
+        made = _made_from(ctx, cid)
         if made is not None:
             result.commit = made
             result.branch = _settle(ctx, cid, made, None, info, what, True, result.notes)
             result.notes.append(f"container {cid[:12]} was already committed as {made.short}")
             engine.remove_container(cid, force=True)
             return result
-    changes = mount_filter(engine.diff(cid), mounts)
-    result.changes = len(changes)
-    if no_commit or not changes:
+    parent_image = engine.inspect_image(info.parent)
+    if no_commit:
+        result.discarded = captures_anything(engine, cid, parent_image)
         engine.remove_container(cid, force=True)
         return result
-    parent_image = engine.inspect_image(info.parent)
     draft = Commit.draft(
         info.branch,
         summary,
@@ -88,25 +84,27 @@ def finalize(
         workspace=info.workspace,
         # The checkout the environment ended up paired with (the agent may commit meanwhile).
         git_head=gitrepo.head_commit(Path(info.workspace)) if info.workspace else "",
-        changes=len(changes),
         run_host=info.host,
         run_pid=info.pid,
         run_started=info.started,
     )
     try:
-        commit = commit_container(ctx, cid, draft, parent_image, changes, index=False)
+        commit = commit_container(ctx, cid, draft, parent_image, index=False)
     except PienvError as exc:
         raise EngineError(
             f"commit failed, the container {cid[:12]} is kept and the branch did not move: {exc}",
             hint=f"free space or fix the engine, then `pienv recover {cid[:12]}`",
         ) from exc
+    if commit is None:  # the commit captured nothing: no layer, no image
+        engine.remove_container(cid, force=True)
+        return result
     result.commit = commit
-    result.branch = _settle(ctx, cid, commit, changes, info, what, recovering, result.notes)
+    result.branch = _settle(ctx, cid, commit, None, info, what, recovering, result.notes)
     engine.remove_container(cid, force=True)
     return result
 
 
-def _made_from(ctx: Context, cid: str, mounts: list[str]) -> Commit | None:
+def _made_from(ctx: Context, cid: str) -> Commit | None:
     """The commit an earlier attempt made of container ``cid``: indexed, or only labelled (its
     pienv died before indexing it, or the engine finished a commit whose answer was lost)."""
     with ctx.store.locked():
@@ -126,9 +124,8 @@ def _made_from(ctx: Context, cid: str, mounts: list[str]) -> Commit | None:
             engine.remove_image(row.id)
     keep = made[0]
     parent = engine.inspect_image(keep.parents[0]) if keep.parents else None
-    changes = mount_filter(engine.diff(cid), mounts)
-    done = finish(ctx, engine, keep.id, keep, changes, parent, index=False)
-    return replace(done, container=cid, changes=len(changes))
+    done = finish(ctx, engine, keep.id, keep, None, parent, index=False)
+    return replace(done, container=cid)
 
 
 def _settle(

@@ -1,37 +1,78 @@
-"""Filesystem and package differences between two images, read from their exported tars.
+"""Filesystem and package differences between two images.
 
-One streamed `docker export` per image gives every path's metadata (no file is extracted)
-and the few files that list installed packages: dpkg's status file, pip's *.dist-info
-directories and the package.json of each globally installed npm package.
+Files: one streamed `docker export` per image gives every path's metadata (no file is
+extracted). Docker's per-container files (its init layer: /etc/hosts, /.dockerenv, ...) and
+the mount points of runs are not the environment and are left out, so `diff X X` is empty.
+
+Packages: only the package databases are read, through the engine's archive API (never the
+whole image): dpkg's status file, the *.dist-info directories of the system Python's
+site/dist-packages, and the package.json of each globally installed npm package.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import re
 import tarfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from pienv.engine import Engine
+from pienv.engine import INIT_MOUNTS, Engine
+from pienv.ops.sandbox import ENV_FILE, WORKSPACE
 
-DPKG_STATUS = "var/lib/dpkg/status"
-_DIST_INFO = re.compile(r"(?:^|/)(?:site|dist)-packages/([^/]+)-([^/-]+)\.dist-info/METADATA$")
-_NPM_GLOBAL = re.compile(r"(?:^|/)lib/node_modules/((?:@[^/]+/)?[^/@][^/]*)/package\.json$")
+DPKG_STATUS = "/var/lib/dpkg/status"
+# System-wide Python package directories (Debian's dist-packages, pip's site-packages).
+PIP_DIRS = (
+    "/usr/lib/python3/dist-packages",
+    *(
+        f"{prefix}/lib/python3.{minor}/{kind}"
+        for prefix in ("/usr/local", "/usr")
+        for minor in range(8, 16)
+        for kind in ("dist-packages", "site-packages")
+    ),
+)
+NPM_DIRS = ("/usr/local/lib/node_modules", "/usr/lib/node_modules")
+_DIST_INFO = re.compile(r"^[^/]+/([^/]+)-([^/-]+)\.dist-info/?$")
+_NPM_PACKAGE = re.compile(r"^node_modules/((?:@[^/]+/)?[^/@.][^/]*)/package\.json$")
+
+# What Docker puts in every container (the init layer) and what runs mount: in no diff.
+NOISE = frozenset(
+    {
+        "/.dockerenv",
+        "/dev",
+        "/dev/console",
+        "/dev/pts",
+        "/dev/shm",
+        "/etc/hostname",
+        "/etc/hosts",
+        "/etc/mtab",
+        "/etc/resolv.conf",
+        "/proc",
+        "/sys",
+    }
+)
+_NOISE_TREES = ("/dev/", "/proc/", "/sys/", WORKSPACE + "/")
+MOUNT_POINTS = frozenset({WORKSPACE, ENV_FILE, *INIT_MOUNTS})
+
+
+def is_noise(path: str, mount_points: Iterable[str] = ()) -> bool:
+    if path in NOISE or path in MOUNT_POINTS or path.startswith(_NOISE_TREES):
+        return True
+    return any(path == m or path.startswith(m + "/") for m in mount_points)
 
 
 @dataclass
 class Snapshot:
     files: dict[str, tuple[Any, ...]] = field(default_factory=dict)
-    packages: dict[str, dict[str, str]] = field(
-        default_factory=lambda: {"dpkg": {}, "pip": {}, "npm": {}}
-    )
 
 
-def scan(engine: Engine, image: str) -> Snapshot:
+def scan(engine: Engine, image: str, mount_points: Iterable[str] = ()) -> Snapshot:
+    """Every path's metadata in ``image`` (noise and mount points left out)."""
     cid = engine.create_stopped(image)
     try:
-        return _read_tar(_ChunkReader(engine.export_stream(cid)))
+        return _read_tar(_ChunkReader(engine.export_stream(cid)), set(mount_points))
     finally:
         engine.remove_container(cid, force=True)
 
@@ -39,8 +80,8 @@ def scan(engine: Engine, image: str) -> Snapshot:
 class _ChunkReader:
     """A read()-able view of an iterator of byte chunks (tarfile's stream mode needs one)."""
 
-    def __init__(self, chunks: Any) -> None:
-        self._it = iter(chunks)
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        self._it: Iterator[bytes] = iter(chunks)
         self._buf = b""
 
     def read(self, n: int = -1) -> bytes:
@@ -56,40 +97,78 @@ class _ChunkReader:
         return data
 
 
-def _read_tar(stream: IO[bytes] | _ChunkReader) -> Snapshot:
+def _member_path(name: str) -> str:
+    # "./.dockerenv" -> "/.dockerenv" (not lstrip("./"), which also eats the dot of the name)
+    name = name.removeprefix("./").lstrip("/").rstrip("/")
+    return "/" + name if name not in ("", ".") else "/"
+
+
+def _read_tar(stream: IO[bytes] | _ChunkReader, mount_points: set[str]) -> Snapshot:
     snap = Snapshot()
     with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
         for member in tar:
-            path = "/" + member.name.lstrip("./").rstrip("/")
+            path = _member_path(member.name)
+            if path == "/" or is_noise(path, mount_points):
+                continue
+            # A directory's size and time say nothing (its entries do), as in `docker diff`;
+            # here they also move whenever Docker sets up a container's /etc or /dev.
+            plain = not member.isdir()
             snap.files[path] = (
                 member.type,
-                member.size,
-                int(member.mtime),
+                member.size if plain else 0,
+                int(member.mtime) if plain else 0,
                 member.mode,
                 member.uid,
                 member.gid,
                 member.linkname,
             )
-            name = member.name.lstrip("./")
-            if name == DPKG_STATUS and member.isfile():
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    snap.packages["dpkg"] = parse_dpkg_status(fh.read().decode("utf-8", "replace"))
-                continue
-            m = _DIST_INFO.search(name)
-            if m:
-                snap.packages["pip"][m.group(1).lower().replace("_", "-")] = m.group(2)
-                continue
-            m = _NPM_GLOBAL.search(name)
-            if m and member.isfile() and "/node_modules/" not in name[: m.start(1) - 1]:
-                fh = tar.extractfile(member)
-                if fh is not None:
-                    import json
-
-                    with contextlib.suppress(ValueError):
-                        data = json.loads(fh.read())
-                        snap.packages["npm"][m.group(1)] = str(data.get("version", "?"))
     return snap
+
+
+# -- packages ---------------------------------------------------------------------------------
+
+
+def packages(engine: Engine, image: str) -> dict[str, dict[str, str]]:
+    """manager -> {package: version} for dpkg, pip and npm (global), read from the package
+    databases alone."""
+    cid = engine.create_stopped(image)
+    try:
+        out: dict[str, dict[str, str]] = {"dpkg": {}, "pip": {}, "npm": {}}
+        for member, data in _archive(engine, cid, DPKG_STATUS, lambda n: True):
+            if data is not None and member.isfile():
+                out["dpkg"] = parse_dpkg_status(data.decode("utf-8", "replace"))
+        for d in PIP_DIRS:
+            # Only the names of the *.dist-info directories are needed: no file is read.
+            for member, _ in _archive(engine, cid, d, lambda n: False):
+                m = _DIST_INFO.match(member.name)
+                if m and member.isdir():
+                    out["pip"][m.group(1).lower().replace("_", "-")] = m.group(2)
+        for d in NPM_DIRS:
+            for member, data in _archive(engine, cid, d, lambda n: bool(_NPM_PACKAGE.match(n))):
+                m = _NPM_PACKAGE.match(member.name)
+                if m and data is not None:
+                    with contextlib.suppress(ValueError, AttributeError):
+                        out["npm"][m.group(1)] = str(json.loads(data).get("version", "?"))
+        return out
+    finally:
+        engine.remove_container(cid, force=True)
+
+
+def _archive(
+    engine: Engine, cid: str, path: str, wanted: Any
+) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
+    """(member, content if ``wanted(member.name)``) of the tar of ``path``; nothing if the
+    path does not exist."""
+    chunks = engine.archive_stream(cid, path)
+    if chunks is None:
+        return
+    with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tar:  # type: ignore[call-overload]
+        for member in tar:
+            data = None
+            if member.isfile() and wanted(member.name):
+                fh = tar.extractfile(member)
+                data = fh.read() if fh is not None else None
+            yield member, data
 
 
 def parse_dpkg_status(text: str) -> dict[str, str]:

@@ -97,20 +97,31 @@ class ShowResult(JsonResult):
 
 
 def show(ctx: Context, rev: str) -> ShowResult:
+    """One commit and its paths. A run commit's paths are not listed when it is made (that
+    would cost a walk of the whole image on every run: docs/performance.md); the first
+    `show` compares it with its parent, as `diff` does, and keeps the list."""
     refs = ctx.refs()
     cid = ctx.resolve(rev, refs)
-    return ShowResult(
-        ctx.commit(cid), tuple(decorations(refs).get(cid, ())), ctx.store.changes(cid)
-    )
+    commit = ctx.commit(cid)
+    changes = ctx.store.changes(cid)
+    if changes is None and commit.parents:
+        d = diff(ctx, commit.parents[0], cid, False)
+        changes = sorted(
+            [*(("A", p) for p in d.added or ()), *(("C", p) for p in d.changed or ())]
+            + [("D", p) for p in d.deleted or ()],
+            key=lambda kp: kp[1],
+        )
+        ctx.store.record_changes(cid, changes)
+    return ShowResult(commit, tuple(decorations(refs).get(cid, ())), changes)
 
 
 @dataclass(frozen=True)
 class DiffResult(JsonResult):
     old: str
     new: str
-    added: list[str]
-    changed: list[str]
-    deleted: list[str]
+    added: list[str] | None  # None with --packages: files are not compared then
+    changed: list[str] | None
+    deleted: list[str] | None
     packages: dict[str, dict[str, list[str]]] | None = None  # manager -> added/removed/upgraded
 
 
@@ -121,22 +132,31 @@ def diff(
     packages: bool,
     on_step: Callable[[str], None] | None = None,
 ) -> DiffResult:
-    """Paths added/changed/deleted from ``rev_a`` to ``rev_b`` (default HEAD)."""
+    """Paths added/changed/deleted from ``rev_a`` to ``rev_b`` (default HEAD); with
+    ``packages`` the package changes instead, read from the package databases alone."""
     from pienv.ops import fsdiff
+    from pienv.ops.commits import known_mount_points
 
     refs = ctx.refs()
     old = ctx.resolve(rev_a, refs)
     new = ctx.resolve(rev_b, refs) if rev_b else ctx.resolve("HEAD", refs)
     engine = ctx.engine()
     step = on_step or (lambda _text: None)
+    if packages:
+        step(f"reading the package databases of {short(old)} and {short(new)}")
+        pkgs = fsdiff.package_changes(fsdiff.packages(engine, old), fsdiff.packages(engine, new))
+        return DiffResult(old, new, None, None, None, pkgs)
+    mounts: set[str] = set()
+    for image in (engine.inspect_image(old), engine.inspect_image(new)):
+        if image is not None:
+            mounts |= known_mount_points(image)
     step(f"reading {short(old)}")
-    before = fsdiff.scan(engine, old)
+    before = fsdiff.scan(engine, old, mounts)
     step(f"reading {short(new)}")
-    after = fsdiff.scan(engine, new)
+    after = fsdiff.scan(engine, new, mounts)
     step("comparing")
     a, c, d = fsdiff.compare_files(before, after)
-    pkgs = fsdiff.package_changes(before.packages, after.packages) if packages else None
-    return DiffResult(old, new, a, c, d, pkgs)
+    return DiffResult(old, new, a, c, d)
 
 
 # -- branches ---------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from pienv.errors import PienvError, StoreError, UsageError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import baseimage as basemod
-from pienv.ops.commits import flatten_image, make_root
+from pienv.ops.commits import ProgressFn, flatten_image, make_root
 from pienv.ops.context import Context
 from pienv.ops.sandbox import AGENT_HOME
 from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
@@ -198,9 +198,7 @@ class FlattenResult:
     old_depth: int
 
 
-def flatten(
-    ctx: Context, branch: str | None, on_bytes: Callable[[int], None] | None
-) -> FlattenResult:
+def flatten(ctx: Context, branch: str | None, on_progress: ProgressFn | None) -> FlattenResult:
     refs = ctx.refs()
     name = branch or refs.head_branch
     if not name or name not in refs.branches:
@@ -210,7 +208,7 @@ def flatten(
         head = ctx.refs().branches[name]
         info = ctx.engine().inspect_image(head)
         old_depth = info.depth if info else 0
-        flat = flatten_image(ctx, head, name, on_bytes)
+        flat = flatten_image(ctx, head, name, on_progress)
         with ctx.store.transaction(f"flatten: {old_depth} layers -> 1") as txn:
             txn.move_branch(name, head, flat.id)
     finally:

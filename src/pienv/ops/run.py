@@ -19,7 +19,14 @@ from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
 from pienv.ops import agent as agent_ops
 from pienv.ops import guard as guardmod
 from pienv.ops import recovery
-from pienv.ops.commits import flatten_image, host_ids, make_root
+from pienv.ops.commits import (
+    MountPoint,
+    flatten_image,
+    host_ids,
+    known_mount_points,
+    make_prepared,
+    make_root,
+)
 from pienv.ops.context import Context
 from pienv.ops.finish import RunResult, finalize
 from pienv.ops.sandbox import (
@@ -199,38 +206,60 @@ def run(
         binds.update(git_binds)
         for host, target, mode in mounts_wanted:
             binds[host] = {"bind": target, "mode": mode}
-        info = RunInfo(
-            store=refs.store_id,
-            branch=branch,
-            parent=parent,
-            host=socket.gethostname(),
-            pid=os.getpid(),
-            pid_start=locks.process_start(os.getpid()),
-            started=now_rfc3339(),
-            workspace=str(ws.path),
-            command=tuple(command),
-            # A shell's command is pienv's login-shell wrapper: call the commit what it was.
-            message=req.message or ("shell" if req.shell else ""),
-        )
         forward_stdin = stdin_fd is not None and not req.interactive and engine.forwards_stdin
         if notify and not forward_stdin and not req.interactive and _has_input(stdin_fd):
             notify(
                 "piped stdin is not forwarded over this engine's connection (tcp/ssh): the "
                 "command reads an empty stdin; pass input as a file in the workspace instead"
             )
-        cid = engine.create(
-            parent,
-            entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
-            user=host_ids(),
-            workdir=f"{WORKSPACE}/{ws.subdir}" if ws.subdir else WORKSPACE,
-            binds=binds,
-            labels=info.labels(),
-            tty=req.interactive,
-            stdin=req.interactive or forward_stdin,
-            network=ctx.config.network,
-            name=run_name(refs.store_id, token),
-        )
-        mounts = [b["bind"] for b in binds.values()]
+
+        def create(parent: str) -> tuple[str, RunInfo]:
+            info = RunInfo(
+                store=refs.store_id,
+                branch=branch,
+                parent=parent,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                pid_start=locks.process_start(os.getpid()),
+                started=now_rfc3339(),
+                workspace=str(ws.path),
+                command=tuple(command),
+                # A shell's command is pienv's login-shell wrapper: call the commit what it was.
+                message=req.message or ("shell" if req.shell else ""),
+            )
+            cid = engine.create(
+                parent,
+                entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
+                user=host_ids(),
+                workdir=f"{WORKSPACE}/{ws.subdir}" if ws.subdir else WORKSPACE,
+                binds=binds,
+                labels=info.labels(),
+                tty=req.interactive,
+                stdin=req.interactive or forward_stdin,
+                network=ctx.config.network,
+                name=run_name(refs.store_id, token),
+            )
+            return cid, info
+
+        # pienv's own commits hold the mount points every run gets. Those that vary (a
+        # linked worktree's git dir, configured mounts) go into a "prepare" commit the first
+        # time a branch needs them, so that Docker creating them is never a change.
+        # (A target inside another mount is made in that mount, on the host: not in the image.)
+        known = known_mount_points(parent_image)
+        targets = [b["bind"] for b in binds.values()]
+        wanted = [
+            MountPoint(b["bind"], directory=os.path.isdir(host))
+            for host, b in binds.items()
+            if b["bind"] not in (WORKSPACE, ENV_FILE, *known)
+            and not any(b["bind"].startswith(t.rstrip("/") + "/") for t in targets)
+        ]
+        if wanted:
+            prepared = make_prepared(ctx, parent, branch, wanted)
+            with ctx.store.transaction(prepared.message) as txn:
+                txn.move_head(branch, parent, prepared.id)
+            notes.append(f"{prepared.message} ({prepared.short})")
+            parent = prepared.id
+        cid, info = create(parent)
         store_home = ctx.store.home
 
         def takeover() -> None:
@@ -241,7 +270,7 @@ def run(
             try:
                 child = Context(store=Store(store_home), _engine=Engine())
                 child.engine().wait(cid)
-                finalize(child, cid, info, None, req.no_commit, mounts)
+                finalize(child, cid, info, None, req.no_commit)
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(env_file_path)
@@ -279,7 +308,7 @@ def run(
         # From here on nothing may interrupt the commit (a second signal included).
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
-        result = finalize(ctx, cid, info, exit_code, req.no_commit, mounts)
+        result = finalize(ctx, cid, info, exit_code, req.no_commit)
         result.rule = rule
         result.notes[:0] = notes
         return result
