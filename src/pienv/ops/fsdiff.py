@@ -12,6 +12,7 @@ site/dist-packages, and the package.json of each globally installed npm package.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import re
 import tarfile
@@ -23,18 +24,14 @@ from pienv.engine import INIT_MOUNTS, Engine
 from pienv.ops.sandbox import ENV_FILE, WORKSPACE
 
 DPKG_STATUS = "/var/lib/dpkg/status"
-# System-wide Python package directories (Debian's dist-packages, pip's site-packages).
-PIP_DIRS = (
-    "/usr/lib/python3/dist-packages",
-    *(
-        f"{prefix}/lib/python3.{minor}/{kind}"
-        for prefix in ("/usr/local", "/usr")
-        for minor in range(8, 16)
-        for kind in ("dist-packages", "site-packages")
-    ),
-)
+# System-wide Python package directories (Debian's dist-packages, pip's site-packages); the
+# versioned ones are asked for the Python versions dpkg lists (or, without dpkg, a range).
+PIP_DIR = "/usr/lib/python3/dist-packages"
+# pip's own installs: dist-packages (Debian's python) or site-packages (python.org builds),
+# under the versions dpkg lists (or, without dpkg, a range). One read per version.
+PIP_VERSIONED = "/usr/local/lib/python3.{}"
 NPM_DIRS = ("/usr/local/lib/node_modules", "/usr/lib/node_modules")
-_DIST_INFO = re.compile(r"^[^/]+/([^/]+)-([^/-]+)\.dist-info/?$")
+_DIST_INFO = re.compile(r"(?:^|/)(?:site|dist)-packages/([^/]+)-([^/-]+)\.dist-info/?$")
 _NPM_PACKAGE = re.compile(r"^node_modules/((?:@[^/]+/)?[^/@.][^/]*)/package\.json$")
 
 # What Docker puts in every container (the init layer) and what runs mount: in no diff.
@@ -130,17 +127,20 @@ def _read_tar(stream: IO[bytes] | _ChunkReader, mount_points: set[str]) -> Snaps
 
 def packages(engine: Engine, image: str) -> dict[str, dict[str, str]]:
     """manager -> {package: version} for dpkg, pip and npm (global), read from the package
-    databases alone."""
+    databases alone: a few archive reads of one never-started container."""
     cid = engine.create_stopped(image)
     try:
         out: dict[str, dict[str, str]] = {"dpkg": {}, "pip": {}, "npm": {}}
         for member, data in _archive(engine, cid, DPKG_STATUS, lambda n: True):
             if data is not None and member.isfile():
                 out["dpkg"] = parse_dpkg_status(data.decode("utf-8", "replace"))
-        for d in PIP_DIRS:
+        minors = {
+            name[len("python3.") :] for name in out["dpkg"] if re.fullmatch(r"python3\.\d+", name)
+        } or {str(n) for n in range(8, 15)}
+        for d in (PIP_DIR, *(PIP_VERSIONED.format(m) for m in sorted(minors))):
             # Only the names of the *.dist-info directories are needed: no file is read.
             for member, _ in _archive(engine, cid, d, lambda n: False):
-                m = _DIST_INFO.match(member.name)
+                m = _DIST_INFO.search(member.name)
                 if m and member.isdir():
                     out["pip"][m.group(1).lower().replace("_", "-")] = m.group(2)
         for d in NPM_DIRS:
@@ -154,21 +154,31 @@ def packages(engine: Engine, image: str) -> dict[str, dict[str, str]]:
         engine.remove_container(cid, force=True)
 
 
+def package_diff(engine: Engine, old: str, new: str) -> dict[str, dict[str, list[str]]]:
+    """Package changes from image ``old`` to ``new``; both read at once (the time is the
+    engine's: each archive read mounts the container's filesystem)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(2) as pool:
+        before, after = pool.map(lambda image: packages(engine, image), (old, new))
+    return package_changes(before, after)
+
+
 def _archive(
     engine: Engine, cid: str, path: str, wanted: Any
 ) -> Iterator[tuple[tarfile.TarInfo, bytes | None]]:
     """(member, content if ``wanted(member.name)``) of the tar of ``path``; nothing if the
     path does not exist."""
-    chunks = engine.archive_stream(cid, path)
-    if chunks is None:
+    data = engine.read_path(cid, path)
+    if data is None:
         return
-    with tarfile.open(fileobj=_ChunkReader(chunks), mode="r|") as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tar:
         for member in tar:
-            data = None
+            content = None
             if member.isfile() and wanted(member.name):
                 fh = tar.extractfile(member)
-                data = fh.read() if fh is not None else None
-            yield member, data
+                content = fh.read() if fh is not None else None
+            yield member, content
 
 
 def parse_dpkg_status(text: str) -> dict[str, str]:

@@ -144,7 +144,7 @@ def diff(
     step = on_step or (lambda _text: None)
     if packages:
         step(f"reading the package databases of {short(old)} and {short(new)}")
-        pkgs = fsdiff.package_changes(fsdiff.packages(engine, old), fsdiff.packages(engine, new))
+        pkgs = fsdiff.package_diff(engine, old, new)
         return DiffResult(old, new, None, None, None, pkgs)
     mounts: set[str] = set()
     for image in (engine.inspect_image(old), engine.inspect_image(new)):
