@@ -347,7 +347,11 @@ def diff(
     ] = None,
     packages: Annotated[
         bool,
-        typer.Option("--packages", help="Also list Debian, pip and global npm package changes."),
+        typer.Option(
+            "--packages",
+            help="List Debian, pip and global npm package changes instead of paths (reads "
+            "only the package databases).",
+        ),
     ] = False,
     as_json: JsonOpt = False,
     limit: Annotated[
