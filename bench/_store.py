@@ -17,8 +17,8 @@ def drop(home: Path) -> int:
     engine = Engine()
     label = [f"dev.pienv.store={store_id}"]
     for c in engine.containers(label):
-        engine.remove_container(c["Id"], force=True)
+        engine.remove_container(c.id, force=True)
     for img in engine.images(label):
-        for ref in img.get("RepoTags") or [img["Id"]]:
+        for ref in img.tags or (img.id,):
             engine.untag(ref)
     return len(engine.images(label))

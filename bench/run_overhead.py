@@ -128,19 +128,25 @@ def main() -> None:
                     times.setdefault((s.name, "change"), []).append(
                         timed(s.change(), s.env, s.ws))
         finally:
+            report(times, subjects, args.rounds, "clean venv" if args.clean_venv else python)
             for s in subjects:
                 _store.drop(s.home)
-        med = {k: statistics.median(v) for k, v in times.items()}
-        where = "clean venv" if args.clean_venv else python
-        print(f"pienv from {where}; medians of {args.rounds} interleaved rounds")
-        print(f"{'base':<16} {'docker run --rm':>16} {'pienv run -- true':>18} {'ratio':>6}"
-              f" {'1-file change':>14}")
-        for s in subjects:
-            d, p, c = med[(s.name, "docker")], med[(s.name, "noop")], med[(s.name, "change")]
-            print(f"{s.name:<16} {d:>14.3f} s {p:>16.3f} s {p / d:>6.2f} {c:>12.3f} s")
-        if len(subjects) == 3:
-            gap = med[(subjects[2].name, "change")] - med[(subjects[0].name, "change")]
-            print(f"1-file change, {subjects[2].name} minus busybox: {gap:+.3f} s (target <= 0.3)")
+
+
+def report(times: dict[tuple[str, str], list[float]], subjects: list[Subject], rounds: int,
+           where: str) -> None:
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"pienv from {where}; medians of {rounds} interleaved rounds")
+    print(f"{'base':<16} {'docker run --rm':>16} {'pienv run -- true':>18} {'ratio':>6}"
+          f" {'1-file change':>14}")
+    for s in subjects:
+        if (s.name, "change") not in med:
+            continue
+        d, p, c = med[(s.name, "docker")], med[(s.name, "noop")], med[(s.name, "change")]
+        print(f"{s.name:<16} {d:>14.3f} s {p:>16.3f} s {p / d:>6.2f} {c:>12.3f} s")
+    if len(subjects) == 3:
+        gap = med[(subjects[2].name, "change")] - med[(subjects[0].name, "change")]
+        print(f"1-file change, {subjects[2].name} minus busybox: {gap:+.3f} s (target <= 0.3)")
 
 
 if __name__ == "__main__":
