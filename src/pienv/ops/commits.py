@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from pienv.engine import INIT_MOUNTS, Engine, ImageInfo
+from pienv.engine import EMPTY_LAYER, INIT_MOUNTS, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import LABEL, Commit, CommitKind, short
 from pienv.ops.context import Context
@@ -245,10 +245,18 @@ def commit_container(
         image_id = _squash_commit(engine, cid, parent_image, draft.labels(ctx.store_id), None)
         return finish(ctx, engine, image_id, draft, None, parent_image, index)
     info = engine.inspect_image(image_id)
-    if info is not None and parent_image is not None and info.layers == parent_image.layers:
+    if info is not None and not adds_layer(info, parent_image):
         engine.remove_image(image_id)
         return None
     return finish(ctx, engine, image_id, draft, None, parent_image, index, info)
+
+
+def adds_layer(image: ImageInfo, parent: ImageInfo | None) -> bool:
+    """Whether ``image`` holds a layer with content beyond ``parent``'s layers (Podman adds an
+    empty layer to every commit; Docker adds none when nothing changed)."""
+    if parent is None or image.layers[: len(parent.layers)] != parent.layers:
+        return True
+    return any(layer != EMPTY_LAYER for layer in image.layers[len(parent.layers) :])
 
 
 def captures_anything(engine: Engine, cid: str, parent_image: ImageInfo | None) -> bool:
@@ -256,7 +264,7 @@ def captures_anything(engine: Engine, cid: str, parent_image: ImageInfo | None) 
     probe = engine.commit(cid, parent_image, {})
     try:
         info = engine.inspect_image(probe)
-        return info is None or parent_image is None or info.layers != parent_image.layers
+        return info is None or adds_layer(info, parent_image)
     finally:
         engine.remove_image(probe)
 
