@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from pienv.config import CACHES
 from pienv.engine import EMPTY_LAYER, INIT_MOUNTS, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import LABEL, Commit, CommitKind, short
@@ -173,7 +174,11 @@ def make_root(
         if fill is not None:
             written.extend(fill(cid))
 
-    image_id, made = commit_fresh(engine, base.id, base, draft.labels(ctx.store_id), prepare)
+    # The shared caches outside the home (the home's are made for the host user above).
+    caches = [MountPoint(p) for _, p in CACHES if ctx.config.caches and p.startswith("/")]
+    image_id, made = commit_fresh(
+        engine, base.id, base, draft.labels(ctx.store_id), prepare, caches
+    )
     written.extend(made)
     # Measured with no parent: the whole image, base included, so `status` shows the
     # environment's real size (prune subtracts what the base itself still holds).

@@ -247,10 +247,12 @@ def run(
         # (A target inside another mount is made in that mount, on the host: not in the image.)
         known = known_mount_points(parent_image)
         targets = [b["bind"] for b in binds.values()]
+        # pienv's own volumes (agent state, caches) are made by the root's prepare step.
+        varying = {**git_binds, **{host: {"bind": target} for host, target, _ in mounts_wanted}}
         wanted = [
             MountPoint(b["bind"], directory=os.path.isdir(host))
-            for host, b in binds.items()
-            if b["bind"] not in (WORKSPACE, ENV_FILE, *known)
+            for host, b in varying.items()
+            if b["bind"] not in known
             and not any(b["bind"].startswith(t.rstrip("/") + "/") for t in targets)
         ]
         if wanted:
