@@ -118,6 +118,27 @@ def test_hooks_and_fsmonitor_from_the_container_never_run_on_the_host(
     assert not (pienv.repo / ".git" / "hooks" / "pre-commit").exists()
 
 
+def test_linked_worktree_run_cannot_redirect_the_main_checkout(
+    pienv: Pienv, tmp_path: Path
+) -> None:
+    # The common dir is mounted read-write for a linked worktree: a `commondir` written into
+    # it sent the *main* checkout's git to a config of the agent's making.
+    wt = tmp_path / "wt"
+    git(pienv.repo, "worktree", "add", "-q", "-b", "wtb", str(wt))
+    common = pienv.repo / ".git"
+    marker = tmp_path / "pwned"
+    script = (
+        "mkdir -p evil/objects evil/refs evil/hooks && echo 'ref: refs/heads/main' > evil/HEAD "
+        f"&& printf '[core]\\n\\tfsmonitor = touch {marker}\\n' > evil/config "
+        f"&& echo {wt}/evil > {common}/commondir && echo PLANTED"
+    )
+    r = pienv("run", "--", "sh", "-c", script, cwd=wt)
+    assert "PLANTED" in r.out, r.err
+    subprocess.run(["git", "status"], cwd=pienv.repo, capture_output=True)
+    assert not marker.exists()
+    assert not (common / "commondir").exists() and "pienv-quarantined" in r.err
+
+
 @pytest.mark.parametrize("layout", ["nested .git dir", ".git file into .git/modules"])
 def test_submodule_planted_from_the_container_never_runs_on_the_host(
     pienv: Pienv, tmp_path: Path, layout: str

@@ -206,6 +206,11 @@ def git_mounts(
         _protect_gitdir(common, common, binds, notes)
         gitdir = repo.gitdir
         binds[str(gitdir)] = {"bind": str(gitdir), "mode": "rw"}  # over read-only worktrees/
+        wtconfig = gitdir / "config.worktree"
+        if (common / "config.worktree").exists() and not os.path.lexists(wtconfig):
+            # extensions.worktreeConfig (see _protect_gitdir): git reads this one too.
+            with contextlib.suppress(OSError):
+                wtconfig.touch(mode=0o644)
         for name in ("commondir", "gitdir", "config.worktree"):
             _read_only(gitdir / name, gitdir / name, binds, notes)
     return binds, notes
@@ -216,7 +221,13 @@ def planted_commondir(root: Path, repo: RepoInfo | None) -> Path | None:
     directory. git never writes one there, and it cannot be mounted read-only before it
     exists: `run` checks it before and after the container, and moves aside one that appeared
     (it would point the host's git at a config of the agent's choosing)."""
-    if repo is None or repo.gitdir != repo.common_dir:
+    if repo is None:
+        return None
+    if repo.is_linked_worktree:
+        # The common dir is mounted read-write (git needs it): a `commondir` written there
+        # redirects the *main* checkout's git, which never reads one there either.
+        return repo.common_dir / "commondir"
+    if repo.gitdir != repo.common_dir:
         return None
     dotgit = root / ".git"
     return dotgit / "commondir" if dotgit.is_dir() and not dotgit.is_symlink() else None
