@@ -30,9 +30,10 @@ def wait_for(pred, timeout: float = 60) -> None:  # type: ignore[no-untyped-def]
 
 def store_images(p: Pienv, *labels: str) -> list[dict]:  # type: ignore[type-arg]
     sid = p.refs()["store_id"]
-    return docker.from_env().api.images(
-        filters={"label": [f"dev.pienv.store={sid}", "dev.pienv.role=commit", *labels]}
-    )
+    # One label filter to the engine (Podman 4.3 answers nothing for two), the rest here.
+    rows = docker.from_env().api.images(filters={"label": f"dev.pienv.store={sid}"})
+    want = dict(label.split("=", 1) for label in ("dev.pienv.role=commit", *labels))
+    return [r for r in rows if all((r.get("Labels") or {}).get(k) == v for k, v in want.items())]
 
 
 def run_containers(p: Pienv) -> list[dict]:  # type: ignore[type-arg]
