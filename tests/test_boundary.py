@@ -139,7 +139,9 @@ def test_linked_worktree_run_cannot_redirect_the_main_checkout(
     assert not (common / "commondir").exists() and "pienv-quarantined" in r.err
 
 
-@pytest.mark.parametrize("layout", ["nested .git dir", ".git file into .git/modules"])
+@pytest.mark.parametrize(
+    "layout", ["nested .git dir", ".git file into .git/modules", "nested repo of an earlier run"]
+)
 def test_submodule_planted_from_the_container_never_runs_on_the_host(
     pienv: Pienv, tmp_path: Path, layout: str
 ) -> None:
@@ -149,6 +151,18 @@ def test_submodule_planted_from_the_container_never_runs_on_the_host(
     marker = tmp_path / "pwned"
     if layout == "nested .git dir":
         make = "git init -q sub && G=sub/.git"
+    elif layout == "nested repo of an earlier run":
+        # Run 1 makes the repo (no gitlink: nothing to see); run 2 only gitlinks it.
+        pienv(
+            "run",
+            "--",
+            "sh",
+            "-c",
+            "git init -q sub && git -C sub commit -q --allow-empty -m s && "
+            f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' >> sub/.git/config",
+        )
+        time.sleep(1.5)
+        make = "mkdir -p /tmp/x && G=/tmp/x"
     else:  # where `git submodule add` keeps it; .git/modules did not exist before the run
         make = (
             "mkdir -p .git/modules sub && git init -q --bare .git/modules/sub "
@@ -157,7 +171,7 @@ def test_submodule_planted_from_the_container_never_runs_on_the_host(
             "&& git --git-dir=.git/modules/sub config core.bare false && G=.git/modules/sub"
         )
     script = (
-        f"{make} && git -C sub commit -q --allow-empty -m s "
+        f"{make} && git -C sub commit -q --allow-empty -m s2 "
         f"&& printf '[core]\\n\\tfsmonitor = touch {marker}\\n' >> $G/config "
         "&& git update-index --add --cacheinfo 160000,$(git -C sub rev-parse HEAD),sub "
         "&& echo PLANTED"

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from pienv import locks
 from pienv.errors import EngineError
+from pienv.gitrepo import gitlinks
 from pienv.locks import name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
 from pienv.ops import agent as agent_ops
@@ -283,6 +284,12 @@ def run(
         had_dotgit = os.path.lexists(ws.path / ".git")
         # ctimes are the filesystem's clock (whole seconds on some): a margin, not a race.
         started = time.time() - 1.0
+        # Cheap without submodules: the index is only parsed when it holds a gitlink.
+        gitlinks_before = (
+            frozenset(gitlinks(ws.repo.gitdir))
+            if ctx.config.protect_git and ws.repo is not None and not ws.repo.link_problem
+            else frozenset()
+        )
         if planted_before:
             notes.append(
                 f"warning: {commondir} exists (git never writes one there): your git follows it "
@@ -297,7 +304,7 @@ def run(
         if commondir is not None and not planted_before and os.path.lexists(commondir):
             notes.append(quarantine(commondir))
         if ctx.config.protect_git:
-            for nested in planted_submodules(ws.path, ws.repo, started):
+            for nested in planted_submodules(ws.path, ws.repo, started, gitlinks_before):
                 notes.append(quarantine_submodule(nested))
         new_repo = ws.path / ".git"
         if ws.repo is None and not had_dotgit and os.path.lexists(new_repo):

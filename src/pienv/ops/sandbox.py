@@ -233,9 +233,13 @@ def planted_commondir(root: Path, repo: RepoInfo | None) -> Path | None:
     return dotgit / "commondir" if dotgit.is_dir() and not dotgit.is_symlink() else None
 
 
-def planted_submodules(root: Path, repo: RepoInfo | None, since: float) -> list[Path]:
-    """The ``.git`` of each gitlink (submodule entry in the index) under ``root`` whose git
-    config or hooks were written since ``since`` (a ctime: `touch -d` cannot backdate it).
+def planted_submodules(
+    root: Path, repo: RepoInfo | None, since: float, before: frozenset[str]
+) -> list[Path]:
+    """The ``.git`` of each gitlink (submodule entry in the index) under ``root`` that is
+    not in ``before`` (the gitlinks when the run started: a nested repo made in an earlier
+    run, gitlinked in this one), or whose git config or hooks were written since ``since``
+    (a ctime: `touch -d` cannot backdate it).
 
     The host's `git status` at the top of the workspace recurses into every populated
     gitlink and runs git there with that repository's own config: an agent that creates a
@@ -248,7 +252,10 @@ def planted_submodules(root: Path, repo: RepoInfo | None, since: float) -> list[
     found = []
     for rel in gitlinks(repo.gitdir):
         dotgit = root / rel / ".git"
-        if not _under(dotgit, root):
+        if not os.path.lexists(dotgit) or not _under(dotgit, root):
+            continue
+        if rel not in before:
+            found.append(dotgit)
             continue
         candidates = [dotgit] if dotgit.is_file() or dotgit.is_symlink() else []
         gitdir = dotgit
