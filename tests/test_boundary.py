@@ -118,6 +118,27 @@ def test_hooks_and_fsmonitor_from_the_container_never_run_on_the_host(
     assert not (pienv.repo / ".git" / "hooks" / "pre-commit").exists()
 
 
+def test_separate_git_dir_inside_the_workspace_is_protected(pienv: Pienv, tmp_path: Path) -> None:
+    # `git init --separate-git-dir` into the tree: `.git` is a file naming `.realgit`, whose
+    # config and hooks were writable from the container, and the host's git ran them.
+    ws = tmp_path / "sep"
+    git(tmp_path, "init", "-q", "-b", "main", f"--separate-git-dir={ws}/.realgit", str(ws))
+    git(ws, "commit", "-q", "--allow-empty", "-m", "init")
+    marker = tmp_path / "pwned"
+    script = (
+        f"printf '[core]\\n\\tfsmonitor = touch {marker}\\n' >> .realgit/config; "
+        f"printf '#!/bin/sh\\ntouch {marker}\\n' > .realgit/hooks/pre-commit; "
+        "chmod +x .realgit/hooks/pre-commit; mv .realgit .moved && echo MOVED; echo END"
+    )
+    # (git itself fails inside: `.git` names the git dir by its absolute host path.)
+    r = pienv("run", "--", "sh", "-c", script, cwd=ws)
+    assert "END" in r.out and "MOVED" not in r.out, r.err
+    git(ws, "status")
+    git(ws, "commit", "-q", "--allow-empty", "-m", "host")
+    assert not marker.exists()
+    assert "fsmonitor" not in (ws / ".realgit" / "config").read_text()
+
+
 def test_linked_worktree_run_cannot_redirect_the_main_checkout(
     pienv: Pienv, tmp_path: Path
 ) -> None:

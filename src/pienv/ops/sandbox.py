@@ -189,6 +189,14 @@ def git_mounts(
         notes.append(f"{dotgit} is a symlink: pienv does not make it read-only")
     elif dotgit.is_file():
         binds[str(dotgit)] = {"bind": str(target), "mode": "ro"}
+        inner = _inner_gitdir(root, repo)
+        if inner is not None:
+            # `git init --separate-git-dir` into the tree: that git dir is the repo's, in
+            # the writable workspace. A mount point of its own (it cannot be renamed and
+            # replaced), with the same read-only files as a `.git` directory.
+            inside = Path(WORKSPACE) / inner.relative_to(_real(root))
+            binds[str(inner)] = {"bind": str(inside), "mode": "rw"}
+            _protect_gitdir(inner, inside, binds, notes)
     elif repo.gitdir == _real(dotgit):
         binds[str(dotgit)] = {"bind": str(target), "mode": "rw"}  # a mount point: stays put
         _protect_gitdir(dotgit, target, binds, notes)
@@ -230,7 +238,19 @@ def planted_commondir(root: Path, repo: RepoInfo | None) -> Path | None:
     if repo.gitdir != repo.common_dir:
         return None
     dotgit = root / ".git"
+    if dotgit.is_file():
+        inner = _inner_gitdir(root, repo)
+        return inner / "commondir" if inner is not None else None
     return dotgit / "commondir" if dotgit.is_dir() and not dotgit.is_symlink() else None
+
+
+def _inner_gitdir(root: Path, repo: RepoInfo) -> Path | None:
+    """The git dir a main checkout's ``.git`` file names, when it lies inside the workspace."""
+    if repo.gitdir != repo.common_dir or repo.link_problem:
+        return None
+    real_root = _real(root)
+    gitdir = _real(repo.gitdir)
+    return gitdir if gitdir != real_root and _within(gitdir, real_root) else None
 
 
 def planted_submodules(
