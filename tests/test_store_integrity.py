@@ -113,3 +113,37 @@ def test_store_lock_is_reentrant_in_one_process(store: Store) -> None:
     with store.locked(), store.locked(), store.transaction("x") as txn:
         txn.move_branch("main", None, A)
     assert store.load_refs().branches == {"main": A}
+
+
+def test_rename_killed_before_refs_is_completed_by_the_next_write(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`branch -m` rewrites the reflog, then refs.json. Killed between the two, the reflog
+    named the branch `trunk` while refs.json still said `main`: `fsck` said "store ok", the
+    branch's history (`main@{1}`, undo of a reset) was gone, and a later `fsck --repair` would
+    restore it under the other name. The next write completes the rename instead."""
+    import pienv.store as storemod
+
+    with store.transaction("x") as txn:
+        txn.move_branch("main", None, A)
+        txn.refs.worktrees["/w"] = "main"
+    real = storemod.write_atomic
+
+    def killed(path: Path, data: bytes) -> None:
+        if path == store.refs_path:
+            raise SystemExit(137)  # what a SIGKILL leaves: the reflog written, refs.json not
+        real(path, data)
+
+    monkeypatch.setattr(storemod, "write_atomic", killed)
+    with pytest.raises(SystemExit), store.transaction("rename") as txn:
+        txn.rename_branch("main", "trunk")
+    monkeypatch.setattr(storemod, "write_atomic", real)
+    fresh = Store(store.home)
+    assert fresh.pending_rename() is not None  # fsck reports it
+    with fresh.transaction("next") as txn:
+        txn.set_tag("t", A)
+    refs = fresh.load_refs()
+    assert refs.branches == {"trunk": A} and refs.head_branch == "trunk"
+    assert refs.worktrees == {"/w": "trunk"}
+    assert [e.what for e in fresh.reflog("trunk")] == ["x", "branch: renamed main to trunk"]
+    assert fresh.pending_rename() is None

@@ -92,3 +92,34 @@ def test_prune_removes_a_stray_commit_image(pienv: Pienv) -> None:
     assert r["removed"] == [stray]
     assert docker.from_env().api.images(filters={"label": f"dev.pienv.container={cid}"}) == []
     assert "store ok" in pienv("fsck").out
+
+
+def test_fsck_repair_keeps_a_move_made_between_its_check_and_its_write(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsck --repair wrote back the refs it read before checking the engine: a run that
+    finished meanwhile had its branch moved back (its change off the branch)."""
+    from pienv.ops import maint
+    from pienv.ops.context import Context
+    from pienv.store import Store
+
+    pienv("run", "--", "touch", "/a")
+    first = pienv.head()
+    pienv("run", "--", "touch", "/b")
+    second = pienv.head()
+    with Store(pienv.home).transaction("back") as txn:  # main at /a, the run below moves it
+        txn.move_branch("main", second, first)
+    (pienv.home / "commits.jsonl").open("a").write('{"torn')  # something to repair
+    for key, value in pienv.env.items():
+        monkeypatch.setenv(key, value)
+    store = Store(pienv.home)
+    real = store.locked
+
+    def run_finishes_first():  # type: ignore[no-untyped-def]
+        with store.transaction("run: finished meanwhile") as txn:
+            txn.move_branch("main", first, second)
+        return real()
+
+    monkeypatch.setattr(store, "locked", run_finishes_first)
+    maint.fsck(Context(store=store), repair=True)
+    assert pienv.head() == second

@@ -36,6 +36,7 @@ from pienv.errors import ConcurrentUpdate, StoreError, UsageError
 from pienv.model import SCHEMA, Commit, now_rfc3339, short
 
 REFS = "refs.json"
+_RENAMED = "branch: renamed "
 
 # Test-only crash points (tests/test_crash.py): PIENV_TEST_CRASH_AT=STEP kills pienv at STEP of
 # a run's finish, once per store; STEP+all kills its forked finalizer too. Read once at import
@@ -276,8 +277,18 @@ class Transaction:
             if bound == old:
                 self.refs.worktrees[path] = new
         self.renames[old] = new
-        self._log(new, cid, cid, f"branch: renamed {old} to {new}")
+        self._log(new, cid, cid, f"{_RENAMED}{old} to {new}")
         return cid
+
+    def finish_rename(self, old: str, new: str) -> None:
+        """Apply to refs a rename the reflog already holds (its command was killed before
+        writing refs.json); logs nothing, the reflog is already renamed."""
+        self.refs.branches[new] = self.refs.branches.pop(old)
+        if self.refs.head_branch == old:
+            self.refs.head_branch = new
+        for path, bound in self.refs.worktrees.items():
+            if bound == old:
+                self.refs.worktrees[path] = new
 
     def delete_branch(self, name: str, expected: str, what: str | None = None) -> None:
         if self.refs.branches.get(name) != expected:
@@ -423,16 +434,22 @@ class Store:
         of these leaves and how the next command completes it)."""
         with self._store_lock():
             txn = Transaction(self.load_refs(), what)
+            pending = self._pending_rename(txn.refs)
+            if pending is not None:
+                txn.finish_rename(*pending)  # a rename killed before its refs.json write
             yield txn
             if txn.commits:
                 self._index_commits(txn.commits)
                 crashpoint("indexed")
             if txn.renames:
+                # One atomic write of the renamed reflog and this transaction's entries (the
+                # rename entry last): a crash before refs.json leaves that entry as the
+                # reflog's last line, which the next transaction completes (_pending_rename).
                 entries = self.reflog()
                 for e in entries:
                     e.ref = txn.renames.get(e.ref, e.ref)
-                self.rewrite_reflog(entries)
-            if txn.entries:
+                self.rewrite_reflog(entries + txn.entries)
+            elif txn.entries:
                 # Reflog first: a crash between the two writes over-reports a move (harmless,
                 # it only keeps a commit alive) instead of losing the record of one.
                 self._append_lines(self.reflog_path, [e.to_json() for e in txn.entries])
@@ -441,6 +458,26 @@ class Store:
             write_atomic(self.refs_path, _dump(txn.refs.to_json()))
             if txn.commits:
                 crashpoint("moved")
+
+    def pending_rename(self) -> tuple[str, str] | None:
+        """A `branch -m` killed after its reflog write and before refs.json (fsck reports it;
+        the next transaction completes it): (old, new), else None."""
+        return self._pending_rename(self.load_refs())
+
+    def _pending_rename(self, refs: Refs) -> tuple[str, str] | None:
+        last = _last_line(self.reflog_path)
+        if last is None or not str(last.get("what", "")).startswith(_RENAMED):
+            return None
+        old, sep, new = str(last["what"]).removeprefix(_RENAMED).partition(" to ")
+        if (
+            sep
+            and last.get("ref") == new
+            and new not in refs.branches
+            and old in refs.branches
+            and refs.branches[old] == last.get("new")
+        ):
+            return old, new
+        return None
 
     def write_refs_unchecked(self, refs: Refs, entries: list[ReflogEntry]) -> None:
         """Replace refs wholesale (fsck --repair only)."""
@@ -611,6 +648,21 @@ def _read_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         data = _parse_line(line)
         if data is not None:
             yield data
+
+
+def _last_line(path: Path) -> dict[str, Any] | None:
+    """The last whole line of a JSONL file, reading only its tail (runs pay for this)."""
+    try:
+        with open(path, "rb") as fh:
+            size = fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, size - 65536))
+            tail = fh.read()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"cannot read {path}: {exc.strerror}") from exc
+    lines = tail.rstrip(b"\n").rsplit(b"\n", 1)
+    return _parse_line(lines[-1]) if lines else None
 
 
 def _parse_line(line: bytes) -> dict[str, Any] | None:

@@ -521,6 +521,12 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
         for name, cid in sorted(refs.tags.items()):
             if cid not in on_engine:
                 r.problems.append(f"tag {name} -> {short(cid)}: no such image")
+        pending = ctx.store.pending_rename()
+        if pending is not None:
+            r.problems.append(
+                f"`branch -m {pending[0]} {pending[1]}` was killed after renaming the reflog "
+                "and before refs.json (the next write, or fsck --repair, completes it)"
+            )
         gone = {e.new for e in entries if e.new and e.new not in on_engine}
         for cid in sorted(gone):
             r.problems.append(f"reflog entry -> {short(cid)}: no such image (pruned?)")
@@ -533,6 +539,10 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
             r.fixed.append(f"saved the old files as {', '.join(saved)}")
         for path, line in ctx.store.drop_torn_lines():
             r.fixed.append(f"dropped torn line {line} of {path.name}")
+        if not refs_broken and ctx.store.pending_rename() is not None:
+            with ctx.store.transaction("fsck: completed a killed rename"):
+                pass  # the transaction completes it (Store._pending_rename)
+            r.fixed.append("completed the killed branch rename")
         index = ctx.store.fresh_commits()  # re-read under the lock: nothing indexed is lost
         rebuilt = []
         for cid, c in on_engine.items():
@@ -563,8 +573,9 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
                 f"HEAD and {len(new_refs.worktrees)} worktree binding(s) from the reflog"
             )
         else:
-            assert refs is not None
-            new_refs = refs
+            # Re-read under the lock: a run that finished since the check above moved its
+            # branch, and writing the check's snapshot back would undo that move.
+            refs = new_refs = ctx.store.load_refs()
         log = _repair_refs(new_refs, entries, on_engine, in_flight, allow_loss, r)
         if refs is not None and len(new_refs.branches) < len(refs.branches) and not allow_loss:
             raise StoreError(  # _repair_refs keeps them; this is the last line of defence
