@@ -148,3 +148,18 @@ def test_prune_during_a_finish_keeps_the_new_commit(
     assert pienv.head() == result.commit.id
     assert pienv("run", "--", "ls", "/precious").out == "/precious\n"
     assert_consistent(pienv, commits=2)
+
+
+def test_noop_run_killed_before_its_empty_image_is_dropped_adds_no_commit(pienv: Pienv) -> None:
+    """A no-op run's commit image (labelled with its container) is removed once it shows no
+    new layer; killed before that, recovery took the labelled image for the run's commit and
+    put an empty commit on the branch (rule 3: a no-op run adds no image)."""
+    pienv("run", "--", "true")
+    before = pienv.head()
+    r = pienv("run", "--", "true", env={"PIENV_TEST_CRASH_AT": "imaged+all"}, check=False)
+    assert r.code == -signal.SIGKILL and (pienv.home / "crashed-at-imaged").exists()
+    assert run_containers(pienv)  # the orphan
+    pienv("run", "--", "true")  # recovers the orphan first
+    assert run_containers(pienv) == []
+    assert pienv.head() == before
+    assert_consistent(pienv, commits=1)

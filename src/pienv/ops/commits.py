@@ -243,6 +243,7 @@ def commit_container(
     draft = replace(draft, container=cid)
     try:
         image_id = engine.commit(cid, parent_image, draft.labels(ctx.store_id))
+        crashpoint("imaged")  # labelled, not yet known to add a layer
     except MaxDepthExceeded:
         # Docker refuses a layer past ~125: squash the container's whole filesystem (its
         # changes included) into one layer and commit that with the parent's config.

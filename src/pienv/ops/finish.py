@@ -12,7 +12,7 @@ from pienv import gitrepo
 from pienv.errors import ConcurrentUpdate, EngineError, PienvError, StoreError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, RunInfo
-from pienv.ops.commits import captures_anything, commit_container, finish
+from pienv.ops.commits import adds_layer, captures_anything, commit_container, finish
 from pienv.ops.context import Context
 from pienv.store import ReflogEntry, Transaction
 
@@ -124,6 +124,13 @@ def _made_from(ctx: Context, cid: str) -> Commit | None:
             engine.remove_image(row.id)
     keep = made[0]
     parent = engine.inspect_image(keep.parents[0]) if keep.parents else None
+    info = engine.inspect_image(keep.id)
+    if info is not None and not keep.flattened_from and not adds_layer(info, parent):
+        # A no-op run killed before its empty commit image was removed: not a commit.
+        for tag in info.tags:
+            engine.untag(tag)
+        engine.remove_image(keep.id)
+        return None
     done = finish(ctx, engine, keep.id, keep, None, parent, index=False)
     return replace(done, container=cid)
 
