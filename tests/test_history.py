@@ -227,3 +227,19 @@ def test_checkout_detached_and_run_advances_it(pienv: Pienv) -> None:
     status = json.loads(pienv("status", "--json").out)
     assert status["branch"] is None and status["detached"] is True
     assert json.loads(pienv("log", "-n", "1", "--json").out)[0]["branch"] is None
+
+
+def test_checkout_away_from_a_detached_head_warns_of_commits_left_behind(pienv: Pienv) -> None:
+    # git warns "you are leaving 1 commit behind"; the commit then lives only in the reflog
+    # (prune takes it when the entry expires), so the user must hear it and how to keep it.
+    pienv("run", "--", "touch", "/a")
+    first = pienv.head()
+    pienv("checkout", first[:8])
+    pienv("run", "--", "touch", "/c")
+    made = pienv.refs()["head"]["detached"]
+    r = pienv("checkout", "main")
+    assert f"leaving commit {made[:12]} behind" in r.err
+    assert f"pienv branch NAME {made[:12]}" in r.err
+    # Leaving a detached HEAD that a branch still reaches says nothing.
+    pienv("checkout", first[:8])
+    assert "behind" not in pienv("checkout", "main").err

@@ -507,6 +507,12 @@ def checkout(
         ui.out(f"Switched to a new branch '{r.branch}' at {r.commit[:12]}.")
     else:
         ui.out(f"Switched to branch '{r.branch}' at {r.commit[:12]}.")
+    if r.left_behind:
+        old = r.left_behind[:12]
+        ui.warn(
+            f"leaving commit {old} behind: no branch or tag reaches it, only the reflog "
+            f"(prune removes it when the entry expires); `pienv branch NAME {old}` keeps it"
+        )
 
 
 @app.command()

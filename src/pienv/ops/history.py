@@ -264,6 +264,8 @@ class CheckoutResult:
     branch: str | None
     commit: str
     created: bool
+    # A detached head this checkout left that no branch or tag reaches (only the reflog).
+    left_behind: str | None = None
 
 
 def checkout(ctx: Context, target: str, create: bool, start: str | None) -> CheckoutResult:
@@ -272,15 +274,29 @@ def checkout(ctx: Context, target: str, create: bool, start: str | None) -> Chec
         cid = create_branch(ctx, target, start)
         with ctx.store.transaction(f"checkout: moving to {target}") as txn:
             txn.checkout(target)
-        return CheckoutResult(target, cid, True)
+        return CheckoutResult(target, cid, True, _left_behind(ctx, refs, cid))
     if target in refs.branches:
         with ctx.store.transaction(f"checkout: moving to {target}") as txn:
             txn.checkout(target)
-        return CheckoutResult(target, refs.branches[target], False)
+        cid = refs.branches[target]
+        return CheckoutResult(target, cid, False, _left_behind(ctx, refs, cid))
     cid = ctx.resolve(target, refs)
     with ctx.store.transaction(f"checkout: moving to {short(cid)}") as txn:
         txn.checkout(None, cid)
-    return CheckoutResult(None, cid, False)
+    return CheckoutResult(None, cid, False, _left_behind(ctx, refs, cid))
+
+
+def _left_behind(ctx: Context, refs: Refs, new: str) -> str | None:
+    """The detached head ``refs`` had, when moving HEAD to ``new`` leaves it reachable from no
+    branch or tag (as git's "you are leaving N commits behind"): only the reflog keeps it, until
+    prune expires the entry. Costs a graph only when HEAD was detached."""
+    old = refs.head_detached
+    if refs.head_branch or not old or old == new:
+        return None
+    heads = [*refs.branches.values(), *refs.tags.values()]
+    if old in heads or old in dag.reachable(dag.build(ctx.store.commits()), heads):
+        return None
+    return old
 
 
 @dataclass(frozen=True)
