@@ -46,6 +46,8 @@ def test_history_commands_in_bound_worktree_use_its_branch(pienv: Pienv, bound: 
     assert "(HEAD -> main)" in pienv("log").out.splitlines()[0]
     assert json.loads(pienv("show", "--json", cwd=bound).out)["id"] == agent
     parent = json.loads(pienv("show", "HEAD~1", "--json", cwd=bound).out)
+    if parent["kind"] == "prepare":  # the worktree's git-dir mount points (docs/concepts.md)
+        parent = json.loads(pienv("show", "HEAD~2", "--json", cwd=bound).out)
     assert parent["id"] == pienv.head("main") and parent["refs"] == ["main"]
     assert "agent-c@{0}" in pienv("reflog", cwd=bound).out
     d = json.loads(pienv("diff", "main", "--json", cwd=bound).out)
