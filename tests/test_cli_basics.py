@@ -34,7 +34,10 @@ def test_worktree_add_existing_branch_reattaches_it(pienv: Pienv, tmp_path: Path
 def test_run_in_a_subdirectory_starts_there(pienv: Pienv) -> None:
     sub = pienv.repo / "sub" / "deeper"
     sub.mkdir(parents=True)
-    assert pienv("run", "--", "pwd", cwd=sub).out == "/workspace/sub/deeper\n"
+    r = pienv("run", "--", "pwd", cwd=sub)
+    assert r.out == "/workspace/sub/deeper\n"
+    # Starting there is not a change of the environment (rule 3): no image, no layer.
+    assert "nothing changed in the environment" in r.err
     assert pienv("run", "--", "pwd").out == "/workspace\n"
 
 

@@ -173,7 +173,8 @@ def run(
                 env_names,
                 branch,
                 agent_ops.agent_env(agent, ctx.config.caches),
-            ),
+            )
+            | ({"PIENV_SUBDIR": ws.subdir} if ws.subdir else {}),
         )
         dropped = ctx.config.dropped_env(dict(environ), env_names)
         if dropped:
@@ -232,7 +233,7 @@ def run(
                 parent,
                 entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
                 user=host_ids(),
-                workdir=f"{WORKSPACE}/{ws.subdir}" if ws.subdir else WORKSPACE,
+                workdir=WORKSPACE,  # the wrapper enters ws.subdir (PIENV_SUBDIR)
                 binds=binds,
                 labels=info.labels(),
                 tty=req.interactive,

@@ -28,6 +28,9 @@ AGENT_HOME = "/home/agent"
 # The agent's install is not here: it is its own committed step (ops/agent.py).
 WRAPPER = (
     'set -a; [ -r "$0" ] && . "$0"; set +a; '
+    # Start where the user started (repo/sub -> /workspace/sub). Not the container's WorkingDir:
+    # Docker would create that path in the writable layer and every such run would commit.
+    '[ -z "${PIENV_SUBDIR:-}" ] || cd "$PIENV_SUBDIR" || exit 126; unset PIENV_SUBDIR; '
     # npm reads its global config from PREFIX/etc/npmrc: keep the image's (registry, proxy).
     'if [ -z "${NPM_CONFIG_PREFIX:-}" ]; then n=$(command -v node 2>/dev/null) && '
     '[ -f "${n%/bin/node}/etc/npmrc" ] && '
