@@ -228,3 +228,25 @@ def test_engine_names_itself(engine: Engine) -> None:
     assert version.version == raw["Version"] and version.api_version == raw["ApiVersion"]
     info = engine.info()
     assert info.driver == docker.from_env().info()["Driver"] and info.host
+
+
+def test_path_exists_sees_a_dangling_symlink(engine: Engine, base_image: str, label: str) -> None:
+    """A symlink whose target is missing exists (as lstat says): the prepare step must not
+    overwrite a base's `/etc/mtab -> ../proc/self/mounts` (dangling in a stopped container).
+    Podman answers 404 for it, with the link's stat in a header."""
+    import io
+    import tarfile
+
+    key, _, value = label.partition("=")
+    cid = engine.create_stopped(base_image, labels={key: value})
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            link = tarfile.TarInfo("dangling")
+            link.type, link.linkname = tarfile.SYMTYPE, "/proc/self/mounts"
+            tar.addfile(link)
+        engine.write_archive(cid, "/", buf.getvalue())
+        assert engine.path_exists(cid, "/dangling")
+        assert not engine.path_exists(cid, "/missing")
+    finally:
+        engine.remove_container(cid, force=True)

@@ -52,9 +52,19 @@ INIT_MOUNTS = (
     "/etc/resolv.conf",
     "/run/.containerenv",
 )
+# What Podman writes into every started container's layer when the image lacks it (made_paths):
+# the targets of the files it bind-mounts into every container, and its /etc/mtab link.
+PODMAN_MADE = (
+    ("/etc/hosts", ""),
+    ("/etc/hostname", ""),
+    ("/etc/resolv.conf", ""),
+    ("/run/.containerenv", ""),
+    ("/etc/mtab", "/proc/mounts"),
+)
 # The DiffID of an empty layer (a tar of two zero blocks). Podman's commit adds one even when
 # the container changed nothing (Docker adds no layer then): it holds no content.
 EMPTY_LAYER = "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef"
+_PATH_STAT = "x-docker-container-path-stat"  # the archive API's stat of the path asked for
 _CA_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9._/-]*")
@@ -409,7 +419,7 @@ class Engine:
                 message = raw.decode(errors="replace").strip() or f"HTTP {status}"
             if "no space left on device" in message.lower():
                 raise EngineError(f"Docker ran out of disk space: {message[:200]}")
-            raise HTTPError(status, message, "Podman" if self._podman else "Docker")
+            raise HTTPError(status, message, "Podman" if self._podman else "Docker", headers)
         return raw
 
     # -- the one capability check ----------------------------------------------------------
@@ -426,6 +436,8 @@ class Engine:
           as `changes` instructions, values quoted so they arrive verbatim (_podman_changes).
         - image references that are 64 hex digits are refused: `_ref` adds "sha256:".
         - its commit of an unchanged container adds an empty layer (ImageInfo.content_layers).
+        - it writes its bind targets and /etc/mtab into a run's own layer (made_paths), and
+          its archive API answers 404 for a dangling symlink (path_exists).
         """
         if self._podman is None:
             self._request("GET", "/_ping")
@@ -767,12 +779,15 @@ class Engine:
 
     def path_exists(self, cid: str, path: str) -> bool:
         """Whether ``path`` exists in container ``cid``'s filesystem (symlinks of its parent
-        directories followed, as the engine does for mount targets); needs no start."""
+        directories followed, as the engine does for mount targets; the path itself as lstat
+        sees it, so a dangling symlink exists); needs no start."""
         try:
             self._call("HEAD", f"/containers/{cid}/archive", {"path": path})
         except HTTPError as exc:
+            # Podman follows a final symlink and answers 404 when its target is missing,
+            # yet sends the link's own stat along: the path is there.
             if exc.status == 404:
-                return False
+                return _PATH_STAT in exc.headers
             raise
         return True
 
@@ -780,6 +795,15 @@ class Engine:
         """Where this engine bind-mounts its init for ``Init: True`` (a run creates it in its
         writable layer unless the image holds it): Docker's tini or Podman's catatonit."""
         return INIT_MOUNTS[1] if self.is_podman else INIT_MOUNTS[0]
+
+    def made_paths(self) -> tuple[tuple[str, str], ...]:
+        """Paths the engine itself writes into a started container's own layer, beyond its
+        mount points, when the image lacks them: (path, symlink target, or "" for an empty
+        file). Podman makes the targets of the files it bind-mounts (`/etc/hosts`,
+        `/etc/hostname`, `/etc/resolv.conf`, `/run/.containerenv`) and links `/etc/mtab` to
+        `/proc/mounts`, and its commit keeps them; Docker keeps its own in a layer it never
+        commits. A commit that holds them keeps a no-op run's layer empty (design rule 3)."""
+        return PODMAN_MADE if self.is_podman else ()
 
     def diff(self, cid: str) -> list[tuple[str, str]]:
         rows = self._call("GET", f"/containers/{cid}/changes") or []

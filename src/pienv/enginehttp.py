@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from collections.abc import Mapping
 
 from pienv.errors import EngineError
 
@@ -21,9 +22,16 @@ NO_TIMEOUT = -1.0  # for calls that last as long as the container or the commit 
 class HTTPError(EngineError):
     """The engine answered with an error status (404: no such object, 409: conflict)."""
 
-    def __init__(self, status: int, message: str, engine: str = "Docker") -> None:
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        engine: str = "Docker",
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(f"{engine}: {message[:300]}")
         self.status = status
+        self.headers = dict(headers or {})  # lower-case names
 
 
 class Response:

@@ -37,14 +37,17 @@ class MountPoint:
 
     path: str
     directory: bool = True
+    link: str = ""  # made as a symlink to this (what the engine itself makes, not a mount)
 
 
 def run_mount_points(engine: Engine) -> tuple[MountPoint, ...]:
-    """The mount points of every run: the workspace, the env file and the engine's init."""
+    """The mount points of every run: the workspace, the env file and the engine's init;
+    and what the engine itself writes into every run's layer (Podman's `/etc/mtab`)."""
     return (
         MountPoint(WORKSPACE),
         MountPoint(ENV_FILE, directory=False),
         MountPoint(engine.init_path(), directory=False),
+        *(MountPoint(path, directory=False, link=link) for path, link in engine.made_paths()),
     )
 
 
@@ -95,6 +98,8 @@ def _mount_point_tar(points: Sequence[MountPoint]) -> bytes:
             entry = tarfile.TarInfo(m.path.strip("/"))
             entry.type = tarfile.DIRTYPE if m.directory else tarfile.REGTYPE
             entry.mode, entry.mtime = 0o755, now
+            if m.link:
+                entry.type, entry.linkname, entry.mode = tarfile.SYMTYPE, m.link, 0o777
             tar.addfile(entry)
     return buf.getvalue()
 
