@@ -3,6 +3,7 @@ instead of the busybox test base."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 
 import pytest
@@ -55,3 +56,27 @@ def test_realistic_run_node_and_noop(realistic_pienv: Pienv) -> None:
     r = p("run", "--", "true")
     assert "no commit" in r.err
     assert p.head() == head
+
+
+def test_realistic_diff_packages_sees_what_runs_install(realistic_pienv: Pienv) -> None:
+    """`diff --packages` lists what a run really installs: an apt package, and `npm install -g`
+    and `pip install --user`, which a run puts in the agent's home (~/.local: the wrapper's
+    NPM_CONFIG_PREFIX), not in /usr/local."""
+    p = realistic_pienv
+    p("run", "--", "true")
+    p("tag", "before")
+    p(
+        "run",
+        "--",
+        "bash",
+        "-c",
+        "npm install -g --silent left-pad@1.3.0 && "
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends python3-pip "
+        ">/dev/null && pip install -q --user --break-system-packages six==1.16.0",
+    )
+    data = json.loads(p("diff", "before", "--packages", "--json").out)["packages"]
+    assert data["npm"] == {"added": ["left-pad 1.3.0"], "removed": [], "upgraded": []}
+    assert "six 1.16.0" in data["pip"]["added"]
+    assert any(a.startswith("python3-pip ") for a in data["dpkg"]["added"])
+    # Debian's own dist-packages are dpkg's: python3-pip is not listed again under pip.
+    assert not any(a.startswith("pip ") for a in data["pip"]["added"]), data["pip"]

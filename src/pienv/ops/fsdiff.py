@@ -5,8 +5,9 @@ extracted). Docker's per-container files (its init layer: /etc/hosts, /.dockeren
 the mount points of runs are not the environment and are left out, so `diff X X` is empty.
 
 Packages: only the package databases are read, through the engine's archive API (never the
-whole image): dpkg's status file, the *.dist-info directories of the system Python's
-site/dist-packages, and the package.json of each globally installed npm package.
+whole image): dpkg's status file, the names of pip's *.dist-info directories, and the
+package.json of each globally installed npm package, both system wide and in the agent's home
+(where a run's `npm install -g` and `pip install --user` go).
 """
 
 from __future__ import annotations
@@ -21,16 +22,29 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pienv.engine import INIT_MOUNTS, Engine
-from pienv.ops.sandbox import ENV_FILE, WORKSPACE
+from pienv.ops.sandbox import AGENT_HOME, ENV_FILE, WORKSPACE
 
 DPKG_STATUS = "/var/lib/dpkg/status"
-# System-wide Python package directories (Debian's dist-packages, pip's site-packages); the
-# versioned ones are asked for the Python versions dpkg lists (or, without dpkg, a range).
+# Debian's own Python packages: only apt writes here (pip refuses it and installs into
+# /usr/local), so with Debian's python3 they are dpkg's and read from dpkg's status alone.
 PIP_DIR = "/usr/lib/python3/dist-packages"
-# pip's own installs: dist-packages (Debian's python) or site-packages (python.org builds),
-# under the versions dpkg lists (or, without dpkg, a range). One read per version.
-PIP_VERSIONED = "/usr/local/lib/python3.{}"
-NPM_DIRS = ("/usr/local/lib/node_modules", "/usr/lib/node_modules")
+# pip's own installs, for each Python version dpkg lists (or, without dpkg, a range): system
+# wide in /usr/local (Debian's python says dist-packages, python.org builds site-packages),
+# and `pip install --user` in the agent's home (a run's HOME). Only these directories, never
+# the rest of /usr/local/lib/python3.X (a python.org image keeps its whole stdlib there).
+PIP_VERSIONED = (
+    "/usr/local/lib/python3.{}/dist-packages",
+    "/usr/local/lib/python3.{}/site-packages",
+    AGENT_HOME + "/.local/lib/python3.{}/site-packages",
+)
+# Global npm packages: the image's prefix (Debian's node, /usr/local), and the agent's home,
+# where a run's `npm install -g` goes (ops/sandbox.py's wrapper sets NPM_CONFIG_PREFIX unless
+# the image sets its own, which is read too).
+NPM_DIRS = (
+    "/usr/local/lib/node_modules",
+    "/usr/lib/node_modules",
+    AGENT_HOME + "/.local/lib/node_modules",
+)
 _DIST_INFO = re.compile(r"(?:^|/)(?:site|dist)-packages/([^/]+)-([^/-]+)\.dist-info/?$")
 _NPM_PACKAGE = re.compile(r"^node_modules/((?:@[^/]+/)?[^/@.][^/]*)/package\.json$")
 
@@ -127,31 +141,66 @@ def _read_tar(stream: IO[bytes] | _ChunkReader, mount_points: set[str]) -> Snaps
 
 def packages(engine: Engine, image: str) -> dict[str, dict[str, str]]:
     """manager -> {package: version} for dpkg, pip and npm (global), read from the package
-    databases alone: a few archive reads of one never-started container."""
+    databases alone: a few archive reads of one never-started container, made at once (each
+    costs the engine a mount of the container's filesystem, mostly waiting)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    info = engine.inspect_image(image)
+    env = [str(e) for e in ((info.config.get("Env") if info else None) or ())]
+    prefix = next((e.partition("=")[2] for e in env if e.startswith("NPM_CONFIG_PREFIX=")), "")
+    npm_dirs = list(NPM_DIRS)
+    if prefix:
+        npm_dirs.append(prefix.rstrip("/") + "/lib/node_modules")
     cid = engine.create_stopped(image)
     try:
         out: dict[str, dict[str, str]] = {"dpkg": {}, "pip": {}, "npm": {}}
-        for member, data in _archive(engine, cid, DPKG_STATUS, lambda n: True):
-            if data is not None and member.isfile():
-                out["dpkg"] = parse_dpkg_status(data.decode("utf-8", "replace"))
-        minors = {
-            name[len("python3.") :] for name in out["dpkg"] if re.fullmatch(r"python3\.\d+", name)
-        } or {str(n) for n in range(8, 15)}
-        for d in (PIP_DIR, *(PIP_VERSIONED.format(m) for m in sorted(minors))):
-            # Only the names of the *.dist-info directories are needed: no file is read.
-            for member, _ in _archive(engine, cid, d, lambda n: False):
-                m = _DIST_INFO.search(member.name)
-                if m and member.isdir():
-                    out["pip"][m.group(1).lower().replace("_", "-")] = m.group(2)
-        for d in NPM_DIRS:
-            for member, data in _archive(engine, cid, d, lambda n: bool(_NPM_PACKAGE.match(n))):
-                m = _NPM_PACKAGE.match(member.name)
-                if m and data is not None:
-                    with contextlib.suppress(ValueError, AttributeError):
-                        out["npm"][m.group(1)] = str(json.loads(data).get("version", "?"))
+        with ThreadPoolExecutor(4) as pool:
+            dpkg = pool.submit(_read_dpkg, engine, cid)
+            npm = [pool.submit(_read_npm, engine, cid, d) for d in dict.fromkeys(npm_dirs)]
+            out["dpkg"] = dpkg.result()
+            minors = {
+                name[len("python3.") :]
+                for name in out["dpkg"]
+                if re.fullmatch(r"python3\.\d+", name)
+            } or {str(n) for n in range(8, 15)}
+            dirs = [d.format(m) for m in sorted(minors) for d in PIP_VERSIONED]
+            if "python3" not in out["dpkg"]:
+                dirs.insert(0, PIP_DIR)
+            pip = [pool.submit(_read_pip, engine, cid, d) for d in dirs]
+            for f in pip:
+                out["pip"].update(f.result())
+            for f in npm:
+                out["npm"].update(f.result())
         return out
     finally:
         engine.remove_container(cid, force=True)
+
+
+def _read_dpkg(engine: Engine, cid: str) -> dict[str, str]:
+    for member, data in _archive(engine, cid, DPKG_STATUS, lambda n: True):
+        if data is not None and member.isfile():
+            return parse_dpkg_status(data.decode("utf-8", "replace"))
+    return {}
+
+
+def _read_pip(engine: Engine, cid: str, directory: str) -> dict[str, str]:
+    # Only the names of the *.dist-info directories are needed: no file is read.
+    out = {}
+    for member, _ in _archive(engine, cid, directory, lambda n: False):
+        m = _DIST_INFO.search(member.name)
+        if m and member.isdir():
+            out[m.group(1).lower().replace("_", "-")] = m.group(2)
+    return out
+
+
+def _read_npm(engine: Engine, cid: str, directory: str) -> dict[str, str]:
+    out = {}
+    for member, data in _archive(engine, cid, directory, lambda n: bool(_NPM_PACKAGE.match(n))):
+        m = _NPM_PACKAGE.match(member.name)
+        if m and data is not None:
+            with contextlib.suppress(ValueError, AttributeError):
+                out[m.group(1)] = str(json.loads(data).get("version", "?"))
+    return out
 
 
 def package_diff(engine: Engine, old: str, new: str) -> dict[str, dict[str, list[str]]]:
