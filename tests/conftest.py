@@ -356,6 +356,13 @@ def _cleanup(p: Pienv) -> None:
         return
     for c in client.api.containers(all=True, filters={"label": f"dev.pienv.store={store_id}"}):
         client.api.remove_container(c["Id"], force=True)
+    # The store's volumes (agent state, package caches): every run makes them. Left behind
+    # they pile up by thousands, and Podman refuses new ones once its locks run out.
+    prefix = f"pienv-{store_id}-"
+    for vol in client.api.volumes(filters={"name": prefix}).get("Volumes") or []:
+        if vol["Name"].startswith(prefix):
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.remove_volume(vol["Name"], force=True)
     # Untag everything: an image whose last tag goes is deleted with its untagged parents
     # once no child needs it, so whole chains go whatever the order (removing by id fails on
     # a parent whose child is still there, and commits made in one second tie on Created).

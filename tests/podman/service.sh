@@ -26,6 +26,8 @@ default_ulimits = []
 [engine]
 cgroup_manager = "cgroupfs"
 events_logger = "file"
+lock_type = "file"
+tmp_dir = "$dir/tmp"
 CONF
   cat >"$CONTAINERS_STORAGE_CONF" <<CONF
 [storage]
