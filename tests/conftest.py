@@ -33,6 +33,14 @@ def on_podman() -> bool:
     return "Podman Engine" in names
 
 
+def engine_socket() -> str:
+    """The unix socket of the engine under test (DOCKER_HOST in the podman tier), for tests
+    that put a proxy in front of it: never Docker's own socket behind another engine's back."""
+    host = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    assert host.startswith("unix://"), f"the tests need a local engine socket, not {host}"
+    return host.removeprefix("unix://")
+
+
 def content_layers(image: dict) -> list[str]:  # type: ignore[type-arg]
     """An image's layers that hold files (as engine.ImageInfo.content_layers)."""
     return [layer for layer in image["RootFS"]["Layers"] if layer != EMPTY_LAYER]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Pienv, git, on_podman
+from conftest import Pienv, engine_socket, git, on_podman
 
 pytestmark = pytest.mark.engine
 
@@ -148,7 +148,7 @@ def test_piped_stdin_over_tcp_engine_warns_once(pienv: Pienv) -> None:
         [
             "socat",
             f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-            "UNIX-CONNECT:/var/run/docker.sock",
+            f"UNIX-CONNECT:{engine_socket()}",
         ]
     )
     try:

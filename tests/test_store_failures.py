@@ -14,7 +14,7 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import REQUIRE_ENGINE, Pienv, _cleanup
+from conftest import REQUIRE_ENGINE, Pienv, _cleanup, engine_socket
 from test_crash import assert_consistent, run_containers, wait_for
 
 pytestmark = pytest.mark.engine
@@ -73,7 +73,7 @@ def test_engine_lost_mid_run_says_what_was_kept(pienv: Pienv, tmp_path: Path) ->
     pienv("run", "--", "true")
     sock = tmp_path / "engine.sock"
     proxy = subprocess.Popen(
-        ["socat", f"UNIX-LISTEN:{sock},fork", "UNIX-CONNECT:/var/run/docker.sock"],
+        ["socat", f"UNIX-LISTEN:{sock},fork", f"UNIX-CONNECT:{engine_socket()}"],
         start_new_session=True,
     )
     try:

@@ -89,7 +89,13 @@ def install(
         user=host_ids(),
         workdir=AGENT_HOME,
         binds=binds,
-        labels={LABEL + "store": ctx.store_id, LABEL + "role": "install"},
+        # The install command goes on the container too: it may hold line breaks, which an
+        # engine whose commit takes labels as text lines (Podman) keeps only from there.
+        labels={
+            LABEL + "store": ctx.store_id,
+            LABEL + "role": "install",
+            INSTALLED_LABEL: agent.install,
+        },
         network=network,
         name=name,
     )
