@@ -565,12 +565,20 @@ class Engine:
                         with contextlib.suppress(EngineError, HTTPError):
                             self.remove_image(made_id)
                     raise EngineError(f"base build failed: {chunk['error'].strip()}")
+                if "stream" in chunk and self.is_podman:
+                    chunk["stream"] = _docker_build_line(str(chunk["stream"]))
                 line = str(chunk.get("stream", "")).strip()
                 if line.startswith("---> Running in "):
                     ran = True
                 elif line.startswith("---> ") and " " not in line[5:]:
                     if ran:
                         made.append(line[5:])
+                    ran = False
+                elif self.is_podman and line.startswith("Step "):
+                    # Podman names no step container: every step but FROM makes an image,
+                    # unless it says "Using cache" before its id.
+                    ran = not line.partition(" : ")[2].upper().startswith("FROM ")
+                elif line.startswith("---> Using cache"):
                     ran = False
                 if "stream" in chunk and on_line:
                     on_line(chunk["stream"].rstrip())
@@ -951,6 +959,18 @@ class Engine:
         with translated(self.base_url):
             result = self.api.import_image_from_data(counted())
         return _imported_id(result)
+
+
+def _docker_build_line(text: str) -> str:
+    """A line of Podman's build output as Docker's classic builder writes it: "STEP 2/4: RUN
+    x" -> "Step 2/4 : RUN x", "--> 2bd1a37478b" -> " ---> 2bd1a37478b" (its ids and "Using
+    cache" lines too), so what pienv shows and parses is the same on both engines."""
+    step = re.match(r"STEP (\d+/\d+): ", text)
+    if step:
+        return f"Step {step.group(1)} : {text[step.end() :]}"
+    if text.startswith("--> "):
+        return " ---> " + text[4:]
+    return text
 
 
 def _filters(**filters: list[str]) -> dict[str, str]:
