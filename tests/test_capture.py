@@ -177,3 +177,59 @@ def test_diff_lists_no_engine_noise_nor_mount_points(pienv: Pienv) -> None:
     assert data["changed"] == [] and data["deleted"] == []
     head = pienv.head()
     assert pienv("diff", head, head).out.startswith(f"{head[:12]}..{head[:12]}: 0 added")
+
+
+def test_show_and_diff_list_a_same_second_same_mtime_rewrite(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a commit holds, `show` and `diff` list: a same-size rewrite within the second,
+    with the old mtime put back, has the same metadata as before (a metadata comparison of
+    the two images sees nothing), but it is in the commit's layer, so it is a change."""
+    same = "touch -d '2020-01-01 00:00:00' /opt/n"
+    run_in_process(pienv, monkeypatch, f"mkdir -p /opt && echo 1 > /opt/n && {same}")
+    first = pienv.head()
+    result = run_in_process(pienv, monkeypatch, f"echo 2 > /opt/n && {same}")
+    assert result.commit is not None
+    shown = json.loads(pienv("show", "--json").out)["paths"]
+    assert {"kind": "C", "path": "/opt/n"} in shown, shown
+    assert "C /opt/n" in pienv("show").out
+    data = json.loads(pienv("diff", first, "--json").out)
+    assert data["changed"] == ["/opt/n"] and data["added"] == data["deleted"] == [], data
+    # Reversed, the same path: the change runs both ways.
+    data = json.loads(pienv("diff", "HEAD", first, "--json").out)
+    assert data["changed"] == ["/opt/n"] and data["added"] == data["deleted"] == [], data
+    # Across both runs (two layers on the older commit): /opt/n is new.
+    data = json.loads(pienv("diff", "HEAD~2", "--json").out)
+    assert "/opt/n" in data["added"] and "/opt/n" not in data["changed"], data
+    assert json.loads(pienv("diff", "HEAD", "HEAD", "--json").out)["changed"] == []
+
+
+def test_show_lists_a_directory_whose_only_change_is_its_metadata(pienv: Pienv) -> None:
+    """A run that creates and removes a file in a directory (apt and /tmp) leaves only the
+    directory's new mtime in its layer: a change (the commit holds it), shown as `M` with
+    no bytes of file data."""
+    pienv("run", "--", "mkdir", "/scratch")
+    pienv("run", "--", "sh", "-c", "touch /scratch/x && rm /scratch/x")
+    data = json.loads(pienv("show", "--json").out)
+    assert data["paths"] == [{"kind": "M", "path": "/scratch"}], data["paths"]
+    out = pienv("show").out
+    assert "\nsize added: 0 B (metadata only)\n" in out, out
+    assert "1 path changed: 0 added, 0 changed, 0 deleted, 1 metadata only" in out, out
+    assert "\nM /scratch\n" in out, out
+    data = json.loads(pienv("diff", "HEAD~1", "--json").out)
+    assert data["metadata"] == ["/scratch"] and data["changed"] == [], data
+    # A file added under a directory lists the file, not the directory it was made in.
+    pienv("run", "--", "touch", "/scratch/y")
+    assert json.loads(pienv("show", "--json").out)["paths"] == [{"kind": "A", "path": "/scratch/y"}]
+
+
+def test_show_reads_a_layer_identical_to_an_earlier_one(pienv: Pienv) -> None:
+    """Two runs that leave byte-identical layers (the same directory time set twice): the
+    engine's image export writes such a layer once and links the second copy to it; the
+    second commit still shows its own change."""
+    script = "mkdir -p /d && touch -d '2020-01-01 00:00:00' /d"
+    pienv("run", "--", "sh", "-c", script)
+    pienv("run", "--", "sh", "-c", script)
+    ids = [layer for layer in layers(pienv.head())]
+    assert len(ids) == len(set(ids)) + 1  # the same layer twice
+    assert json.loads(pienv("show", "--json").out)["paths"] == [{"kind": "M", "path": "/d"}]

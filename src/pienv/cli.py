@@ -301,6 +301,7 @@ def show(
         ui.emit_json(r.to_json())
         return
     ui.out(f"commit {c.id}{ui.decorate(r.refs)}")
+    metadata_only = c.size == 0 and bool(r.changes) and all(k == "M" for k, _ in r.changes or ())
     fields = [
         ("parents", " ".join(p[:12] for p in c.parents) or "(root)"),
         ("branch", c.branch or "(detached)"),
@@ -310,7 +311,9 @@ def show(
         ("exit code", "-" if c.exit_code is None else str(c.exit_code)),
         ("workspace", c.workspace or "-"),
         ("git HEAD", c.git_head or "-"),
-        ("size added", ui.size(c.size)),
+        # Say why a commit that shows paths added no bytes (a directory's time, as apt
+        # leaves /tmp): nothing else in it changed.
+        ("size added", ui.size(c.size) + (" (metadata only)" if metadata_only else "")),
         ("layers", str(c.layers)),
     ]
     if c.flattened_from:
@@ -323,10 +326,10 @@ def show(
     if r.changes is None:
         ui.out("paths: not recorded (a commit without a parent in the index)")
         return
-    counts = {k: sum(1 for kk, _ in r.changes if kk == k) for k in "ACD"}
+    counts = {k: sum(1 for kk, _ in r.changes if kk == k) for k in "ACDM"}
     ui.out(
         f"{ui.plural(len(r.changes), 'path')} changed: {counts['A']} added, {counts['C']} changed, "
-        f"{counts['D']} deleted"
+        f"{counts['D']} deleted" + (f", {counts['M']} metadata only" if counts["M"] else "")
     )
     for kind, path in r.changes[:limit]:
         ui.out(f"{kind} {path}")
@@ -367,11 +370,12 @@ def diff(
         ui.emit_json(r.to_json())
         return
     if r.added is not None and r.changed is not None and r.deleted is not None:
+        meta = r.metadata or []
         ui.out(
             f"{r.old[:12]}..{r.new[:12]}: {len(r.added)} added, {len(r.changed)} changed, "
-            f"{len(r.deleted)} deleted"
+            f"{len(r.deleted)} deleted" + (f", {len(meta)} metadata only" if meta else "")
         )
-        for kind, paths in (("A", r.added), ("C", r.changed), ("D", r.deleted)):
+        for kind, paths in (("A", r.added), ("C", r.changed), ("D", r.deleted), ("M", meta)):
             for p in paths[:limit]:
                 ui.out(f"{kind} {p}")
             if len(paths) > limit:

@@ -21,7 +21,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from pienv.engine import INIT_MOUNTS, Engine
+from pienv.engine import INIT_MOUNTS, ChunkReader, Engine
 from pienv.ops.sandbox import AGENT_HOME, ENV_FILE, WORKSPACE
 
 DPKG_STATUS = "/var/lib/dpkg/status"
@@ -83,29 +83,9 @@ def scan(engine: Engine, image: str, mount_points: Iterable[str] = ()) -> Snapsh
     """Every path's metadata in ``image`` (noise and mount points left out)."""
     cid = engine.create_stopped(image)
     try:
-        return _read_tar(_ChunkReader(engine.export_stream(cid)), set(mount_points))
+        return _read_tar(ChunkReader(engine.export_stream(cid)), set(mount_points))
     finally:
         engine.remove_container(cid, force=True)
-
-
-class _ChunkReader:
-    """A read()-able view of an iterator of byte chunks (tarfile's stream mode needs one)."""
-
-    def __init__(self, chunks: Iterable[bytes]) -> None:
-        self._it: Iterator[bytes] = iter(chunks)
-        self._buf = b""
-
-    def read(self, n: int = -1) -> bytes:
-        while n < 0 or len(self._buf) < n:
-            try:
-                self._buf += next(self._it)
-            except StopIteration:
-                break
-        if n < 0:
-            data, self._buf = self._buf, b""
-        else:
-            data, self._buf = self._buf[:n], self._buf[n:]
-        return data
 
 
 def _member_path(name: str) -> str:
@@ -114,9 +94,10 @@ def _member_path(name: str) -> str:
     return "/" + name if name not in ("", ".") else "/"
 
 
-def _read_tar(stream: IO[bytes] | _ChunkReader, mount_points: set[str]) -> Snapshot:
+def _read_tar(stream: IO[bytes] | ChunkReader, mount_points: set[str]) -> Snapshot:
     snap = Snapshot()
-    with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
+    # Plain read mode: the forward-only reader skips each file's content.
+    with tarfile.open(fileobj=stream, mode="r:") as tar:  # type: ignore[call-overload]
         for member in tar:
             path = _member_path(member.name)
             if path == "/" or is_noise(path, mount_points):
@@ -134,6 +115,100 @@ def _read_tar(stream: IO[bytes] | _ChunkReader, mount_points: set[str]) -> Snaps
                 member.linkname,
             )
     return snap
+
+
+# -- what layers hold -------------------------------------------------------------------------
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+
+
+@dataclass
+class LayerChanges:
+    """Paths by kind: A added, C changed (content or metadata), D deleted, M a directory whose
+    own metadata alone changed (its time, after files were made and removed in it)."""
+
+    added: list[str] = field(default_factory=list)
+    changed: list[str] = field(default_factory=list)
+    deleted: list[str] = field(default_factory=list)
+    metadata: list[str] = field(default_factory=list)
+
+    def reversed(self) -> LayerChanges:
+        return LayerChanges(self.deleted, self.changed, self.added, self.metadata)
+
+    def listing(self) -> list[tuple[str, str]]:
+        kinds = zip("ACDM", (self.added, self.changed, self.deleted, self.metadata), strict=True)
+        return sorted(((k, p) for k, paths in kinds for p in paths), key=lambda kp: kp[1])
+
+
+def _meta(member: tarfile.TarInfo) -> tuple[Any, ...]:
+    return (member.type, member.mode, member.uid, member.gid)
+
+
+def layer_changes(
+    layers: list[list[tarfile.TarInfo]], since: int, mount_points: Iterable[str] = ()
+) -> LayerChanges:
+    """What ``layers[since:]`` changed on the image ``layers[:since]`` makes: every path those
+    layers hold is a change (the commit captured it, whatever its metadata says: a same-size
+    rewrite within the second with its mtime put back included). A directory the layers hold
+    only as the parent of other changes is not listed; one that holds nothing else changed
+    its own metadata (``M``), unless its mode or owner changed (``C``)."""
+    mounts = set(mount_points)
+    tree: dict[str, tarfile.TarInfo] = {}
+    before: dict[str, tarfile.TarInfo] = {}
+    touched: set[str] = set()
+    for i, layer in enumerate(layers):
+        if i == since:
+            before = dict(tree)
+        record = i >= since
+        # Deletions first: a layer's whiteouts apply to the layers below it, not to what the
+        # same layer adds (tar order would put `.wh.b` after an added `a`).
+        for member in layer:
+            path = _member_path(member.name)
+            parent, _, name = path.rpartition("/")
+            if not name.startswith(WHITEOUT):
+                continue
+            if name == OPAQUE:  # the directory stays; what the layers below held in it goes
+                gone, below = [], parent + "/"
+            else:
+                target = f"{parent}/{name[len(WHITEOUT) :]}"
+                was = tree.get(target)
+                gone, below = [target], target + "/" if was is not None and was.isdir() else ""
+            if below:  # a whole tree: one walk of the paths (files are the common case)
+                gone += [p for p in tree if p.startswith(below)]
+            for p in gone:
+                if tree.pop(p, None) is not None and record:
+                    touched.add(p)
+        for member in layer:
+            path = _member_path(member.name)
+            if path != "/" and not path.rpartition("/")[2].startswith(WHITEOUT):
+                tree[path] = member
+                if record:
+                    touched.add(path)
+    if since >= len(layers):
+        before = tree
+    out = LayerChanges()
+    listed = {p for p in touched if p != "/" and not is_noise(p, mounts)}
+    holds_more = {parent for p in touched for parent in _ancestors(p)}
+    for path in sorted(listed):
+        old, new = before.get(path), tree.get(path)
+        if old is None and new is None:
+            continue  # made and removed again within the layers
+        if old is None:
+            out.added.append(path)
+        elif new is None:
+            out.deleted.append(path)
+        elif old.isdir() and new.isdir() and _meta(old) == _meta(new):
+            if path not in holds_more:
+                out.metadata.append(path)
+        else:
+            out.changed.append(path)
+    return out
+
+
+def _ancestors(path: str) -> Iterator[str]:
+    while path := path.rpartition("/")[0]:
+        yield path
 
 
 # -- packages ---------------------------------------------------------------------------------

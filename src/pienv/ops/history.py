@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pienv import dag, locks
 from pienv.errors import UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops.context import Context
 from pienv.store import ReflogEntry, Refs
+
+if TYPE_CHECKING:
+    from pienv.ops import fsdiff
 
 # -- decorations ------------------------------------------------------------------------------
 
@@ -98,19 +101,14 @@ class ShowResult(JsonResult):
 
 def show(ctx: Context, rev: str) -> ShowResult:
     """One commit and its paths. A run commit's paths are not listed when it is made (that
-    would cost a walk of the whole image on every run: docs/performance.md); the first
-    `show` compares it with its parent, as `diff` does, and keeps the list."""
+    would cost a read of the image on every run: docs/performance.md); the first `show`
+    lists what the commit's own layer holds, as `diff` with its parent does, and keeps it."""
     refs = ctx.refs()
     cid = ctx.resolve(rev, refs)
     commit = ctx.commit(cid)
     changes = ctx.store.changes(cid)
     if changes is None and commit.parents:
-        d = diff(ctx, commit.parents[0], cid, False)
-        changes = sorted(
-            [*(("A", p) for p in d.added or ()), *(("C", p) for p in d.changed or ())]
-            + [("D", p) for p in d.deleted or ()],
-            key=lambda kp: kp[1],
-        )
+        changes = _path_changes(ctx, commit.parents[0], cid, lambda _text: None).listing()
         ctx.store.record_changes(cid, changes)
     return ShowResult(commit, tuple(decorations(refs).get(cid, ())), changes)
 
@@ -122,6 +120,8 @@ class DiffResult(JsonResult):
     added: list[str] | None  # None with --packages: files are not compared then
     changed: list[str] | None
     deleted: list[str] | None
+    # Directories whose own metadata alone changed (their time, after files came and went).
+    metadata: list[str] | None = None
     packages: dict[str, dict[str, list[str]]] | None = None  # manager -> added/removed/upgraded
 
 
@@ -135,28 +135,53 @@ def diff(
     """Paths added/changed/deleted from ``rev_a`` to ``rev_b`` (default HEAD); with
     ``packages`` the package changes instead, read from the package databases alone."""
     from pienv.ops import fsdiff
-    from pienv.ops.commits import known_mount_points
 
     refs = ctx.refs()
     old = ctx.resolve(rev_a, refs)
     new = ctx.resolve(rev_b, refs) if rev_b else ctx.resolve("HEAD", refs)
-    engine = ctx.engine()
     step = on_step or (lambda _text: None)
     if packages:
         step(f"reading the package databases of {short(old)} and {short(new)}")
-        pkgs = fsdiff.package_diff(engine, old, new)
-        return DiffResult(old, new, None, None, None, pkgs)
+        pkgs = fsdiff.package_diff(ctx.engine(), old, new)
+        return DiffResult(old, new, None, None, None, packages=pkgs)
+    ch = _path_changes(ctx, old, new, step)
+    return DiffResult(old, new, ch.added, ch.changed, ch.deleted, ch.metadata)
+
+
+def _path_changes(
+    ctx: Context, old: str, new: str, step: Callable[[str], None]
+) -> fsdiff.LayerChanges:
+    """The paths from image ``old`` to ``new``. When one is the other plus layers (a commit
+    and its ancestors, until a flatten), they are what those layers hold: every change a
+    commit captured, whatever its metadata. Otherwise (across a flatten, between branches)
+    the two images' path metadata are compared, which cannot see a same-size rewrite that
+    kept its mtime."""
+    from pienv.ops import fsdiff
+    from pienv.ops.commits import known_mount_points
+
+    engine = ctx.engine()
+    images = [engine.inspect_image(old), engine.inspect_image(new)]
     mounts: set[str] = set()
-    for image in (engine.inspect_image(old), engine.inspect_image(new)):
+    for image in images:
         if image is not None:
             mounts |= known_mount_points(image)
+    a, b = images
+    if a is not None and b is not None:
+        if a.layers == b.layers:
+            return fsdiff.LayerChanges()
+        if b.layers[: len(a.layers)] == a.layers:
+            step(f"reading the layers of {short(new)}")
+            return fsdiff.layer_changes(engine.image_layers(new), len(a.layers), mounts)
+        if a.layers[: len(b.layers)] == b.layers:
+            step(f"reading the layers of {short(old)}")
+            return fsdiff.layer_changes(engine.image_layers(old), len(b.layers), mounts).reversed()
     step(f"reading {short(old)}")
     before = fsdiff.scan(engine, old, mounts)
     step(f"reading {short(new)}")
     after = fsdiff.scan(engine, new, mounts)
     step("comparing")
-    a, c, d = fsdiff.compare_files(before, after)
-    return DiffResult(old, new, a, c, d)
+    added, changed, deleted = fsdiff.compare_files(before, after)
+    return fsdiff.LayerChanges(added, changed, deleted)
 
 
 # -- branches ---------------------------------------------------------------------------------
