@@ -301,7 +301,8 @@ def show(
         ui.emit_json(r.to_json())
         return
     ui.out(f"commit {c.id}{ui.decorate(r.refs)}")
-    metadata_only = c.size == 0 and bool(r.changes) and all(k == "M" for k, _ in r.changes or ())
+    # (Docker says 0 B for such a layer; Podman counts its tar headers.)
+    metadata_only = bool(r.changes) and all(k == "M" for k, _ in r.changes or ())
     fields = [
         ("parents", " ".join(p[:12] for p in c.parents) or "(root)"),
         ("branch", c.branch or "(detached)"),
