@@ -19,6 +19,7 @@ from pienv import ui
 from pienv.errors import UsageError
 
 if TYPE_CHECKING:  # free at run time: ops modules load inside the commands that need them
+    from pienv.locks import Holder
     from pienv.ops.context import Context
     from pienv.ops.workspace import Selection
 
@@ -221,13 +222,19 @@ def status(as_json: JsonOpt = False) -> None:
         ("base", s.base or "(none yet)"),
         ("size", ui.size(s.size)),
         ("depth", f"{s.depth} layers (flatten at {s.flatten_at})"),
-        ("locks", ", ".join(f"{h.branch} by pid {h.pid}" for h in s.locks) or "none"),
+        ("locks", ", ".join(_holder(h) for h in s.locks) or "none"),
         ("orphans", "unknown (engine unreachable)" if s.orphans is None else str(s.orphans)),
     ]
     for key, value in rows:
         ui.out(f"{key:<10} {value}")
     for w in s.warnings:
         ui.warn(w)
+
+
+def _holder(h: Holder) -> str:
+    if h.phase == "committing":
+        return f"{h.branch} by pid {h.pid} (committing the last run, since {h.since[11:19]})"
+    return f"{h.branch} by pid {h.pid}"
 
 
 @app.command()
@@ -252,7 +259,12 @@ def log(
     """Env commits, newest first."""
     from pienv.ops.history import log as get_log
 
-    result = get_log(_selected(), rev, all_refs, n, graph)
+    result = get_log(_selected(), rev, all_refs, n, graph, ui.note)
+    for h in result.pending:
+        ui.note(
+            f"a run on {h.branch!r} is still being committed (pid {h.pid}, since "
+            f"{h.since[11:19]}): its commit is not listed yet"
+        )
     if as_json:
         ui.emit_json([e.to_json() for e in result.entries])
         return

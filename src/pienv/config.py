@@ -19,6 +19,7 @@
     flatten_at = 100                     # flatten a head at this layer depth
     protect_git = true                   # .git/hooks, .git/config read-only in the container
     caches = true                        # apt/npm/pip caches in volumes shared by the store
+    commit = "background"                # or "foreground": commit before `pienv run` returns
 """
 
 from __future__ import annotations
@@ -237,6 +238,7 @@ DENIED_ENV = (
     "PATH",
 )
 DEFAULT_FLATTEN_AT = 100
+COMMIT_MODES = ("background", "foreground")
 
 
 def matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
@@ -254,6 +256,7 @@ class Config:
     flatten_at: int = DEFAULT_FLATTEN_AT
     protect_git: bool = True
     caches: bool = True
+    commit: str = "background"  # COMMIT_MODES; sessions (`shell`, the agent) always foreground
     agent: Agent = field(default_factory=lambda: resolve_agent(None))
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -378,9 +381,15 @@ def load(path: Path) -> Config:
         network=r.get("run", "network", str, "bridge"),
         flatten_at=r.get("run", "flatten_at", int, DEFAULT_FLATTEN_AT),
         protect_git=r.get("run", "protect_git", bool, True),
+        commit=r.get("run", "commit", str, "background"),
         source=str(path),
     )
     r.check_unknown()
     if not 2 <= cfg.flatten_at <= 120:
         raise UsageError(f"bad config {path}: [run] flatten_at must be between 2 and 120")
+    if cfg.commit not in COMMIT_MODES:
+        raise UsageError(
+            f'bad config {path}: [run] commit must be "background" or "foreground", '
+            f"not {cfg.commit!r}"
+        )
     return cfg

@@ -2,8 +2,10 @@
 
 The kernel releases a flock when the last descriptor of its open file goes away, so a lock
 whose holder died is free again by itself; the holder record (pid, pid start time, host, start
-time, workspace) inside the file only explains who holds a live lock. A forked finalizer that
-inherits the descriptor keeps the lock after the run's pienv process dies.
+time, workspace, phase) inside the file only explains who holds a live lock. A forked
+finalizer that inherits the descriptor keeps the lock after the run's pienv process dies, and
+records itself (phase "committing") when it commits a run in the background: a run that
+wants the branch then waits for that commit instead of being refused.
 """
 
 from __future__ import annotations
@@ -29,6 +31,11 @@ from pienv.model import now_rfc3339
 # strings, carry "" (model.py converts).
 DETACHED = "HEAD"
 
+# A lock holder's phase: a run's container may still be running (a second run is refused), or
+# a finalizer is committing a finished run (a second run waits: it needs the new head).
+RUNNING = "running"
+COMMITTING = "committing"
+
 
 def name_of(branch: str | None) -> str:
     """The name ``branch`` goes by in locks, the reflog and messages (DETACHED for None)."""
@@ -43,6 +50,8 @@ class Holder:
     since: str
     workspace: str
     branch: str
+    phase: str = RUNNING  # RUNNING: a run (or its finalizer waiting for it); COMMITTING
+    container: str = ""  # the run container a finalizer is committing
 
     def alive(self) -> bool:
         """True if the recorded process still runs (pid *and* start time match, same host)."""
@@ -76,7 +85,13 @@ class BranchLock:
         self.branch = branch
         self.fd = fd
 
-    def record(self, workspace: str, pid: int | None = None) -> None:
+    def record(
+        self,
+        workspace: str,
+        pid: int | None = None,
+        phase: str = RUNNING,
+        container: str = "",
+    ) -> None:
         """Write the holder record (again, e.g. when a finalizer takes over)."""
         pid = pid or os.getpid()
         data = {
@@ -86,9 +101,13 @@ class BranchLock:
             "since": now_rfc3339(),
             "workspace": workspace,
             "branch": self.branch,
+            "phase": phase,
+            "container": container,
         }
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, json.dumps(data).encode(), 0)
+        text = json.dumps(data).encode()
+        # One write that covers the old record (JSON allows the trailing blanks): a reader, or
+        # a kill -9 between two steps, sees the old record or the new one, never none.
+        os.pwrite(self.fd, text.ljust(os.fstat(self.fd).st_size), 0)
 
     def release(self) -> None:
         if self.fd >= 0:
@@ -97,12 +116,27 @@ class BranchLock:
             os.close(self.fd)
             self.fd = -1
 
+    def hand_over(self) -> None:
+        """Close this process's descriptor, keeping record and lock: a forked finalizer that
+        shares the open file now holds it (flock(LOCK_UN) here would unlock it for the
+        finalizer too, as both descriptors name one open file)."""
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
 
 def read_holder(locks_dir: Path, branch: str) -> Holder | None:
-    try:
-        data = json.loads(lock_path(locks_dir, branch).read_text() or "null")
-    except (OSError, ValueError):
-        return None
+    for attempt in range(3):
+        try:
+            data = json.loads(lock_path(locks_dir, branch).read_text() or "null")
+            break
+        except OSError:
+            return None
+        except ValueError:
+            # A read that met a write half-way (records are rewritten in place): read again.
+            if attempt == 2:
+                return None
+            time.sleep(0.01)
     if not isinstance(data, dict):
         return None
     try:
@@ -113,6 +147,8 @@ def read_holder(locks_dir: Path, branch: str) -> Holder | None:
             since=str(data["since"]),
             workspace=str(data["workspace"]),
             branch=str(data.get("branch", branch)),
+            phase=str(data.get("phase", RUNNING)),
+            container=str(data.get("container", "")),
         )
     except (KeyError, ValueError):
         return None
@@ -137,6 +173,10 @@ def is_locked(locks_dir: Path, branch: str) -> bool:
     return False
 
 
+# A short wait for a commit needs no word; a longer one says whom it waits for.
+QUIET_WAIT = 0.5
+
+
 def acquire(
     locks_dir: Path,
     branch: str,
@@ -146,13 +186,17 @@ def acquire(
 ) -> tuple[BranchLock, Holder | None]:
     """Take ``branch``'s lock or raise BranchBusy naming the holder.
 
-    ``wait``: seconds to wait for a busy lock (None = fail at once, 0 = forever). Returns the
-    lock and, if the previous holder died without releasing its record, that stale holder (so
-    the caller can say it took the lock over). ``on_wait`` hears, once, who it waits for.
+    ``wait``: seconds to wait for a busy lock (None = fail at once, 0 = forever). A lock held
+    by a finalizer committing the previous run is waited for whatever ``wait`` says: that run
+    is over, and its commit is the head this one must start from. Returns the lock and, if
+    the previous holder died without releasing its record, that stale holder (so the caller
+    can say it took the lock over). ``on_wait`` hears, once, who it waits for.
     """
     locks_dir.mkdir(parents=True, exist_ok=True)
     fd = os.open(lock_path(locks_dir, branch), os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = None if not wait else time.monotonic() + float(wait)
+    start = time.monotonic()
+    deadline = None if not wait else start + float(wait)
+    told_commit = False
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -161,21 +205,69 @@ def acquire(
             if exc.errno not in (errno.EAGAIN, errno.EACCES):
                 os.close(fd)
                 raise
+            holder = read_holder(locks_dir, branch)
+            # No record yet: its holder took the lock a moment ago (or `status` is probing
+            # a free lock). Look again before calling it busy.
+            transient = holder is None and time.monotonic() - start < 0.5
+            if transient or finishing(holder):
+                long_wait = time.monotonic() - start >= QUIET_WAIT
+                if on_wait is not None and holder is not None and long_wait and not told_commit:
+                    on_wait(
+                        f"waiting for the previous run's commit on {branch!r} (pid {holder.pid})"
+                    )
+                    told_commit = True
+                time.sleep(0.05)
+                continue
             if wait is None or (deadline is not None and time.monotonic() >= deadline):
                 os.close(fd)
                 raise busy_error(locks_dir, branch) from None
             if on_wait is not None:
                 until = "as long as it takes" if not wait else f"up to {float(wait):g} s"
-                on_wait(
-                    f"waiting for branch {branch!r} ({until}): held by "
-                    f"{describe(read_holder(locks_dir, branch))}"
-                )
+                on_wait(f"waiting for branch {branch!r} ({until}): held by {describe(holder)}")
                 on_wait = None
             time.sleep(0.1)
     stale = read_holder(locks_dir, branch)
     lock = BranchLock(locks_dir, branch, fd)
     lock.record(workspace)
     return lock, stale
+
+
+def finishing(holder: Holder | None) -> bool:
+    """Whether a held lock's holder is a finalizer at work on a run that is over: committing
+    it, or (its record still names the run's dead pienv) about to record itself. Only a
+    forked finalizer can hold a lock whose recorded process is gone: lock descriptors are
+    never inherited across exec."""
+    if holder is None:
+        return False
+    return holder.phase == COMMITTING or not holder.alive()
+
+
+def committing(locks_dir: Path, branch: str) -> Holder | None:
+    """The live finalizer committing a finished run on ``branch``, if there is one."""
+    holder = read_holder(locks_dir, branch)
+    if holder is None or holder.phase != COMMITTING or not holder.alive():
+        return None
+    return holder if is_locked(locks_dir, branch) else None
+
+
+def await_commit(
+    locks_dir: Path,
+    branch: str,
+    timeout: float,
+    on_wait: Callable[[str], None] | None = None,
+) -> Holder | None:
+    """Wait up to ``timeout`` s for a background commit on ``branch`` to land; return its
+    finalizer if it is still committing then (None: nothing pending)."""
+    end = time.monotonic() + timeout
+    start = time.monotonic()
+    while True:
+        holder = committing(locks_dir, branch)
+        if holder is None or time.monotonic() >= end:
+            return holder
+        if on_wait is not None and time.monotonic() - start >= QUIET_WAIT:
+            on_wait(f"waiting for the run being committed on {branch!r} (pid {holder.pid})")
+            on_wait = None
+        time.sleep(0.05)
 
 
 def describe(holder: Holder | None) -> str:

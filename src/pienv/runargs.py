@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from pienv import ui
 
 if TYPE_CHECKING:
+    from pienv.ops.finish import RunResult
     from pienv.ops.run import RunRequest
 
 # option spelling -> RunRequest field; "env" collects repeats, the others keep the last.
@@ -121,10 +122,14 @@ def build(
 
 
 def run_command(req: RunRequest) -> int:
-    """`pienv run` / `pienv shell`: run, report what happened on stderr, return the exit code."""
+    """`pienv run` / `pienv shell`: run, report what happened on stderr, return the exit code.
+
+    A commit handed to the finalizer (a background commit) is reported by the finalizer: on
+    a pipe or file the same result line, after the commit (so a reader of pienv's stderr
+    sees the whole output, and EOF, only once the commit has landed); on a terminal nothing
+    unless something went wrong or needs saying, since the prompt is already back."""
     import os
 
-    from pienv.locks import name_of
     from pienv.ops import run as runmod
     from pienv.ops.context import Context
 
@@ -146,9 +151,19 @@ def run_command(req: RunRequest) -> int:
         sink(sys.stderr),
         stdin_fd,
         ui.note,
+        report=lambda done, exc: _report_later(req, done, exc),
     )
     for line in result.notes:
         ui.note(line)
+    if not result.pending:
+        _report(req, result)
+    return result.exit_code
+
+
+def _report(req: RunRequest, result: RunResult) -> None:
+    """The line that says what became of a run's environment changes."""
+    from pienv.locks import name_of
+
     if result.commit:
         ui.note(
             f"committed {result.commit.short} on {name_of(result.branch)} "
@@ -158,4 +173,23 @@ def run_command(req: RunRequest) -> int:
         ui.note("--no-commit: the environment changes were discarded")
     else:
         ui.note("nothing changed in the environment; no commit")
-    return result.exit_code
+
+
+def _report_later(req: RunRequest, result: RunResult | None, exc: Exception | None) -> None:
+    """In the finalizer, after a background commit: its stderr is pienv's."""
+    from pienv.errors import PienvError
+
+    if exc is not None:
+        if isinstance(exc, PienvError):
+            ui.error(f"background commit: {exc}")
+        else:
+            ui.error(
+                f"internal error in the background commit: {exc.__class__.__name__}: {exc} "
+                "(traceback in the store's pienv.log)"
+            )
+        return
+    assert result is not None
+    for line in result.notes:  # e.g. the branch moved meanwhile: never silent
+        ui.note(line)
+    if not ui.isatty(sys.stderr):
+        _report(req, result)

@@ -25,6 +25,7 @@ class RunResult:
     parent: str
     commit: Commit | None = None
     discarded: bool = False  # --no-commit threw changes away
+    pending: bool = False  # handed to the finalizer: committed in the background
     notes: list[str] = field(default_factory=list)
 
 

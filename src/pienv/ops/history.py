@@ -52,10 +52,32 @@ class LogResult:
     # With --graph: the connector rows between commits, keyed by the index of the entry they
     # follow (-1 = before the first).
     connectors: dict[int, list[str]] = field(default_factory=dict)
+    # Runs still being committed in the background on the branches shown (after the wait).
+    pending: list[locks.Holder] = field(default_factory=list)
 
 
-def log(ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph: bool) -> LogResult:
+# How long `log` waits for a background commit on a branch it shows: a commit takes ~0.1 s
+# (seconds for thousands of files), so a script's `pienv run ...; pienv log` sees its run.
+LOG_WAIT = 5.0
+
+
+def log(
+    ctx: Context,
+    rev: str | None,
+    all_refs: bool,
+    limit: int | None,
+    graph: bool,
+    notify: Callable[[str], None] | None = None,
+) -> LogResult:
     refs = ctx.refs()
+    names = [locks.name_of(refs.head_branch)]
+    if all_refs:
+        names = locks.lock_names(ctx.store.locks_dir)
+    elif rev in refs.branches:
+        names = [rev]
+    waited, pending = await_commits(ctx, names, LOG_WAIT, notify)
+    if waited:
+        refs = ctx.refs()  # what landed meanwhile
     commits = ctx.store.commits()
     if all_refs:
         starts = [*refs.branches.values(), *refs.tags.values()]
@@ -64,14 +86,16 @@ def log(ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph:
     else:
         head = refs.head_commit()
         if rev is None and head is None:
-            return LogResult([])
+            return LogResult([], pending=pending)
         starts = [ctx.resolve(rev, refs) if rev else head]  # type: ignore[list-item]
     order = dag.log_order(commits, starts)
     if limit is not None:
         order = order[:limit]
     deco = decorations(refs)
     if not graph:
-        return LogResult([LogEntry(commits[c], tuple(deco.get(c, ()))) for c in order])
+        return LogResult(
+            [LogEntry(commits[c], tuple(deco.get(c, ()))) for c in order], pending=pending
+        )
     rows = dag.lanes(order, {c: commits[c].parents for c in order})
     entries: list[LogEntry] = []
     connectors: dict[int, list[str]] = {}
@@ -82,7 +106,27 @@ def log(ctx: Context, rev: str | None, all_refs: bool, limit: int | None, graph:
             entries.append(
                 LogEntry(commits[row.commit], tuple(deco.get(row.commit, ())), row.graph)
             )
-    return LogResult(entries, connectors)
+    return LogResult(entries, connectors, pending)
+
+
+def await_commits(
+    ctx: Context, names: list[str], timeout: float, notify: Callable[[str], None] | None
+) -> tuple[bool, list[locks.Holder]]:
+    """Wait up to ``timeout`` s in all for the background commits on branches ``names``.
+    Returns whether there was any to wait for, and those still pending at the end."""
+    import time
+
+    end = time.monotonic() + timeout
+    waited, pending = False, []
+    for name in names:
+        if locks.committing(ctx.store.locks_dir, name) is None:
+            continue  # the usual case: one file read per branch
+        waited = True
+        left = max(end - time.monotonic(), 0.0)
+        holder = locks.await_commit(ctx.store.locks_dir, name, left, notify)
+        if holder is not None:
+            pending.append(holder)
+    return waited, pending
 
 
 # -- show / diff ------------------------------------------------------------------------------
@@ -234,7 +278,14 @@ def create_branch(ctx: Context, name: str, start: str | None) -> str:
     return cid
 
 
+# Ref moves on a branch wait this long for a background commit on it to land first.
+MOVE_WAIT = 120.0
+
+
 def _refuse_busy(ctx: Context, name: str) -> None:
+    """Refuse a branch a run is on; wait for a finished run's background commit first (the
+    ref move would otherwise race it, and the run's commit would land beside the branch)."""
+    locks.await_commit(ctx.store.locks_dir, name, MOVE_WAIT)
     if locks.is_locked(ctx.store.locks_dir, name):
         raise locks.busy_error(ctx.store.locks_dir, name)
 

@@ -55,6 +55,11 @@ def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
             detail = engine.inspect_container(cid)
             exit_code = detail.exit_code if detail else None
         holder = locks.Holder(info.pid, info.pid_start, info.host, info.started, "", "")
+        # A finalizer at work on it (committing it in the background, or waiting for it after
+        # its pienv died) names the container in the branch's lock record: that is its holder.
+        owner = locks.read_holder(ctx.store.locks_dir, name_of(info.branch))
+        if owner is not None and owner.container == cid:
+            holder = owner
         out.append(
             Orphan(
                 container=cid,
@@ -64,7 +69,7 @@ def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
                 started=info.started,
                 state=state,
                 exit_code=exit_code,
-                holder_pid=info.pid,
+                holder_pid=holder.pid,
                 holder_alive=holder.alive(),
                 handled=locks.is_locked(ctx.store.locks_dir, name_of(info.branch)),
                 size=engine.container_size(cid) if with_size else 0,
@@ -122,6 +127,8 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
             continue
         lock, _ = locks.acquire(ctx.store.locks_dir, name_of(o.branch), o.info.workspace)
         try:
+            if ctx.engine().inspect_container(o.container) is None:
+                continue  # a finalizer committed it while we waited for the lock
             result = finalize(ctx, o.container, o.info, None, False)
         finally:
             lock.release()
@@ -211,6 +218,8 @@ def unlock(ctx: Context, branch: str, force: bool) -> UnlockResult:
                 f"no branch or lock named {branch!r}", hint="`pienv status` lists the held locks"
             )
         return UnlockResult(branch=branch, was_locked=False, holder=None)
+    # A finished run's background commit frees the lock within moments: wait for it.
+    locks.await_commit(locks_dir, branch, 120.0)
     holder = locks.read_holder(locks_dir, branch)
     if locks.is_locked(locks_dir, branch):
         who = f"live pid {holder.pid}" if holder else "a live process"

@@ -48,6 +48,7 @@ from pienv.ops.sandbox import (
     write_env_file,
 )
 from pienv.ops.workspace import find_workspace, select_branch
+from pienv.store import crashpoint
 
 if TYPE_CHECKING:
     from pienv.engine import Engine
@@ -108,6 +109,17 @@ def _raise_interrupted(signum: int, _frame: Any) -> None:
 
 
 Sink = Callable[[bytes], None]
+# Hears, in the finalizer, how a commit handed to it ended: the result, or the error.
+Report = Callable[[RunResult | None, Exception | None], None]
+
+
+def commits_in_background(ctx: Context, req: RunRequest) -> bool:
+    """Whether this run's commit is handed to the finalizer (`[run] commit`, default
+    "background"). A session (`pienv shell`, the agent on a terminal) commits in the
+    foreground: the person in it spends minutes there, not 0.1 s, and wants to see the
+    "committed X" line before the prompt comes back."""
+    session = req.shell or (req.interactive and not req.command)
+    return ctx.config.commit == "background" and not session
 
 
 def run(
@@ -119,10 +131,17 @@ def run(
     err: Sink,
     stdin_fd: int | None = None,
     notify: Callable[[str], None] | None = None,
+    report: Report | None = None,
 ) -> RunResult:
     """One run. ``stdin_fd``: forwarded to a non-interactive command until EOF (None: the
     command's stdin is empty). ``notify`` hears what must be said before the run ends
-    (waiting for a busy branch, stdin that cannot be forwarded)."""
+    (waiting for a busy branch, stdin that cannot be forwarded).
+
+    ``report``: given, and the run commits in the background (``commits_in_background``),
+    the commit is handed to the forked finalizer once the container has exited: the result
+    comes back at once with ``pending`` set, and ``report`` hears the commit's outcome later,
+    in the finalizer, with pienv's stderr as its stderr. Without it, the run commits before
+    it returns."""
     ws = find_workspace(cwd, req.workdir)
     engine = ctx.engine()
     # Before anything is written: a workspace holding the store, the config or the engine's
@@ -266,20 +285,45 @@ def run(
         cid, info = create(parent)
         store_home = ctx.store.home
 
-        def takeover() -> None:
-            # In the forked finalizer after pienv died: fresh engine, same store.
+        background = report is not None and commits_in_background(ctx, req)
+
+        def fresh() -> Context:
+            # In the forked finalizer: its own engine connection (the parent's socket must
+            # not be shared across the fork), the same store.
             from pienv.engine import Engine
             from pienv.store import Store
 
+            return Context(store=Store(store_home), _engine=Engine())
+
+        def takeover() -> None:
+            # pienv died: wait for the container, then commit it.
             try:
-                child = Context(store=Store(store_home), _engine=Engine())
+                child = fresh()
+                lock.record(str(ws.path), pid=os.getpid(), container=cid)
                 child.engine().wait(cid)
+                lock.record(str(ws.path), pid=os.getpid(), phase=locks.COMMITTING, container=cid)
                 finalize(child, cid, info, None, req.no_commit)
+                lock.release()
             finally:
                 with contextlib.suppress(OSError):
                     os.unlink(env_file_path)
 
-        guard = guardmod.spawn(lock, str(ws.path), takeover, str(ctx.store.log_path))
+        def handoff(exit_code: int) -> None:
+            # pienv handed a finished run over (the lock record already names this process).
+            assert report is not None
+            try:
+                done = finalize(fresh(), cid, info, exit_code, req.no_commit)
+            except Exception as exc:
+                # The container is kept (finalize says how to recover it); the lock frees
+                # when this process exits, its record naming the finalizer that failed.
+                report(None, exc)
+                raise
+            # The branch is free before the result line (and the pipe's EOF) reaches a reader.
+            lock.release()
+            done.rule = rule
+            report(done, None)
+
+        guard = guardmod.spawn(takeover, handoff, str(ctx.store.log_path))
         commondir = planted_commondir(ws.path, ws.repo) if ctx.config.protect_git else None
         planted_before = commondir is not None and os.path.lexists(commondir)
         had_dotgit = os.path.lexists(ws.path / ".git")
@@ -318,6 +362,21 @@ def run(
         # From here on nothing may interrupt the commit (a second signal included).
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_IGN)
+        if background:
+            # Record the finalizer as the committing holder before telling it: from the
+            # moment pienv exits, a run that wants this branch must see whom to wait for.
+            lock.record(str(ws.path), pid=guard.pid, phase=locks.COMMITTING, container=cid)
+            guard.hand_over(exit_code)
+            crashpoint("handed")  # tests: pienv killed right after the handoff
+            lock.hand_over()
+            return RunResult(
+                exit_code=exit_code,
+                branch=branch,
+                rule=rule,
+                parent=parent,
+                notes=notes,
+                pending=True,
+            )
         result = finalize(ctx, cid, info, exit_code, req.no_commit)
         result.rule = rule
         result.notes[:0] = notes
