@@ -365,7 +365,11 @@ def run(
         if background:
             # Record the finalizer as the committing holder before telling it: from the
             # moment pienv exits, a run that wants this branch must see whom to wait for.
-            lock.record(str(ws.path), pid=guard.pid, phase=locks.COMMITTING, container=cid)
+            try:
+                lock.record(str(ws.path), pid=guard.pid, phase=locks.COMMITTING, container=cid)
+            except OSError:
+                background = False  # e.g. a full disk: commit here, where errors are seen
+        if background:
             guard.hand_over(exit_code)
             crashpoint("handed")  # tests: pienv killed right after the handoff
             lock.hand_over()
