@@ -351,6 +351,28 @@ def realistic_pienv(tmp_path: Path, repo: Path, realistic_image: str) -> Iterato
     _cleanup(p)
 
 
+def _await_background_commits(home: Path, timeout: float = 30) -> None:
+    """Let a finalizer still committing a run (a background commit) finish first: it removes
+    the run's container itself, and must not meet a half-removed store."""
+    import fcntl
+    import time
+
+    end = time.monotonic() + timeout
+    for path in (home / "locks").glob("*.lock"):
+        if b'"committing"' not in path.read_bytes():
+            continue  # free, or a run (a test that leaves one running has it killed)
+        fd = os.open(path, os.O_RDWR)
+        try:
+            while time.monotonic() < end:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+        finally:
+            os.close(fd)
+
+
 def _cleanup(p: Pienv) -> None:
     """Remove this store's containers and images, so the engine does not fill up."""
     import json
@@ -362,8 +384,10 @@ def _cleanup(p: Pienv) -> None:
         store_id = json.loads((p.home / "refs.json").read_text())["store_id"]
     except (OSError, ValueError, KeyError):
         return
+    _await_background_commits(p.home)
     for c in client.api.containers(all=True, filters={"label": f"dev.pienv.store={store_id}"}):
-        client.api.remove_container(c["Id"], force=True)
+        with contextlib.suppress(docker.errors.NotFound):  # a finalizer removed it meanwhile
+            client.api.remove_container(c["Id"], force=True)
     # The store's volumes (agent state, package caches): every run makes them. Left behind
     # they pile up by thousands, and Podman refuses new ones once its locks run out.
     prefix = f"pienv-{store_id}-"
