@@ -8,10 +8,12 @@ Builds a throwaway store on tests/realistic/build.sh's image (or reuses the one 
 kept afterwards, so a profile can be taken against it): BASE is the head after a first no-op
 run, HEAD the head after the installs. Then, each the median of N interleaved rounds:
 
-- `pienv diff --packages BASE HEAD` (target <= 1.5 s on this image);
+- `pienv diff --packages BASE HEAD` (target <= 1.5 s on this image), cold (neither image's
+  package list kept in the store yet) and kept (both read before: answered from the store);
 - baseline: `docker run --rm IMG cat /var/lib/dpkg/status` on HEAD's image (one container
   that reads one of the databases: what the engine alone costs);
-- `pienv diff BASE HEAD` (every path's metadata: two exports) for scale.
+- `pienv diff BASE HEAD` and the first `pienv show HEAD` (what the commits' layers hold: one
+  export of HEAD's image, `docker save`) for scale.
 
 Last (once, it rewrites the branch), `pienv flatten` of the realistic head.
 """
@@ -109,10 +111,20 @@ def main() -> None:
                 "pienv diff BASE HEAD":
                     [sys.executable, "-m", "pienv", "diff", base, head],
             }
-            times: dict[str, list[float]] = {k: [] for k in cmds}
+            show = [sys.executable, "-m", "pienv", "show", head]
+            times: dict[str, list[float]] = {k: [] for k in [*cmds, "pienv show HEAD (first)"]}
+            times["pienv diff --packages BASE HEAD (kept)"] = []
             for _ in range(args.rounds):
                 for name, cmd in cmds.items():
+                    # Cold: neither image's packages kept in the store (changes/ID.packages.json)
+                    for image in (base, head):
+                        (home / "changes" / f"{image}.packages.json").unlink(missing_ok=True)
                     times[name].append(timed(cmd, s.env, str(s.ws)))
+                times["pienv diff --packages BASE HEAD (kept)"].append(
+                    timed(cmds["pienv diff --packages BASE HEAD"], s.env, str(s.ws)))
+                # The first show of a commit reads its layers; later ones answer from the store.
+                (home / "changes" / f"{head}.json").unlink(missing_ok=True)
+                times["pienv show HEAD (first)"].append(timed(show, s.env, str(s.ws)))
             print(f"medians of {args.rounds} interleaved rounds; load average "
                   f"{' '.join(f'{x:.2f}' for x in os.getloadavg())}")
             for name, ts in times.items():

@@ -139,6 +139,21 @@ def test_diff_paths_and_packages(pienv: Pienv) -> None:
     assert data["packages"]["npm"]["added"] == ["left-pad 1.3.0"]
     text = pienv("diff", "before", "--packages").out
     assert "dpkg  upgraded  curl 7.0 -> 8.0" in text
+    # An image never changes: its packages are read once and kept in the store.
+    kept = pienv.home / "changes" / f"{data['new']}.packages.json"
+    saved = json.loads(kept.read_text())
+    assert saved["packages"]["dpkg"] == {"curl": "8.0", "jq": "1.7"}
+    saved["packages"]["dpkg"]["kept"] = "1"
+    kept.write_text(json.dumps(saved))
+
+    def added() -> list[str]:
+        out = json.loads(pienv("diff", "before", "--packages", "--json").out)
+        return list(out["packages"]["dpkg"]["added"])
+
+    assert added() == ["jq 1.7", "kept 1"]  # answered from the store
+    saved["version"] = 0  # kept by another version of the reader: read again
+    kept.write_text(json.dumps(saved))
+    assert added() == ["jq 1.7"]
 
 
 def test_tags(pienv: Pienv) -> None:

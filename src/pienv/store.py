@@ -591,9 +591,31 @@ class Store:
         except (OSError, ValueError):
             return None
 
+    def record_packages(
+        self, commit_id: str, version: int, packages: dict[str, dict[str, str]]
+    ) -> None:
+        """A commit's installed packages (`diff --packages`), as read by reader ``version``:
+        an image's content never changes, so they are read from the engine once per commit."""
+        self._mkdirs()
+        payload = _dump({"version": version, "packages": packages})
+        write_atomic(self.changes_dir / f"{commit_id}.packages.json", payload)
+
+    def packages(self, commit_id: str, version: int) -> dict[str, dict[str, str]] | None:
+        try:
+            data = json.loads((self.changes_dir / f"{commit_id}.packages.json").read_bytes())
+            if data["version"] != version:
+                return None
+            return {
+                str(m): {str(k): str(v) for k, v in dict(pkgs).items()}
+                for m, pkgs in dict(data["packages"]).items()
+            }
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+
     def forget_commit_files(self, commit_id: str) -> None:
-        with contextlib.suppress(OSError):
-            (self.changes_dir / f"{commit_id}.json").unlink()
+        for name in (f"{commit_id}.json", f"{commit_id}.packages.json"):
+            with contextlib.suppress(OSError):
+                (self.changes_dir / name).unlink()
 
     # -- helpers ----------------------------------------------------------------------------
 

@@ -24,6 +24,8 @@ from typing import IO, Any
 from pienv.engine import INIT_MOUNTS, ChunkReader, Engine
 from pienv.ops.sandbox import AGENT_HOME, ENV_FILE, WORKSPACE
 
+# What `packages` reads: a list the store kept from another version of it is read again.
+PACKAGES_VERSION = 1
 DPKG_STATUS = "/var/lib/dpkg/status"
 # Debian's own Python packages: only apt writes here (pip refuses it and installs into
 # /usr/local), so with Debian's python3 they are dpkg's and read from dpkg's status alone.
@@ -278,14 +280,21 @@ def _read_npm(engine: Engine, cid: str, directory: str) -> dict[str, str]:
     return out
 
 
-def package_diff(engine: Engine, old: str, new: str) -> dict[str, dict[str, list[str]]]:
-    """Package changes from image ``old`` to ``new``; both read at once (the time is the
-    engine's: each archive read mounts the container's filesystem)."""
+def package_diff(
+    engine: Engine, old: str, new: str, known: dict[str, dict[str, dict[str, str]]] | None = None
+) -> tuple[dict[str, dict[str, list[str]]], dict[str, dict[str, dict[str, str]]]]:
+    """Package changes from image ``old`` to ``new``, and the package lists read. Lists in
+    ``known`` (image id -> packages) are not read again; the others are read at once (the
+    time is the engine's: each archive read mounts the container's filesystem)."""
     from concurrent.futures import ThreadPoolExecutor
 
+    have = dict(known or {})
+    missing = [image for image in dict.fromkeys((old, new)) if image not in have]
     with ThreadPoolExecutor(2) as pool:
-        before, after = pool.map(lambda image: packages(engine, image), (old, new))
-    return package_changes(before, after)
+        have.update(
+            zip(missing, pool.map(lambda image: packages(engine, image), missing), strict=True)
+        )
+    return package_changes(have[old], have[new]), {i: have[i] for i in missing}
 
 
 def _archive(

@@ -186,7 +186,11 @@ def diff(
     step = on_step or (lambda _text: None)
     if packages:
         step(f"reading the package databases of {short(old)} and {short(new)}")
-        pkgs = fsdiff.package_diff(ctx.engine(), old, new)
+        version = fsdiff.PACKAGES_VERSION
+        known = {i: p for i in (old, new) if (p := ctx.store.packages(i, version)) is not None}
+        pkgs, read = fsdiff.package_diff(ctx.engine(), old, new, known)
+        for image, found in read.items():
+            ctx.store.record_packages(image, version, found)
         return DiffResult(old, new, None, None, None, packages=pkgs)
     ch = _path_changes(ctx, old, new, step)
     return DiffResult(old, new, ch.added, ch.changed, ch.deleted, ch.metadata)
