@@ -116,9 +116,10 @@ def main() -> None:
             times["pienv diff --packages BASE HEAD (kept)"] = []
             for _ in range(args.rounds):
                 for name, cmd in cmds.items():
-                    # Cold: neither image's packages kept in the store (changes/ID.packages.json)
-                    for image in (base, head):
-                        (home / "changes" / f"{image}.packages.json").unlink(missing_ok=True)
+                    if "--packages" in cmd:
+                        # Cold: neither image's package list kept (changes/ID.packages.json).
+                        for image in (base, head):
+                            (home / "changes" / f"{image}.packages.json").unlink(missing_ok=True)
                     times[name].append(timed(cmd, s.env, str(s.ws)))
                 times["pienv diff --packages BASE HEAD (kept)"].append(
                     timed(cmds["pienv diff --packages BASE HEAD"], s.env, str(s.ws)))
