@@ -117,11 +117,18 @@ def test_engine_lost_mid_run_says_what_was_kept(pienv: Pienv, tmp_path: Path) ->
     assert pienv("run", "--", "ls", "/x").out == "/x\n"
 
 
-def test_container_that_cannot_start_is_not_left_behind(pienv: Pienv) -> None:
+def test_container_that_cannot_start_is_not_left_behind(pienv: Pienv, base_image: str) -> None:
     pienv("run", "--", "true")
-    (pienv.home / "config.toml").write_text('[run]\nnetwork = "container:no-such-container-here"\n')
-    r = pienv("run", "--", "true", check=False)
-    assert r.code == 1 and "could not start" in r.err
+    # Joining the network of a container that is not running: both engines create the run's
+    # container and refuse to start it (a missing one, Podman refuses at create already).
+    api = docker.from_env().api
+    idle = api.create_container(base_image, "true", labels={"pienv-test": "idle"})["Id"]
+    try:
+        (pienv.home / "config.toml").write_text(f'[run]\nnetwork = "container:{idle}"\n')
+        r = pienv("run", "--", "true", check=False)
+    finally:
+        api.remove_container(idle, force=True)
+    assert r.code == 1 and "could not start" in r.err, r.err
     assert run_containers(pienv) == []
     assert json.loads(pienv("orphans", "--json").out) == []
 
