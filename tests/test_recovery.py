@@ -35,14 +35,20 @@ def run_containers(p: Pienv) -> list[dict]:  # type: ignore[type-arg]
 def orphan_a_run(p: Pienv, script: str) -> str:
     """Start a run, then SIGKILL pienv *and* its forked finalizer, so nothing is left to commit
     the container; wait for the container to finish and return its id."""
-    proc = p.popen("run", "--", "sh", "-c", f"{script}; echo up; sleep 1")
+    # The run waits for the test's go-ahead in the workspace: a fixed sleep let a loaded
+    # machine's run finish (and be committed) before the test had found its container.
+    go = p.repo / ".pienv-test-go"
+    wait = f"while [ ! -e /workspace/{go.name} ]; do sleep 0.1; done"
+    proc = p.popen("run", "--", "sh", "-c", f"{script}; echo up; {wait}")
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     cid = str(run_containers(p)[0]["Id"])
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
     for pid in [*map(int, children.stdout.split()), proc.pid]:
         os.kill(pid, signal.SIGKILL)
     proc.wait(30)
+    go.touch()
     docker.from_env().api.wait(cid)
+    go.unlink()
     return cid
 
 
