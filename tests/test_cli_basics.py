@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import Pienv, engine_socket, git
+from conftest import Pienv, git
 
 pytestmark = pytest.mark.engine
 
@@ -142,35 +142,6 @@ def test_wait_says_who_holds_the_branch_and_since_when(pienv: Pienv) -> None:
     assert " since " in first and f"(workspace {pienv.repo})" in first
     assert r.err.count("waiting for branch") == 1
     holder.wait(30)
-
-
-def test_piped_stdin_over_tcp_engine_warns_once(pienv: Pienv) -> None:
-    import socket
-    import subprocess
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proxy = subprocess.Popen(
-        [
-            "socat",
-            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
-            f"UNIX-CONNECT:{engine_socket()}",
-        ]
-    )
-    try:
-        import time
-
-        time.sleep(0.5)
-        tcp = {"DOCKER_HOST": f"tcp://127.0.0.1:{port}"}
-        r = pienv("run", "--", "cat", input="hello\n", env=tcp)
-        assert r.err.count("piped stdin is not forwarded") == 1
-        # nothing piped (stdin is /dev/null): nothing to warn about
-        r = pienv("run", "--", "true", env=tcp)
-        assert "stdin" not in r.err
-    finally:
-        proxy.kill()
-        proxy.wait()
 
 
 def test_failed_base_build_of_a_custom_dir_leaves_nothing(

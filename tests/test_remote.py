@@ -1,12 +1,14 @@
 """Remote engines (issue 14), reached on this machine so the engine's own config is untouched:
-tcp with TLS (certificates made here, socat terminating TLS in front of the local engine's
-socket) and ssh (Debian's sshd on 127.0.0.1 with keys made here; docker-py runs
-`docker system dial-stdio` on the far side). pienv goes through docker-py's session: run,
-commit, show, log, status and recover work, and piped stdin that cannot be forwarded is said
-in one line."""
+plain tcp and tcp with TLS (socat in front of the local engine's socket; certificates made
+here) and ssh (Debian's sshd on 127.0.0.1 with keys made here; docker-py runs
+`docker system dial-stdio` on the far side). pienv goes through docker-py's session there:
+run, commit, show, log, status and recover work, piped stdin is forwarded on every transport
+(the bytes and the EOF), and a workspace the engine cannot see is refused before a start."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
 import os
 import shutil
@@ -22,6 +24,54 @@ from conftest import REQUIRE_ENGINE, Pienv
 from test_recovery import run_containers
 
 Env = dict[str, str]
+
+
+def _local_socket() -> str:
+    """The local engine's socket path, which every proxy here fronts."""
+    local = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+    if not local.startswith("unix://"):
+        pytest.skip("the remote transports are proxies in front of a local unix socket")
+    return local.removeprefix("unix://")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int) -> None:
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def _need(*tools: str) -> None:
+    if all(shutil.which(t) for t in tools):
+        return
+    if REQUIRE_ENGINE:
+        pytest.fail(f"{', '.join(tools)} are needed for the remote tests (apt-get install socat)")
+    pytest.skip(f"one of {tools} is missing")
+
+
+@contextlib.contextmanager
+def _socat(listen: str, port: int) -> Iterator[None]:
+    """socat serving ``listen`` (its address text) in front of the local engine's socket.
+    -t: after one direction's EOF keep the other open (socat's default is 0.5 s), as an
+    engine's own listener does."""
+    proxy = subprocess.Popen(
+        ["socat", "-t", "600", listen, f"UNIX-CONNECT:{_local_socket()}"],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_port(port)
+        yield
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -44,56 +94,96 @@ def _certificates(d: Path) -> None:
 
 
 @pytest.fixture
+def tcp_engine(engine_available: None) -> Iterator[Env]:
+    """Plain tcp (no TLS): what `dockerd -H tcp://...` serves."""
+    _need("socat")
+    port = _free_port()
+    with _socat(f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork", port):
+        yield {"DOCKER_HOST": f"tcp://127.0.0.1:{port}"}
+
+
+@pytest.fixture
 def tls_engine(tmp_path: Path, engine_available: None) -> Iterator[Env]:
-    if not shutil.which("socat") or not shutil.which("openssl"):
-        if REQUIRE_ENGINE:
-            pytest.fail("socat and openssl are needed for the tcp+TLS test (apt-get install socat)")
-        pytest.skip("socat or openssl missing")
-    local = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not local.startswith("unix://"):
-        pytest.skip("the TLS proxy fronts a local unix socket")
+    _need("socat", "openssl")
     certs = tmp_path / "certs"
     certs.mkdir()
     _certificates(certs)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proxy = subprocess.Popen(
-        [
-            "socat",
-            f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={certs}/server.pem,"
-            f"key={certs}/server-key.pem,cafile={certs}/ca.pem,verify=1",
-            f"UNIX-CONNECT:{local.removeprefix('unix://')}",
-        ],
-        stderr=subprocess.DEVNULL,
+    port = _free_port()
+    listen = (
+        f"OPENSSL-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,cert={certs}/server.pem,"
+        f"key={certs}/server-key.pem,cafile={certs}/ca.pem,verify=1"
     )
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield {
-        "DOCKER_HOST": f"tcp://127.0.0.1:{port}",
-        "DOCKER_TLS_VERIFY": "1",
-        "DOCKER_CERT_PATH": str(certs),
-    }
-    proxy.terminate()
-    proxy.wait(10)
+    with _socat(listen, port):
+        yield {
+            "DOCKER_HOST": f"tcp://127.0.0.1:{port}",
+            "DOCKER_TLS_VERIFY": "1",
+            "DOCKER_CERT_PATH": str(certs),
+        }
 
 
-def test_tcp_tls_run_commit_log_recover(pienv: Pienv, tls_engine: Env) -> None:
-    pienv.env.update(tls_engine)
-    r = pienv("run", "--", "sh", "-c", "echo tls > /over-tls")
+@pytest.fixture
+def ssh_engine(tmp_path: Path, engine_available: None) -> Iterator[Env]:
+    """sshd on 127.0.0.1 (Debian's openssh-server) with a host key and a user key made here;
+    HOME points at a directory whose ~/.ssh names both (docker-py reads it via paramiko)."""
+    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+    paramiko = importlib.util.find_spec("paramiko") is not None
+    if not os.path.exists(sshd) or not paramiko or os.getuid() != 0:
+        if REQUIRE_ENGINE:
+            pytest.fail("the ssh test needs root, openssh-server and paramiko (pienv[ssh])")
+        pytest.skip("no sshd, paramiko or root")
+    local = _local_socket()
+    d = tmp_path / "ssh"
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    d.mkdir()
+    for key in ("host", "user"):
+        subprocess.run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True
+        )
+    shutil.copy(d / "user.pub", d / "authorized_keys")
+    port = _free_port()
+    (d / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n"
+        f"AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n"
+        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {d}/sshd.pid\n"
+        # the remote side runs `docker system dial-stdio`, which needs the engine's socket
+        f"SetEnv DOCKER_HOST=unix://{local}\n"
+    )
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([sshd, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "log")])
+    host_key = " ".join((d / "host.pub").read_text().split()[:2])
+    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
+    (home / ".ssh" / "config").write_text(f"Host 127.0.0.1\n  IdentityFile {d}/user\n")
+    _wait_port(port)
+    yield {"DOCKER_HOST": f"ssh://root@127.0.0.1:{port}", "HOME": str(home)}
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture(params=["unix", "tcp", "tls", "ssh"])
+def transport(request: pytest.FixtureRequest, pienv: Pienv) -> Env:
+    """pienv's store reached over each transport (unix: the local engine itself)."""
+    env: Env = {} if request.param == "unix" else request.getfixturevalue(f"{request.param}_engine")
+    pienv.env.update(env)
+    return env
+
+
+@pytest.mark.parametrize("which", ["tls", "ssh"])
+def test_remote_run_commit_log_status_recover(
+    pienv: Pienv, which: str, request: pytest.FixtureRequest
+) -> None:
+    local = pienv("status").out
+    remote: Env = request.getfixturevalue(f"{which}_engine")
+    pienv.env.update(remote)
+    r = pienv("run", "--", "sh", "-c", f"echo {which} > /over-{which}")
     assert "committed" in r.err
-    assert "/over-tls" in pienv("show", "HEAD").out
+    assert f"/over-{which}" in pienv("show", "HEAD").out
     assert len(pienv("log", "--json").out) > 2
-    status = pienv("status").out
-    assert f"at {tls_engine['DOCKER_HOST']}" in status
-    assert "Docker Engine" in status or "Podman" in status
-    # Piped stdin is not forwarded over tcp: said in one line, the command reads nothing.
-    r = pienv("run", "--", "sh", "-c", "cat; echo end", input="piped\n")
-    assert r.out == "end\n"
-    assert "piped stdin is not forwarded" in r.err
+    # The same engine seen through the proxy: the same product, version, API version,
+    # storage driver and rootless mode as on its own socket; only the endpoint differs.
+    line = next(x for x in pienv("status").out.splitlines() if x.startswith("engine"))
+    want = next(x for x in local.splitlines() if x.startswith("engine"))
+    assert line == want.rsplit(" at ", 1)[0] + f" at {remote['DOCKER_HOST']}"
 
     # An orphan (pienv and its finalizer killed) is recovered over the same connection.
     proc = pienv.popen("run", "--", "sh", "-c", "echo x > /orphaned; echo up; sleep 2")
@@ -108,68 +198,49 @@ def test_tcp_tls_run_commit_log_recover(pienv: Pienv, tls_engine: Env) -> None:
     assert pienv("run", "--", "cat", "/orphaned").out == "x\n"
 
 
-@pytest.fixture
-def ssh_engine(tmp_path: Path, engine_available: None) -> Iterator[Env]:
-    """sshd on 127.0.0.1 (Debian's openssh-server) with a host key and a user key made here;
-    HOME points at a directory whose ~/.ssh names both (docker-py reads it via paramiko)."""
-    sshd = shutil.which("sshd") or "/usr/sbin/sshd"
-    paramiko = importlib.util.find_spec("paramiko") is not None
-    if not os.path.exists(sshd) or not paramiko or os.getuid() != 0:
-        if REQUIRE_ENGINE:
-            pytest.fail("the ssh test needs root, openssh-server and paramiko (pienv[ssh])")
-        pytest.skip("no sshd, paramiko or root")
-    local = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not local.startswith("unix://"):
-        pytest.skip("the ssh test reaches the local engine's default socket")
-    d = tmp_path / "ssh"
-    home = tmp_path / "home"
-    (home / ".ssh").mkdir(parents=True)
-    d.mkdir()
-    for key in ("host", "user"):
-        subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(d / key)], check=True
-        )
-    shutil.copy(d / "user.pub", d / "authorized_keys")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    (d / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host\n"
-        f"AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n"
-        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nPidFile {d}/sshd.pid\n"
-        # the remote side runs `docker system dial-stdio`, which needs the engine's socket
-        f"SetEnv DOCKER_HOST={local}\n"
+def _run_bytes(pienv: Pienv, data: bytes, *command: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [*pienv.command, "run", "--", *command],
+        cwd=pienv.repo,
+        env=pienv.env,
+        input=data,
+        capture_output=True,
+        timeout=180,
+        check=False,
     )
-    os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen([sshd, "-D", "-f", str(d / "sshd_config"), "-E", str(d / "log")])
-    host_key = " ".join((d / "host.pub").read_text().split()[:2])
-    (home / ".ssh" / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
-    (home / ".ssh" / "config").write_text(f"Host 127.0.0.1\n  IdentityFile {d}/user\n")
-    for _ in range(100):
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                break
-        time.sleep(0.05)
-    yield {"DOCKER_HOST": f"ssh://root@127.0.0.1:{port}", "HOME": str(home)}
-    proc.terminate()
-    proc.wait(10)
 
 
-def test_ssh_run_commit_log_recover(pienv: Pienv, ssh_engine: Env) -> None:
-    pienv.env.update(ssh_engine)
-    r = pienv("run", "--", "sh", "-c", "echo ssh > /over-ssh")
-    assert "committed" in r.err
-    assert "/over-ssh" in pienv("show", "HEAD").out
-    assert f"at {ssh_engine['DOCKER_HOST']}" in pienv("status").out
-    r = pienv("run", "--", "sh", "-c", "cat; echo end", input="piped\n")
-    assert r.out == "end\n" and "piped stdin is not forwarded" in r.err
-    proc = pienv.popen("run", "--", "sh", "-c", "echo x > /orphaned; echo up; sleep 2")
-    assert proc.stdout is not None and proc.stdout.readline() == "up\n"
-    children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
-    for pid in [*map(int, children.stdout.split()), proc.pid]:
-        os.kill(pid, signal.SIGKILL)
-    proc.wait(30)
-    cid = str(run_containers(pienv)[0]["Id"])
-    time.sleep(3)
-    assert "committed as" in pienv("recover", cid[:12]).out
-    assert pienv("run", "--", "cat", "/orphaned").out == "x\n"
+def test_piped_stdin_is_forwarded_on_every_transport(pienv: Pienv, transport: Env) -> None:
+    """The bytes arrive whole and the EOF reaches the command, over every transport; the
+    output keeps coming after stdin closed."""
+    r = _run_bytes(pienv, b"a\nb\n", "wc", "-l")
+    assert (r.returncode, r.stdout.strip()) == (0, b"2") and b"stdin" not in r.stderr
+    # 5 MB of random bytes (so also Docker's detach keys, ctrl-p ctrl-q, which a non-TTY
+    # attach must not act on), then output after stdin closed and after socat's usual
+    # 0.5 s half-close window.
+    data = os.urandom(5 << 20) + b"\x10\x11"
+    r = _run_bytes(pienv, data, "sh", "-c", "sha256sum; sleep 1; echo after")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().split() == [hashlib.sha256(data).hexdigest(), "-", "after"]
+    # Nothing piped (stdin is /dev/null): the command reads EOF at once.
+    assert pienv("run", "--", "sh", "-c", "cat; echo end").out == "end\n"
+
+
+def test_open_stdin_does_not_hold_a_command_that_ignores_it_remote(
+    pienv: Pienv, transport: Env
+) -> None:
+    proc = subprocess.Popen(
+        [*pienv.command, "run", "--", "echo", "hi"],
+        cwd=pienv.repo,
+        env=pienv.env,
+        stdin=subprocess.PIPE,  # kept open for the whole run
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.wait(timeout=120) == 0
+        assert proc.stdout is not None and proc.stdout.read() == b"hi\n"
+    finally:
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

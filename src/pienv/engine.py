@@ -692,19 +692,14 @@ class Engine:
         """A container that is never started (for commits and exports of an image)."""
         return self._create({"Image": self._ref(image), "Cmd": ["true"], "Labels": labels or {}})
 
-    @property
-    def forwards_stdin(self) -> bool:
-        """Whether run_streaming can feed a container's stdin (pienv's own socket transport)."""
-        return self._socket is not None
-
     def run_streaming(
         self, cid: str, stdin_fd: int | None = None
     ) -> Iterator[tuple[bytes | None, bytes | None]]:
         """Start ``cid`` and yield its (stdout, stderr) chunks until it exits.
 
-        ``stdin_fd`` (only when ``forwards_stdin``; the container must have been created with
-        ``stdin=True``) is copied to the container until EOF, which closes the container's
-        stdin, as `docker run -i` does.
+        ``stdin_fd`` (the container must have been created with ``stdin=True``) is copied to
+        the container until EOF, which closes the container's stdin, as `docker run -i`
+        does, on every transport: the unix socket, tcp, TLS and ssh.
 
         The attach is made before the start: attaching to a container that already exited
         can block forever, and a short command may exit before a late attach arrives. No
@@ -716,6 +711,8 @@ class Engine:
                 stream = self.api.attach(
                     cid, stdout=True, stderr=True, stream=True, logs=False, demux=True
                 )
+                if stdin_fd is not None:
+                    self._feed_stdin(cid, stdin_fd)
                 self.api.start(cid)
                 yield from stream
             return
@@ -735,6 +732,20 @@ class Engine:
                 while (frame := frames(resp)) is not None:
                     which, data = frame
                     yield (data, None) if which != 2 else (None, data)
+
+    def _feed_stdin(self, cid: str, stdin_fd: int) -> None:
+        """Over docker-py's session (tcp, TLS, ssh): a second attach, stdin only, made with
+        the very connection settings of every other call (TLS material, paramiko's session),
+        fed from ``stdin_fd`` by a daemon thread (a stdin that never ends must not keep pienv
+        alive). The end of that connection is the end of stdin: the engine closes the
+        container's stdin (StdinOnce) while the first attach keeps the output coming. One
+        connection with a half-close, as on the unix socket, does not travel everywhere: a
+        TLS socket in Python cannot close only its sending side, and proxies (socat) drop a
+        half-closed connection's other direction after a moment."""
+        import threading
+
+        raw = self.api.attach_socket(cid, params={"stdin": 1, "stream": 1})
+        threading.Thread(target=_feed, args=(stdin_fd, raw), daemon=True).start()
 
     def attach_interactive(self, cid: str, detach_keys: str = "ctrl-^,ctrl-q") -> int:
         """Start and attach through the docker CLI (raw TTY, resize, signals): its exit code."""
@@ -1067,6 +1078,38 @@ class ChunkReader:
                 return self.tell()
         self._pos = target - self._base
         return target
+
+
+def _feed(fd: int, raw: Any) -> None:
+    """Copy ``fd`` into what docker-py's attach_socket returned, then end the sending side
+    and wait for the engine to close (closing first, with the engine's last bytes unread,
+    sends a reset that may drop input still on its way). ``raw``: a socket's SocketIO
+    (tcp), an SSLSocket (TLS), a paramiko Channel (ssh) or docker-py's SSHSocket (its
+    ssh-client mode: the ssh subprocess's stdin and stdout are the stream)."""
+    import socket
+
+    sock = getattr(raw, "_sock", raw)  # SocketIO -> its socket
+    proc = getattr(sock, "proc", None)
+    with contextlib.suppress(OSError, EOFError):
+        sock.settimeout(None)  # stdin may take its time: a person typing
+        while data := os.read(fd, 65536):
+            sock.sendall(data)
+    with contextlib.suppress(OSError, EOFError, ValueError):
+        if proc is not None:
+            proc.stdin.close()
+            proc.stdout.read()
+        elif hasattr(sock, "shutdown_write"):  # paramiko: EOF on the channel
+            sock.shutdown_write()
+            while sock.recv(65536):
+                pass
+        else:
+            # The base class's shutdown: SSLSocket's own would drop its TLS state. A TCP
+            # FIN without TLS's close_notify reads as a clean EOF to Go's TLS server.
+            socket.socket.shutdown(sock, socket.SHUT_WR)
+            while sock.recv(65536):
+                pass
+    with contextlib.suppress(Exception):
+        sock.close()
 
 
 def _filters(**filters: list[str]) -> dict[str, str]:

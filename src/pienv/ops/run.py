@@ -135,7 +135,7 @@ def run(
 ) -> RunResult:
     """One run. ``stdin_fd``: forwarded to a non-interactive command until EOF (None: the
     command's stdin is empty). ``notify`` hears what must be said before the run ends
-    (waiting for a busy branch, stdin that cannot be forwarded).
+    (waiting for a busy branch).
 
     ``report``: given, and the run commits in the background (``commits_in_background``),
     the commit is handed to the forked finalizer once the container has exited: the result
@@ -227,12 +227,9 @@ def run(
         binds.update(git_binds)
         for host, target, mode in mounts_wanted:
             binds[host] = {"bind": target, "mode": mode}
-        forward_stdin = stdin_fd is not None and not req.interactive and engine.forwards_stdin
-        if notify and not forward_stdin and not req.interactive and _has_input(stdin_fd):
-            notify(
-                "piped stdin is not forwarded over this engine's connection (tcp/ssh): the "
-                "command reads an empty stdin; pass input as a file in the workspace instead"
-            )
+        # Forwarded on every transport; /dev/null is not (the container's own stdin is
+        # empty already, and over ssh an attach costs a channel).
+        forward_stdin = not req.interactive and _has_input(stdin_fd)
 
         def create(parent: str) -> tuple[str, RunInfo]:
             info = RunInfo(
@@ -395,7 +392,8 @@ def run(
 
 
 def _has_input(fd: int | None) -> bool:
-    """A pipe or a file on ``fd`` (not a terminal, not /dev/null): input someone meant."""
+    """Whether ``fd`` may bring input: anything but a closed fd or /dev/null (a terminal
+    counts when the run is not interactive: output piped, input typed)."""
     import stat
 
     if fd is None:
@@ -404,7 +402,7 @@ def _has_input(fd: int | None) -> bool:
         mode = os.fstat(fd).st_mode
     except OSError:
         return False
-    return stat.S_ISFIFO(mode) or stat.S_ISREG(mode) or stat.S_ISSOCK(mode)
+    return not stat.S_ISCHR(mode) or os.isatty(fd)
 
 
 def _attach_failed(engine: Engine, cid: str, exc: EngineError) -> EngineError:
