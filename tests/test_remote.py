@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import docker
 import pytest
 from conftest import REQUIRE_ENGINE, Pienv
 from test_recovery import run_containers
@@ -172,8 +173,8 @@ def transport(request: pytest.FixtureRequest, pienv: Pienv) -> Env:
 def test_remote_run_commit_log_status_recover(
     pienv: Pienv, which: str, request: pytest.FixtureRequest
 ) -> None:
-    local = pienv("status").out
     remote: Env = request.getfixturevalue(f"{which}_engine")
+    local_env = dict(pienv.env)
     pienv.env.update(remote)
     r = pienv("run", "--", "sh", "-c", f"echo {which} > /over-{which}")
     assert "committed" in r.err
@@ -182,6 +183,9 @@ def test_remote_run_commit_log_status_recover(
     # The same engine seen through the proxy: the same product, version, API version,
     # storage driver and rootless mode as on its own socket; only the endpoint differs.
     line = next(x for x in pienv("status").out.splitlines() if x.startswith("engine"))
+    remote_env, pienv.env = pienv.env, local_env
+    local = pienv("status").out
+    pienv.env = remote_env
     want = next(x for x in local.splitlines() if x.startswith("engine"))
     assert line == want.rsplit(" at ", 1)[0] + f" at {remote['DOCKER_HOST']}"
 
@@ -244,3 +248,33 @@ def test_open_stdin_does_not_hold_a_command_that_ignores_it_remote(
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+@pytest.mark.parametrize("which", ["tcp", "ssh"])
+def test_workspace_the_remote_engine_cannot_see_is_refused(
+    pienv: Pienv, which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """pienv on another machine than the engine: here, pienv in a private mount namespace
+    whose workspace and store live on a tmpfs the engine (in the host's namespace) cannot
+    see. The run is refused in one line before any container starts; nothing is left."""
+    if os.getuid() != 0 or not shutil.which("unshare"):
+        if REQUIRE_ENGINE:
+            pytest.fail("this test needs root and unshare (util-linux)")
+        pytest.skip("needs root and unshare")
+    pienv.env.update(request.getfixturevalue(f"{which}_engine"))
+    private = tmp_path / "private"
+    private.mkdir()
+    pienv.env["PIENV_HOME"] = str(private / "store")
+    pienv.command = [
+        "unshare", "-m", "--propagation", "private", "sh", "-c",
+        'mount -t tmpfs tmpfs "$0" && mkdir "$0/ws" && cd "$0/ws" && exec "$@"',
+        str(private), *pienv.command,
+    ]  # fmt: skip
+    r = pienv("run", "--", "sh", "-c", "echo ran; touch /ran", check=False)
+    assert r.code == 1 and r.out == ""
+    line = r.err.strip().splitlines()[-1]
+    assert line.startswith(f"pienv: error: the engine at {pienv.env['DOCKER_HOST']} cannot see ")
+    assert "the workspace must be on the engine's machine" in line
+    assert f" {private}/" in line
+    label = f"dev.pienv.workspace={private}/ws"
+    assert docker.from_env().api.containers(all=True, filters={"label": [label]}) == []
