@@ -29,6 +29,11 @@ if ! getent passwd "$NAME" >/dev/null; then
 fi
 [ "$(id -u "$NAME")" = "$ID" ] || die "user $NAME exists with uid $(id -u "$NAME"), not $ID"
 id -nG "$NAME" | tr ' ' '\n' | grep -qx docker || usermod -aG docker "$NAME"
+# Subordinate ids for rootless Podman (tests/test_rootless.py); Debian's useradd usually
+# allocates them already.
+for f in /etc/subuid /etc/subgid; do
+  grep -q "^$NAME:" "$f" 2>/dev/null || echo "$NAME:100000:65536" >>"$f"
+done
 
 # The engine's socket, as Debian's docker.io sets it up: reachable by the docker group only.
 sock=/var/run/docker.sock

@@ -6,7 +6,7 @@
 #   tests/podman/service.sh stop DIR    -> stops that service (its containers and storage
 #                                          stay in DIR; rm -rf DIR after stop removes them)
 #
-# Rootful here (CI runs as root). The sandbox lacks CAP_SYS_RESOURCE, so the containers.conf
+# Rootful when run by root (CI runs as root), rootless when run by another user. The sandbox lacks CAP_SYS_RESOURCE, so the containers.conf
 # written below also empties default_ulimits (that part is this machine's, not pienv's).
 # `init: true` needs catatonit (Debian: apt-get install podman catatonit).
 set -euo pipefail
@@ -16,6 +16,12 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 sock="$dir/podman.sock"
 export CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf"
+# Run as a non-root user, the service is rootless Podman: it keeps its runtime state under
+# XDG_RUNTIME_DIR, which only a login session provides (tests/test_rootless.py).
+if [ "$(id -u)" != 0 ] && [ -z "${XDG_RUNTIME_DIR:-}" ]; then
+  export XDG_RUNTIME_DIR="$dir/xdg"
+  mkdir -p -m 0700 "$XDG_RUNTIME_DIR"
+fi
 
 case "$cmd" in
 start)

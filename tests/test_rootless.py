@@ -1,0 +1,91 @@
+"""Rootless Podman (issue 14): `podman system service` run by the non-root user pienvtest
+(uid 4321, subordinate ids 100000-165535) on a private socket and storage root, and pienv run
+by that same user against it. In a rootless engine the container's root is the host user and
+every other container uid is a subordinate id, so rule 5 (files the agent makes in
+/workspace are the host user's) needs Podman's keep-id user namespace; see docs/engines.md.
+
+This sandbox's /dev/net/tun is root's only (mode 0600), so slirp4netns, rootless Podman's
+network, cannot start: the runs here use `[run] network = "none"`."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+from conftest import NONROOT_UID, NONROOT_USER, REQUIRE_ENGINE, NonrootPienv, nonroot_driver
+
+pytestmark = [pytest.mark.engine, pytest.mark.nonroot]
+
+SERVICE = Path(__file__).parent / "podman" / "service.sh"
+
+
+def _as_user(*args: str) -> subprocess.CompletedProcess[str]:
+    runuser = shutil.which("runuser") or "/usr/sbin/runuser"
+    # A clean environment: the user's own HOME, none of the test's XDG_* redirections.
+    env = ["env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin", f"HOME=/home/{NONROOT_USER}"]
+    return subprocess.run(
+        [runuser, "-u", NONROOT_USER, "--", *env, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+@pytest.fixture
+def rootless_podman(nonroot_venv: Path, base_image: str) -> Iterator[str]:
+    """The service's DOCKER_HOST, with the test base image loaded into its storage."""
+    missing = [t for t in ("podman", "catatonit", "newuidmap") if not shutil.which(t)]
+    if missing:
+        why = f"rootless Podman needs {missing} (apt-get install podman catatonit uidmap)"
+        if REQUIRE_ENGINE:
+            pytest.fail(why)
+        pytest.skip(why)
+    top = Path(tempfile.mkdtemp(prefix="pienv-rootless-", dir="/var/tmp"))
+    os.chown(top, NONROOT_UID, NONROOT_UID)
+    svc = top / "svc"
+    started = _as_user("bash", str(SERVICE), "start", str(svc))
+    try:
+        assert started.returncode == 0, started.stderr
+        host = started.stdout.strip().splitlines()[-1]
+        image = docker.from_env().api.get_image(base_image)
+        docker.APIClient(base_url=host, timeout=300).load_image(b"".join(image))
+        yield host
+    finally:
+        _as_user("bash", str(SERVICE), "stop", str(svc))
+        shutil.rmtree(top, ignore_errors=True)
+
+
+@pytest.fixture
+def rootless(rootless_podman: str, base_image: str, nonroot_venv: Path) -> Iterator[NonrootPienv]:
+    with nonroot_driver(base_image, nonroot_venv) as p:
+        config = p.repo.parent / "config.toml"
+        config.write_text('[run]\nnetwork = "none"\n')
+        p.env.update({"DOCKER_HOST": rootless_podman, "PIENV_CONFIG": str(config)})
+        yield p
+
+
+def test_rootless_podman_run_commit_and_workspace_owner(rootless: NonrootPienv) -> None:
+    rootless("run", "--", "true")
+    engine = next(x for x in rootless("status").out.splitlines() if x.startswith("engine"))
+    assert engine.split()[1] == "Podman" and ", rootless, at unix://" in engine, engine
+    r = rootless(
+        "run", "--", "sh", "-c", "id -u; echo made > /workspace/made; mkdir /workspace/d; "
+        "touch /workspace/d/f ~/tool"
+    )  # fmt: skip
+    assert r.out == "4321\n" and "committed" in r.err
+    # Rule 5: the host user's files, not a subordinate id's (100000 + n) nor root's.
+    for path in ("made", "d", "d/f"):
+        st = (rootless.repo / path).stat()
+        assert (st.st_uid, st.st_gid) == (NONROOT_UID, NONROOT_UID), path
+    # The change is committed and the next run starts from it; stdin reaches the command.
+    assert rootless(
+        "run", "--", "sh", "-c", "ls ~/tool >/dev/null && echo kept; wc -l", input="a\nb\n"
+    ).out == ("kept\n2\n")
+    assert "/tool" in rootless("show", "HEAD").out
