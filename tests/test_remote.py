@@ -188,6 +188,16 @@ def test_remote_run_commit_log_status_recover(
     pienv.env = remote_env
     want = next(x for x in local.splitlines() if x.startswith("engine"))
     assert line == want.rsplit(" at ", 1)[0] + f" at {remote['DOCKER_HOST']}"
+    # doctor: the same engine line, the engine's needs tried for real over the connection,
+    # and no number read off this machine's disk for the remote engine's.
+    doctor = pienv("doctor", check=False).out
+    product, driver, mode, _ = want.split(None, 1)[1].split(", ")
+    assert f"ok   engine: {product}, {mode}, at {remote['DOCKER_HOST']}\n" in doctor, doctor
+    assert f"ok   storage driver: {driver}\n" in doctor, doctor
+    for check in ("init binary", "commit labels", "archive API"):
+        assert f"ok   {check}: works" in doctor, doctor
+    disk = next(x for x in doctor.splitlines() if "free disk" in x)
+    assert "GB free" not in disk and "remote engine" in disk, disk
 
     # An orphan (pienv and its finalizer killed) is recovered over the same connection.
     proc = pienv.popen("run", "--", "sh", "-c", "echo x > /orphaned; echo up; sleep 2")

@@ -447,6 +447,12 @@ class Engine:
         return bool(self._podman)
 
     @property
+    def local(self) -> bool:
+        """Whether the engine runs on this machine (reached on a unix socket): only then are
+        paths it names (its root dir) paths here."""
+        return self.base_url.startswith("unix://")
+
+    @property
     def rootless(self) -> bool:
         """Whether the engine runs as a non-root user. On a local socket its owner says so
         for free (a rootless engine cannot make a root-owned socket; /info costs ~0.6 s on

@@ -350,6 +350,9 @@ def doctor(ctx: Context) -> list[Check]:
     )
     root = info.root_dir
     try:
+        if not engine.local:
+            # A directory of that name here would be this machine's, not the engine's.
+            raise OSError
         free = shutil.disk_usage(root).free
         level: Level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
         checks.append(
@@ -361,7 +364,8 @@ def doctor(ctx: Context) -> list[Check]:
             )
         )
     except OSError:
-        checks.append(Check("free disk", "warn", f"cannot read {root} from here (remote engine?)"))
+        remote = "" if engine.local else " of a remote engine"
+        checks.append(Check("free disk", "warn", f"cannot read {root}{remote} from here"))
     if refs is None:
         return checks
     named = os.environ.get("PIENV_BASE_IMAGE")
