@@ -21,18 +21,10 @@ from pathlib import Path
 
 import docker
 import pytest
-from conftest import REQUIRE_ENGINE, Pienv
+from conftest import REQUIRE_ENGINE, Pienv, engine_socket
 from test_recovery import run_containers
 
 Env = dict[str, str]
-
-
-def _local_socket() -> str:
-    """The local engine's socket path, which every proxy here fronts."""
-    local = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
-    if not local.startswith("unix://"):
-        pytest.skip("the remote transports are proxies in front of a local unix socket")
-    return local.removeprefix("unix://")
 
 
 def _free_port() -> int:
@@ -64,7 +56,7 @@ def _socat(listen: str, port: int) -> Iterator[None]:
     -t: after one direction's EOF keep the other open (socat's default is 0.5 s), as an
     engine's own listener does."""
     proxy = subprocess.Popen(
-        ["socat", "-t", "600", listen, f"UNIX-CONNECT:{_local_socket()}"],
+        ["socat", "-t", "600", listen, f"UNIX-CONNECT:{engine_socket()}"],
         stderr=subprocess.DEVNULL,
     )
     try:
@@ -132,7 +124,7 @@ def ssh_engine(tmp_path: Path, engine_available: None) -> Iterator[Env]:
         if REQUIRE_ENGINE:
             pytest.fail("the ssh test needs root, openssh-server and paramiko (pienv[ssh])")
         pytest.skip("no sshd, paramiko or root")
-    local = _local_socket()
+    local = engine_socket()
     d = tmp_path / "ssh"
     home = tmp_path / "home"
     (home / ".ssh").mkdir(parents=True)
