@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -89,3 +91,52 @@ def test_rootless_podman_run_commit_and_workspace_owner(rootless: NonrootPienv) 
         "run", "--", "sh", "-c", "ls ~/tool >/dev/null && echo kept; wc -l", input="a\nb\n"
     ).out == ("kept\n2\n")
     assert "/tool" in rootless("show", "HEAD").out
+
+
+def test_rootless_podman_over_tcp_refuses_a_workspace_it_cannot_see(
+    rootless: NonrootPienv, rootless_podman: str
+) -> None:
+    """Podman reached over tcp from pienv in a private mount namespace (its workspace and
+    store on a tmpfs the service cannot see): Podman tries to make the missing workspace
+    ("making volume mountpoint ... permission denied"), which pienv names in one line."""
+    if not shutil.which("socat") or not shutil.which("unshare"):
+        if REQUIRE_ENGINE:
+            pytest.fail("socat and unshare are needed (apt-get install socat util-linux)")
+        pytest.skip("socat or unshare missing")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proxy = subprocess.Popen(
+        [
+            "socat",
+            f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork",
+            f"UNIX-CONNECT:{rootless_podman.removeprefix('unix://')}",
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(100):
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.05)
+        private = rootless.repo.parent / "private"
+        private.mkdir()
+        host = f"tcp://127.0.0.1:{port}"
+        rootless.env.update({"DOCKER_HOST": host, "PIENV_HOME": str(private / "store")})
+        rootless.command = [
+            "unshare", "-m", "--propagation", "private", "sh", "-c",
+            f'mount -t tmpfs tmpfs "$0" && mkdir "$0/ws" && chown -R {NONROOT_UID} "$0" && '
+            'cd "$0/ws" && exec "$@"',
+            str(private), *rootless.command,
+        ]  # fmt: skip
+        r = rootless("run", "--", "sh", "-c", "echo ran", check=False)
+        assert r.code == 1 and r.out == "", r.err
+        line = r.err.strip().splitlines()[-1]
+        assert line.startswith(f"pienv: error: the engine at {host} cannot see {private}/ws:")
+        label = f"dev.pienv.workspace={private}/ws"
+        api = docker.APIClient(base_url=rootless_podman)
+        assert api.containers(all=True, filters={"label": [label]}) == []
+    finally:
+        proxy.terminate()
+        proxy.wait(10)

@@ -1155,9 +1155,11 @@ def _imported_id(result: Any) -> str:
 
 
 def _missing_source(config: Mapping[str, Any], message: str) -> str:
-    """The bind source an engine's create error says does not exist, or ""."""
+    """The bind source an engine's create error says does not exist, or "". Docker says
+    "bind source path does not exist"; Podman tries to make a missing source ("making volume
+    mountpoint for volume PATH: mkdir PATH: permission denied" when rootless)."""
     low = message.lower()
-    if "does not exist" not in low and "no such file" not in low:
+    if not any(s in low for s in ("does not exist", "no such file", "making volume mountpoint")):
         return ""
     for mount in (config.get("HostConfig") or {}).get("Mounts") or ():
         source = str(mount.get("Source") or "")
