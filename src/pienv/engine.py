@@ -701,18 +701,21 @@ class Engine:
                     "set init_path in containers.conf",
                 ) from exc
             missing = _missing_source(config, str(exc))
-            if missing and not self.base_url.startswith("unix://"):
+            if missing and not self.local:
                 # Every run mounts its env file, named by a fresh random token: an engine
                 # that cannot find it does not share this machine's files, so the workspace
                 # it would mount is not this one (a remote engine: ssh://, tcp://).
-                raise EngineError(
-                    f"the engine at {self.base_url} cannot see {missing}: it runs on another "
-                    "machine, and the workspace must be on the engine's machine",
-                    hint="run pienv on that machine, or use a local engine "
-                    "(unset DOCKER_HOST, `docker context use default`)",
-                ) from exc
+                raise self._cannot_see(missing) from exc
             raise
         return str(created["Id"])
+
+    def _cannot_see(self, path: str) -> EngineError:
+        return EngineError(
+            f"the engine at {self.base_url} cannot see {path}: it runs on another machine, "
+            "and the workspace must be on the engine's machine",
+            hint="run pienv on that machine, or use a local engine "
+            "(unset DOCKER_HOST, `docker context use default`)",
+        )
 
     def create_stopped(self, image: str, labels: dict[str, str] | None = None) -> str:
         """A container that is never started (for commits and exports of an image)."""
@@ -733,13 +736,24 @@ class Engine:
         and reads the log, so output written in between would arrive twice.
         """
         if self._http is None:
+            try:
+                with translated(self.base_url):
+                    stream = self.api.attach(
+                        cid, stdout=True, stderr=True, stream=True, logs=False, demux=True
+                    )
+                    if stdin_fd is not None:
+                        self._feed_stdin(cid, stdin_fd)
+                    self.api.start(cid)
+            except EngineError as exc:
+                # Rootful Podman makes a missing bind source on its machine at create (an
+                # empty directory), then fails to mount the env file it made a directory
+                # (at the attach: Podman prepares the container there).
+                # (EngineError's text is cut at 300 characters: read the engine's own.)
+                unseen = re.search(r'error mounting "([^"]+)"', str(exc.__cause__ or exc))
+                if unseen and not self.local:
+                    raise self._cannot_see(unseen.group(1)) from exc
+                raise
             with translated(self.base_url):
-                stream = self.api.attach(
-                    cid, stdout=True, stderr=True, stream=True, logs=False, demux=True
-                )
-                if stdin_fd is not None:
-                    self._feed_stdin(cid, stdin_fd)
-                self.api.start(cid)
                 yield from stream
             return
         query = urlencode(
