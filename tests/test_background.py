@@ -13,7 +13,6 @@ import os
 import pty
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -37,7 +36,7 @@ def log_ids(p: Pienv) -> list[str]:
 def test_next_run_waits_for_the_background_commit(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     before = pienv.head()
-    first = start(pienv, "run", "--", "sh", "-c", "echo one > /one", delay=2)
+    first = start(pienv, "run", "--", "sh", "-c", "echo one > /one", delay=4)
     assert first.wait(30) == 0
     # pienv is gone, its commit is not made yet: it returned before the commit.
     assert pienv.head() == before and run_containers(pienv)
@@ -93,15 +92,14 @@ def test_stderr_reader_gets_the_result_after_the_commit_stdout_at_once(pienv: Pi
         "sh",
         "-c",
         "echo out; echo new > /n",
-        delay=2,
+        delay=5,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
     assert proc.stdout is not None and proc.stderr is not None
-    t0 = time.monotonic()
     assert proc.stdout.read() == b"out\n"  # EOF: the finalizer never holds stdout
     assert proc.wait(30) == 0
-    assert time.monotonic() - t0 < 1.8 and pienv.head() == before
+    assert pienv.head() == before  # stdout's EOF came before the commit
     err = proc.stderr.read().decode()  # EOF only once the commit has landed
     head = pienv.head()
     assert head != before
