@@ -54,7 +54,14 @@ def test_next_run_waits_for_the_background_commit(pienv: Pienv) -> None:
 def test_status_orphans_and_log_while_committing(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     before = pienv.head()
-    proc = start(pienv, "run", "--", "touch", "/made", delay=6)
+    # `log` right after pienv returned: it waits for the commit (briefly) and lists it.
+    assert start(pienv, "run", "--", "touch", "/first", delay=3).wait(30) == 0
+    r = pienv("log", "-n", "1", "--json")
+    (entry,) = json.loads(r.out)
+    assert entry["id"] == pienv.head() != before
+    assert "waiting for the run being committed on 'main'" in r.err
+    before = pienv.head()
+    proc = start(pienv, "run", "--", "touch", "/made", delay=10)
     assert proc.wait(30) == 0
     status = pienv("status").out
     assert "committing the last run" in status, status
@@ -63,13 +70,9 @@ def test_status_orphans_and_log_while_committing(pienv: Pienv) -> None:
     assert lock["container"] == run_containers(pienv)[0]["Id"]
     # The finalizer's container is its own, not an orphan for `recover` to take.
     assert json.loads(pienv("orphans", "--json").out) == []
-    # `log` waits for the commit (briefly) and lists it.
-    r = pienv("log", "-n", "1", "--json")
-    (entry,) = json.loads(r.out)
-    assert entry["id"] == pienv.head() != before
-    assert "waiting for the run being committed on 'main'" in r.err
-    assert pienv("status", "--json").out.count('"committing"') == 0
-    assert_consistent(pienv, commits=2)
+    wait_for(lambda: pienv.head() != before and not run_containers(pienv))
+    assert json.loads(pienv("status", "--json").out)["locks"] == []
+    assert_consistent(pienv, commits=3)
 
 
 def test_log_says_when_the_commit_outlasts_its_wait(pienv: Pienv) -> None:
