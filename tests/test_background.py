@@ -55,7 +55,7 @@ def test_status_orphans_and_log_while_committing(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     before = pienv.head()
     # `log` right after pienv returned: it waits for the commit (briefly) and lists it.
-    assert start(pienv, "run", "--", "touch", "/first", delay=3).wait(30) == 0
+    assert start(pienv, "run", "--", "touch", "/first", delay=4).wait(30) == 0
     r = pienv("log", "-n", "1", "--json")
     (entry,) = json.loads(r.out)
     assert entry["id"] == pienv.head() != before
