@@ -222,3 +222,28 @@ def test_recover_waits_for_a_background_commit(pienv: Pienv, tmp_path: Path) -> 
     wait_for(lambda: not run_containers(pienv))
     assert pienv.head() != before
     assert_consistent(pienv, commits=2)
+
+
+def test_shell_session_commits_before_it_returns(pienv: Pienv) -> None:
+    """`pienv shell` on a terminal (`script` gives it one) commits in the foreground, with
+    the result line, even with the background default."""
+    import shlex
+    import shutil
+
+    if shutil.which("script") is None:
+        pytest.fail("`script` (util-linux) is needed to give pienv a terminal")
+    pienv("run", "--", "true")
+    before = pienv.head()
+    cmd = shlex.join([*pienv.command, "shell"])
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        input="echo 6 > /f; exit 3\n",
+        cwd=pienv.repo,
+        env=pienv.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    head = pienv.head()  # read as soon as the session ended: no waiting
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert head != before and f"pienv: committed {head[:12]} on main" in proc.stdout
