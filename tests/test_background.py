@@ -63,11 +63,14 @@ def test_status_orphans_and_log_while_committing(pienv: Pienv) -> None:
     before = pienv.head()
     proc = start(pienv, "run", "--", "touch", "/made", delay=10)
     assert proc.wait(30) == 0
+    # The container first: the commit may start before the two `status` below are done on a
+    # loaded machine (and Podman's listing waits for a container a commit holds).
+    [container] = run_containers(pienv)
     status = pienv("status").out
     assert "committing the last run" in status, status
     lock = json.loads(pienv("status", "--json").out)["locks"][0]
     assert lock["phase"] == "committing" and lock["branch"] == "main"
-    assert lock["container"] == run_containers(pienv)[0]["Id"]
+    assert lock["container"] == container["Id"]
     # The finalizer's container is its own, not an orphan for `recover` to take.
     assert json.loads(pienv("orphans", "--json").out) == []
     wait_for(lambda: pienv.head() != before and not run_containers(pienv))

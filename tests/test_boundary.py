@@ -355,15 +355,21 @@ def test_workspace_path_with_colon_and_comma_runs(pienv: Pienv, tmp_path: Path) 
 
 
 def orphan_a_run(p: Pienv) -> str:
-    """Start a run, SIGKILL pienv *and* its forked finalizer; the container's id."""
-    proc = p.popen("run", "-e", "SECRET_KEY", "--", "sh", "-c", "echo up; sleep 1")
+    """Start a run, SIGKILL pienv *and* its forked finalizer; the container's id. The run
+    waits for the test's go-ahead in the workspace: after a fixed sleep, a loaded machine's
+    finalizer had committed and removed the container before the test found it."""
+    go = p.repo / ".pienv-test-go"
+    wait = f"while [ ! -e /workspace/{go.name} ]; do sleep 0.1; done"
+    proc = p.popen("run", "-e", "SECRET_KEY", "--", "sh", "-c", f"echo up; {wait}")
     assert proc.stdout is not None and proc.stdout.readline() == "up\n"
     cid = str(run_containers(p)[0]["Id"])
     children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True)
     for pid in [*map(int, children.stdout.split()), proc.pid]:
         os.kill(pid, signal.SIGKILL)
     proc.wait(30)
+    go.touch()
     docker.from_env().api.wait(cid)
+    go.unlink()
     return cid
 
 
