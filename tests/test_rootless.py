@@ -9,8 +9,10 @@ network, cannot start: the runs here use `[run] network = "none"`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -61,7 +63,24 @@ def rootless_podman(nonroot_venv: Path, base_image: str) -> Iterator[str]:
         yield host
     finally:
         _as_user("bash", str(SERVICE), "stop", str(svc))
+        # Rootless Podman re-executes itself in its user namespace and keeps a pause process
+        # (catatonit -P) holding it: they outlive the stop. Only processes naming this
+        # service's directory (command line or XDG_RUNTIME_DIR) are ended.
+        for pid in _processes_naming(str(svc)):
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(top, ignore_errors=True)
+
+
+def _processes_naming(text: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                named = (entry / "cmdline").read_bytes() + (entry / "environ").read_bytes()
+                if text.encode() in named:
+                    found.append(int(entry.name))
+    return found
 
 
 @pytest.fixture

@@ -63,6 +63,13 @@ stop)
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     rm -f "$dir/service.pid" "$sock"
   fi
+  # Rootless with the private runtime dir made above: the pause process that holds the user
+  # namespace outlives the service (a login session's own one is never touched).
+  pause="$dir/xdg/libpod/tmp/pause.pid"
+  if [ "$(id -u)" != 0 ] && [ "${XDG_RUNTIME_DIR:-}" = "$dir/xdg" ] && [ -f "$pause" ]; then
+    kill "$(cat "$pause")" 2>/dev/null || true
+    rm -f "$pause"
+  fi
   ;;
 *)
   echo "usage: $0 start|stop DIR" >&2
