@@ -240,3 +240,21 @@ def test_real_pi_on_a_stock_image_as_a_non_root_user(nonroot_realistic: NonrootP
         assert code == 0 and p.refs()["branches"]["main"] == head
     finally:
         remove_volumes(p)
+
+
+def test_show_of_an_install_lists_what_its_layer_holds(pienv: Pienv) -> None:
+    """An install commit's paths come from its own layer, as a run commit's do: a same-size
+    rewrite that put the old mtime back (which `docker diff` never reports) is listed."""
+    same = "touch -d '2020-01-01 00:00:00' /opt/n"
+    pienv("run", "--", "sh", "-c", f"mkdir -p /opt && echo 1 > /opt/n && {same}")
+    install = f"echo 2 > /opt/n && {same} && {INSTALL_OK}"
+    config(pienv, f'[agent]\ncommand = ["myagent"]\ninstall = "{install}"\n')
+    try:
+        assert pienv("run").out == "hello from myagent\n"
+        commits = json.loads(pienv("log", "--json").out)
+        installed = next(c["id"] for c in commits if c["kind"] == "install")
+        paths = json.loads(pienv("show", installed, "--json").out)["paths"]
+        assert {"kind": "C", "path": "/opt/n"} in paths, paths
+        assert {"kind": "A", "path": "/home/agent/.local/bin/myagent"} in paths, paths
+    finally:
+        remove_volumes(pienv)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pienv.config import CACHE_ENV, CACHES, PRESETS, Agent, Config
 from pienv.errors import PienvError
 from pienv.model import LABEL, Commit
-from pienv.ops.commits import finish, host_ids, mount_filter
+from pienv.ops.commits import finish, host_ids
 from pienv.ops.context import Context
 from pienv.ops.sandbox import AGENT_HOME, ENV_FILE, WRAPPER
 
@@ -113,8 +113,8 @@ def install(
                 f"installing {agent.label} failed (exit {code}): `{agent.install}`; "
                 f"nothing was committed: change {key} in {ctx.store.config_path}"
             )
-        mounts = [b["bind"] for b in binds.values()]
-        changes = mount_filter(engine.diff(cid), mounts)
+        # No path list here: `docker diff` misses same-size rewrites that kept their mtime and
+        # walks the whole image; the first `pienv show` lists what the commit's layer holds.
         draft = Commit.draft(
             branch,
             f"install {agent.label}",
@@ -122,13 +122,13 @@ def install(
             parents=(parent,),
             command=("sh", "-c", agent.install),
             exit_code=0,
-            changes=len(changes),
+            changes=None,
         )
         draft = replace(draft, container=cid)
         labels = draft.labels(ctx.store_id)
         labels[INSTALLED_LABEL] = agent.install
         image_id = engine.commit(cid, parent_image, labels)
-        commit = finish(ctx, engine, image_id, draft, changes, parent_image)
+        commit = finish(ctx, engine, image_id, draft, None, parent_image)
         with ctx.store.transaction(f"install: {agent.label}") as txn:
             txn.move_head(branch, parent, commit.id)
         return commit
