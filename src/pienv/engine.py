@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -789,6 +788,8 @@ class Engine:
 
     def attach_interactive(self, cid: str, detach_keys: str = "ctrl-^,ctrl-q") -> int:
         """Start and attach through the docker CLI (raw TTY, resize, signals): its exit code."""
+        import subprocess  # here, not at the top: ~4 ms off every run's start
+
         env = dict(os.environ)
         env["DOCKER_HOST"] = self._cli_host
         try:

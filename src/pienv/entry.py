@@ -29,7 +29,24 @@ def main(argv: list[str] | None = None) -> NoReturn:
         log = _log_internal(args)
         ui.error(f"internal error: {exc.__class__.__name__}: {exc} (traceback in {log})")
         code = 3
+    if argv is None:
+        _exit_now(code)
     sys.exit(code)
+
+
+def _exit_now(code: int) -> NoReturn:
+    """The console script's exit, without the interpreter's teardown (freeing every module
+    and object: ~14 ms, a tenth of what a no-op `pienv run` adds to `docker run`). Nothing
+    of pienv's waits for teardown: files are closed or flushed by their writers, locks are
+    freed by the kernel, the run's finalizer is its own process. The standard streams are
+    flushed here; a reader gone meanwhile is no error (as for BrokenPipeError above)."""
+    import contextlib
+    import os
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError):  # a closed pipe, or a closed stream
+            stream.flush()
+    os._exit(code)
 
 
 def _dispatch(args: list[str]) -> int:
