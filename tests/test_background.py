@@ -216,6 +216,67 @@ def test_finalizer_killed_mid_background_commit_loses_nothing(pienv: Pienv, step
     assert_consistent(pienv, commits=2)
 
 
+def children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[1] == str(pid):
+            out.append(int(stat.parent.name))
+    return out
+
+
+def test_finalizer_killed_during_the_run_commits_in_the_foreground(pienv: Pienv) -> None:
+    """kill -9 of the finalizer while the command runs (an agent, or the OOM killer, can):
+    pienv cannot hand its commit over, so it commits itself, says so, and keeps the
+    command's exit code (no silent 0, no orphan)."""
+    pienv("run", "--", "true")
+    before = pienv.head()
+    script = (
+        "touch /workspace/started; while [ ! -e /workspace/go ]; do sleep 0.1; done; "
+        "echo kept > /k; exit 7"
+    )
+    proc = start(pienv, "run", "--", "sh", "-c", script, stderr=subprocess.PIPE)
+    wait_for(lambda: (pienv.repo / "started").exists())
+    [finalizer] = children(proc.pid)
+    os.kill(finalizer, signal.SIGKILL)
+    (pienv.repo / "go").touch()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 7, err
+    assert b"committed" in err, err
+    assert run_containers(pienv) == []
+    assert pienv.head() != before
+    assert pienv("run", "--", "cat", "/k").out == "kept\n"
+    assert_consistent(pienv, commits=2)
+
+
+def test_revisions_right_after_a_run_name_its_commit(pienv: Pienv) -> None:
+    """`pienv run -- CMD` then at once `tag`, `branch`, `run -b NEW`, `reset HEAD~1`: each
+    acts on CMD's commit (it waits for the background commit), as with a foreground commit."""
+    pienv("run", "--", "true")
+    first = pienv.head()
+
+    def ran(path: str) -> str:
+        before = pienv.head()
+        assert start(pienv, "run", "--", "touch", path, delay=2).wait(30) == 0
+        assert pienv.head() == before  # still being committed
+        return before
+
+    ran("/t")
+    pienv("tag", "t1")
+    pienv("branch", "b1")
+    assert pienv.refs()["tags"]["t1"] == pienv.refs()["branches"]["b1"] == pienv.head() != first
+    ran("/n")
+    assert pienv("run", "-b", "fresh", "--", "ls", "/n").out == "/n\n"
+    before = ran("/u")
+    pienv("reset", "HEAD~1")
+    assert pienv.head() == before
+    wait_for(lambda: not run_containers(pienv))
+    assert_consistent(pienv, commits=4)
+
+
 def test_recover_waits_for_a_background_commit(pienv: Pienv, tmp_path: Path) -> None:
     pienv("run", "--", "true")
     before = pienv.head()

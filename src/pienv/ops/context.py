@@ -17,6 +17,10 @@ if TYPE_CHECKING:
     from pienv.engine import Engine
 
 
+# How long a revision waits for a background commit on its branch (a commit takes moments).
+SETTLE_WAIT = 120.0
+
+
 @dataclass
 class Context:
     store: Store = field(default_factory=Store)
@@ -62,10 +66,30 @@ class Context:
 
     # -- revisions ---------------------------------------------------------------------------
 
-    def resolve(self, text: str, refs: Refs | None = None) -> str:
-        """A revision (see model.parse_rev) -> full commit id, or UsageError."""
+    def settle(self, name: str, refs: Refs) -> bool:
+        """Wait for a background commit on the branch ``name`` names (HEAD: the current
+        branch); whether there was one (the refs read before it are stale then)."""
+        from pienv import locks
+
+        branch = name_of(refs.head_branch) if name == "HEAD" else name
+        if branch != "HEAD" and branch not in refs.branches:
+            return False  # a tag or a commit id: nothing moves it
+        if locks.committing(self.store.locks_dir, branch) is None:
+            return False  # the usual case: one file read
+        locks.await_commit(self.store.locks_dir, branch, SETTLE_WAIT)
+        return True
+
+    def resolve(self, text: str, refs: Refs | None = None, settle: bool = True) -> str:
+        """A revision (see model.parse_rev) -> full commit id, or UsageError.
+
+        ``settle``: a revision that names a branch (or HEAD) whose finished run is still being
+        committed in the background waits for that commit first (up to SETTLE_WAIT s), so
+        that `pienv run -- CMD; pienv tag T` tags the run, as it did before the commit went
+        to the background."""
         refs = refs or self.refs()
         rev = parse_rev(text)
+        if settle and self.settle(rev.base, refs):
+            refs = self.refs()
         commits = self.store.commits()
         cid = self._resolve_base(rev.base, rev.reflog, refs, commits, text)
         for op, n in rev.steps:

@@ -87,7 +87,8 @@ def log(
         head = refs.head_commit()
         if rev is None and head is None:
             return LogResult([], pending=pending)
-        starts = [ctx.resolve(rev, refs) if rev else head]  # type: ignore[list-item]
+        # `log` waited for the commits it shows already (LOG_WAIT), and says what is pending.
+        starts = [ctx.resolve(rev, refs, settle=False) if rev else head]  # type: ignore[list-item]
     order = dag.log_order(commits, starts)
     if limit is not None:
         order = order[:limit]
@@ -388,6 +389,9 @@ class ResetResult:
 
 def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
     """Move the current branch (or detached HEAD) to ``rev``; the old head stays in the reflog."""
+    # A finished run's background commit lands first: `reset HEAD~1` right after a run
+    # undoes that run (and the refs read below are the ones it left).
+    ctx.settle("HEAD", ctx.refs())
     refs = ctx.refs()
     new = ctx.resolve(rev, refs)
     branch = refs.head_branch

@@ -77,6 +77,10 @@ def ensure_root(ctx: Context, branch: str | None, notes: list[str]) -> str:
     if refs.branches or refs.head_detached:
         # A new branch starts from HEAD (the git way), or from the first branch when HEAD is
         # unborn (e.g. HEAD names a deleted branch).
+        # A finished run still being committed on HEAD's branch lands first (`pienv run --
+        # CMD; pienv run -b new` starts from CMD's commit, as `pienv branch new` would).
+        if ctx.settle("HEAD", refs):
+            refs = ctx.refs()
         start = refs.head_commit() or next(iter(refs.branches.values()))
         with ctx.store.transaction(f"branch: created from {short(start)}") as txn:
             txn.move_head(branch, None, start)
@@ -364,10 +368,14 @@ def run(
             # moment pienv exits, a run that wants this branch must see whom to wait for.
             try:
                 lock.record(str(ws.path), pid=guard.pid, phase=locks.COMMITTING, container=cid)
+                guard.hand_over(exit_code)
             except OSError:
-                background = False  # e.g. a full disk: commit here, where errors are seen
+                # A full disk, or the finalizer is gone (killed: its pipe has no reader, so
+                # nothing else commits this container): commit here, where errors are seen.
+                background = False
+                with contextlib.suppress(OSError):
+                    lock.record(str(ws.path), phase=locks.COMMITTING, container=cid)
         if background:
-            guard.hand_over(exit_code)
             crashpoint("handed")  # tests: pienv killed right after the handoff
             lock.hand_over()
             return RunResult(

@@ -53,6 +53,8 @@ def add(ctx: Context, cwd: Path, path: Path, branch: str | None, from_rev: str |
                 )
         start: str | None = refs.branches[name]
     else:
+        if not from_rev and ctx.settle("HEAD", refs):
+            refs = ctx.refs()  # the run being committed on HEAD's branch has landed
         start = ctx.resolve(from_rev, refs) if from_rev else refs.head_commit()
         if start:
             with ctx.store.transaction(f"worktree: branch for {target}") as txn:
