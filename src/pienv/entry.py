@@ -44,6 +44,8 @@ def _exit_now(code: int) -> NoReturn:
     import os
 
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # pienv was started with this descriptor closed (`>&-`)
+            continue
         with contextlib.suppress(OSError, ValueError):  # a closed pipe, or a closed stream
             stream.flush()
     os._exit(code)
