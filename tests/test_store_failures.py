@@ -117,6 +117,43 @@ def test_engine_lost_mid_run_says_what_was_kept(pienv: Pienv, tmp_path: Path) ->
     assert pienv("run", "--", "ls", "/x").out == "/x\n"
 
 
+def test_engine_lost_before_the_background_commit_says_what_was_kept(
+    pienv: Pienv, tmp_path: Path
+) -> None:
+    """The command ran and pienv returned; the engine goes before the finalizer commits: its
+    error names the kept container and `pienv recover` (the next run commits it, too)."""
+    pienv("run", "--", "true")
+    before = pienv.head()
+    sock = tmp_path / "engine.sock"
+    proxy = subprocess.Popen(
+        ["socat", f"UNIX-LISTEN:{sock},fork", f"UNIX-CONNECT:{engine_socket()}"],
+        start_new_session=True,
+    )
+    try:
+        wait_for(sock.exists)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pienv", "run", "--", "sh", "-c", "touch /bg; exit 4"],
+            cwd=pienv.repo,
+            env={**pienv.env, "DOCKER_HOST": f"unix://{sock}", "PIENV_TEST_COMMIT_DELAY": "3"},
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        wait_for(lambda: [c["State"] for c in run_containers(pienv)] == ["exited"])
+        os.killpg(proxy.pid, signal.SIGKILL)  # the engine is gone for the finalizer
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proxy.poll() is None:
+            os.killpg(proxy.pid, signal.SIGKILL)
+    assert proc.returncode == 4
+    [c] = run_containers(pienv)
+    assert "background commit" in err, err
+    assert f"container {c['Id'][:12]} is kept" in err and f"pienv recover {c['Id'][:12]}" in err
+    assert pienv("run", "--", "ls", "/bg").out == "/bg\n"
+    assert pienv.head() != before and run_containers(pienv) == []
+
+
 def test_container_that_cannot_start_is_not_left_behind(pienv: Pienv, base_image: str) -> None:
     pienv("run", "--", "true")
     # Joining the network of a container that is not running: both engines create the run's

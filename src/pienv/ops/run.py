@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pienv import locks
-from pienv.errors import EngineError
+from pienv.errors import EngineError, PienvError
 from pienv.gitrepo import gitlinks
 from pienv.locks import name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
@@ -315,9 +315,19 @@ def run(
             try:
                 done = finalize(fresh(), cid, info, exit_code, req.no_commit)
             except Exception as exc:
-                # The container is kept (finalize says how to recover it); the lock frees
-                # when this process exits, its record naming the finalizer that failed.
-                report(None, exc)
+                # The container is kept; the lock frees when this process exits, its record
+                # naming the finalizer that failed. Say what was kept (finalize says it only
+                # for a failed commit; not, e.g., when the engine is gone before it).
+                said = exc
+                if isinstance(exc, PienvError) and cid[:12] not in exc.message:
+                    said = EngineError(
+                        f"{exc.message}; the run's container {cid[:12]} is kept with "
+                        "everything it changed",
+                        hint=(exc.hint + "; " if exc.hint else "")
+                        + f"then `pienv recover {cid[:12]}` commits it (the next run on "
+                        f"{name_of(branch)!r} does too)",
+                    )
+                report(None, said)
                 raise
             # The branch is free before the result line (and the pipe's EOF) reaches a reader.
             lock.release()
