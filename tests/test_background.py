@@ -273,8 +273,15 @@ def test_revisions_right_after_a_run_name_its_commit(pienv: Pienv) -> None:
     before = ran("/u")
     pienv("reset", "HEAD~1")
     assert pienv.head() == before
+    ran("/s")
+    pienv("reset", "--system")  # keeps the home of /s's commit (it failed: "moved meanwhile")
+    moves = [json.loads(line) for line in (pienv.home / "reflog.jsonl").read_text().splitlines()]
+    assert moves[-1]["what"].startswith("reset --system") and moves[-2]["what"].startswith(
+        "run: touch /s"
+    )
+    assert moves[-1]["old"] == moves[-2]["new"]
     wait_for(lambda: not run_containers(pienv))
-    assert_consistent(pienv, commits=4)
+    assert_consistent(pienv, commits=6)
 
 
 def test_recover_waits_for_a_background_commit(pienv: Pienv, tmp_path: Path) -> None:

@@ -233,11 +233,16 @@ def reset_base(
     """A fresh base on the current branch: with ``keep_home`` the agent's home comes along."""
     refs = ctx.refs()
     branch = refs.head_branch
-    old = refs.head_commit()
-    if old is None:
+    if refs.head_commit() is None:
         raise UsageError("nothing to reset: no commit yet")
     lock, _ = locks.acquire(ctx.store.locks_dir, name_of(branch), "(pienv reset)")
     try:
+        # The head as of now: a finished run's background commit has landed (acquire waits
+        # for it), and `--system` keeps the home of that commit.
+        refs = ctx.refs()
+        old = refs.branches.get(branch) if branch else refs.head_detached
+        if old is None:
+            raise UsageError("nothing to reset: no commit yet")
         base = basemod.ensure(ctx)
         if keep_home:
             new = _base_with_home(ctx, base.image, old, branch, AGENT_HOME)
