@@ -31,6 +31,7 @@ CORE = {
     "config",
     "locks",
     "errors",
+    "report",
 }
 # Only these libraries, and only in these modules (design: "only engine.py knows Docker").
 PRIVATE_LIBRARIES = {"docker": {"engine", "enginehttp"}, "dulwich": {"gitrepo"}}

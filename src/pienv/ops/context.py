@@ -11,6 +11,7 @@ from pienv import config as configmod
 from pienv.errors import UsageError
 from pienv.locks import name_of
 from pienv.model import Commit, is_hex_prefix, parse_rev, short
+from pienv.report import Reporter
 from pienv.store import Refs, Store
 
 if TYPE_CHECKING:
@@ -29,6 +30,9 @@ class Context:
     # --branch / PIENV_PROFILE / the worktree binding; None: refs.json's own HEAD. Only reads
     # see it: transactions re-read refs.json, so a ref move never writes it back.
     head_branch: str | None = None
+    # Where the operation's notes, warnings and progress go while it works (report.py): the
+    # command line shows them at once; the default keeps them for the caller.
+    report: Reporter = field(default_factory=Reporter)
 
     @cached_property
     def config(self) -> configmod.Config:
