@@ -248,3 +248,129 @@ def remove_worktree(repo_root: Path, path: Path) -> None:
 
 def home_dir() -> Path:
     return Path(os.path.expanduser("~")).resolve()
+
+
+# -- code recorded with env commits (issue 25) ----------------------------------------------
+# Git plumbing (the git binary), not dulwich: a snapshot of a 10k-file tree with a copied
+# index rehashes only what changed (stat data), which dulwich's index code cannot match; a
+# machine without git records the HEAD alone.
+
+CODE_REF_PREFIX = "refs/pienv/code/"
+# Host git run on a tree the agent wrote: no hooks, no fsmonitor, no submodule recursion,
+# no pager; the repository's config stays (it is read-only inside a run, rule 6).
+_SAFE = (
+    "-c",
+    "core.hooksPath=/dev/null",
+    "-c",
+    "core.fsmonitor=false",
+    "-c",
+    "submodule.recurse=false",
+    "-c",
+    "core.pager=cat",
+)
+_IDENTITY = {
+    "GIT_AUTHOR_NAME": "pienv",
+    "GIT_AUTHOR_EMAIL": "pienv@localhost",
+    "GIT_COMMITTER_NAME": "pienv",
+    "GIT_COMMITTER_EMAIL": "pienv@localhost",
+}
+
+
+@dataclass(frozen=True)
+class CodeSnapshot:
+    head: str  # the checkout's HEAD commit ("" unborn)
+    code: str  # a commit of HEAD + everything uncommitted and untracked; == head when clean
+
+
+def _git(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+    import subprocess
+
+    proc = subprocess.run(
+        ["git", *_SAFE, *args],
+        cwd=root,
+        env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
+        capture_output=True,
+        text=True,
+    )
+    if check and proc.returncode != 0:
+        raise UsageError(
+            f"git {' '.join(args[:2])} failed in {root}: {proc.stderr.strip().splitlines()[-1:]}"
+        )
+    return proc.stdout.rstrip("\n")
+
+
+def has_git() -> bool:
+    import shutil
+
+    return shutil.which("git") is not None
+
+
+def snapshot_code(root: Path, message: str = "pienv: code snapshot") -> CodeSnapshot | None:
+    """Record ``root``'s code without touching its index or working tree: HEAD, and when the
+    tree is dirty a commit (parent HEAD) of the tracked changes and untracked files (ignored
+    ones excluded, as `git stash -u`), kept alive by ``refs/pienv/code/<id>``. None when
+    ``root`` is not a repository's top directory with a commit, or git is missing."""
+    import shutil
+    import tempfile
+
+    head = head_commit(root)
+    info = find(root)
+    if not head or info is None or not has_git():
+        return None
+    with tempfile.TemporaryDirectory(prefix="pienv-code-") as tmp:
+        index = Path(tmp) / "index"
+        # The user's index as a start: its stat data spare rehashing unchanged files.
+        with contextlib.suppress(OSError):
+            shutil.copyfile(info.gitdir / "index", index)
+        env = {"GIT_INDEX_FILE": str(index)}
+        _git(root, "add", "-A", "--", ".", env=env)
+        tree = _git(root, "write-tree", env=env)
+    if tree == _git(root, "rev-parse", f"{head}^{{tree}}"):
+        return CodeSnapshot(head=head, code=head)
+    code = _git(root, "commit-tree", tree, "-p", head, "-m", message, env=_IDENTITY)
+    _git(root, "update-ref", CODE_REF_PREFIX + code, code)
+    return CodeSnapshot(head=head, code=code)
+
+
+def has_commit(root: Path, commit: str) -> bool:
+    return bool(commit) and bool(_git(root, "cat-file", "-t", commit, check=False) == "commit")
+
+
+def dirty_paths(root: Path) -> list[str]:
+    """What `git status` would list (tracked changes and untracked files, not ignored ones)."""
+    out = _git(root, "status", "--porcelain", "--untracked-files=normal", "--ignore-submodules")
+    return [line[3:] for line in out.splitlines() if line]
+
+
+def restore_code(root: Path, head: str, code: str) -> None:
+    """Bring the clean checkout ``root`` to ``head`` (detached) with ``code``'s uncommitted
+    state in its working tree (untracked files untracked again). The caller checked that
+    ``root`` is clean: nothing here can overwrite a change."""
+    _git(root, "checkout", "-q", "--detach", code or head)
+    if code and code != head:
+        _git(root, "reset", "-q", head)  # index back to HEAD, the tree keeps the snapshot
+
+
+def add_code_worktree(repo_root: Path, path: Path, head: str, code: str) -> None:
+    """A new linked worktree at ``path``, detached at ``head``, holding ``code``'s state."""
+    _git(repo_root, "worktree", "add", "-q", "--detach", str(path), code or head)
+    if code and code != head:
+        _git(path, "reset", "-q", head)
+
+
+def export_tree(root: Path, commit: str, target: Path) -> None:
+    """Write ``commit``'s files into the directory ``target`` (no .git; `git archive`)."""
+    import subprocess
+    import tarfile
+
+    proc = subprocess.run(
+        ["git", *_SAFE, "archive", "--format=tar", commit],
+        cwd=root,
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        raise UsageError(f"cannot read commit {commit[:12]} in {root}: it is not there")
+    import io
+
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        tar.extractall(target, filter="data")

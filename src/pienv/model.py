@@ -68,6 +68,7 @@ COMMIT_KEYS = (
     "exit-code",
     "workspace",
     "git-head",
+    "code",  # the workspace's code: a commit of HEAD + uncommitted state (gitrepo.snapshot_code)
     "changes",
     "flattened-from",
     "kind",
@@ -108,6 +109,9 @@ class Commit:
     exit_code: int | None = None
     workspace: str = ""
     git_head: str = ""
+    # The code recorded with the commit: a git commit holding HEAD plus what was uncommitted
+    # and untracked (== git_head when the tree was clean; "" when not recorded).
+    code: str = ""
     # Paths the commit changed; None: not counted at commit time (a run's list is read from
     # its layer on demand, see ops/history.py show).
     changes: int | None = None
@@ -171,6 +175,7 @@ class Commit:
             "exit-code": "" if self.exit_code is None else str(self.exit_code),
             "workspace": self.workspace,
             "git-head": self.git_head,
+            "code": self.code,
             "changes": "" if self.changes is None else str(self.changes),
             "flattened-from": self.flattened_from,
             "kind": self.kind,
@@ -199,6 +204,7 @@ class Commit:
             exit_code=int(get("exit-code")) if get("exit-code") else None,
             workspace=get("workspace"),
             git_head=get("git-head"),
+            code=get("code"),
             changes=int(get("changes")) if get("changes") else None,
             flattened_from=get("flattened-from"),
             run_host=get("run-host"),

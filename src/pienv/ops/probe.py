@@ -1,0 +1,91 @@
+"""A command in a throwaway container from an env commit: bisect's probes, rebase's and
+export's replays. The same wrapper and run user as `pienv run` (so PATH, HOME and the
+npm prefix are what a run sees), no env commit, no ref moved."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from pienv import gitrepo
+from pienv.model import LABEL, SCHEMA
+from pienv.ops.commits import host_ids
+from pienv.ops.context import Context
+from pienv.ops.sandbox import WORKSPACE, WRAPPER, run_name
+
+# The wrapper's first argument is the run's env file; a probe has none (it is skipped).
+NO_ENV_FILE = "/nonexistent/pienv-probe.env"
+OUTPUT_KEEP = 4000  # bytes of a probe's output kept for its result
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    exit_code: int
+    output: str  # the last OUTPUT_KEEP bytes of stdout + stderr
+
+
+def probe_labels(ctx: Context, role: str) -> dict[str, str]:
+    # The store's label: two stores never see each other's probes; `role` keeps them out of
+    # the orphan search (which looks for role=run).
+    return {LABEL + "schema": str(SCHEMA), LABEL + "store": ctx.store_id, LABEL + "role": role}
+
+
+def create(
+    ctx: Context,
+    image: str,
+    command: tuple[str, ...],
+    workspace: Path | None,
+    role: str,
+    user: str = "",
+) -> str:
+    """A created (not started) container running ``command`` the way a run does."""
+    binds = {str(workspace): {"bind": WORKSPACE, "mode": "rw"}} if workspace else {}
+    return ctx.engine().create(
+        image,
+        entrypoint=["/bin/sh", "-c", WRAPPER, NO_ENV_FILE, *command],
+        user=user or host_ids(),
+        workdir=WORKSPACE,
+        binds=binds,
+        labels=probe_labels(ctx, role),
+        network=ctx.config.network,
+        name=run_name(ctx.store_id, os.urandom(6).hex()) + f"-{role}",
+    )
+
+
+def start(ctx: Context, cid: str) -> ProbeResult:
+    """Start ``cid``, collect its output, and return its exit code (the container stays)."""
+    engine = ctx.engine()
+    out = bytearray()
+    for chunk_out, chunk_err in engine.run_streaming(cid):
+        for chunk in (chunk_out, chunk_err):
+            if chunk:
+                out += chunk
+                del out[:-OUTPUT_KEEP]
+    code = engine.wait(cid)
+    return ProbeResult(code, out.decode(errors="replace"))
+
+
+def run(ctx: Context, image: str, command: tuple[str, ...], workspace: Path | None) -> ProbeResult:
+    """``command`` in a throwaway container from ``image``; the container is removed."""
+    cid = create(ctx, image, command, workspace, "probe")
+    try:
+        return start(ctx, cid)
+    finally:
+        ctx.engine().remove_container(cid, force=True)
+
+
+@contextlib.contextmanager
+def recorded_code(workspace: Path, head: str, code: str) -> Iterator[Path]:
+    """A temporary directory holding the code recorded with a commit (its snapshot, else its
+    HEAD), exported with `git archive`: the user's checkout is not touched."""
+    tmp = Path(tempfile.mkdtemp(prefix="pienv-code-"))
+    try:
+        gitrepo.export_tree(workspace, code or head, tmp)
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
