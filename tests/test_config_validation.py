@@ -52,5 +52,5 @@ def test_a_good_config_still_loads(tmp_path: Path) -> None:
         "protect_git = false\n"
     )
     cfg = config.load(path)
-    assert (cfg.agent_command, cfg.passthrough, cfg.flatten_at) == (("claude",), ("A", "B"), 50)
+    assert (cfg.agent.command, cfg.passthrough, cfg.flatten_at) == (("claude",), ("A", "B"), 50)
     assert (cfg.network, cfg.protect_git) == ("none", False)

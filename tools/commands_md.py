@@ -17,8 +17,8 @@ HEADER = """\
 # Command reference
 
 <!-- Generated from the CLI by `python3 tools/commands_md.py`; tests/test_commands_doc.py
-fails when this file differs from what the CLI says. Edit the help texts in src/pienv/cli.py,
-then regenerate. -->
+fails when this file differs from what the CLI says. Edit the help texts in
+src/pienv/cli/ (a module per command family), then regenerate. -->
 
 Every command, its arguments and options, as `pienv COMMAND --help` prints them.
 

@@ -32,7 +32,6 @@ from typing import Any, ClassVar
 
 from pienv.errors import UsageError
 
-DEFAULT_AGENT = ("pi",)
 DEFAULT_PRESET = "pi"
 
 
@@ -123,7 +122,6 @@ PRESETS: dict[str, Preset] = {
         ),
     )
 }
-DEFAULT_INSTALL = PRESETS[DEFAULT_PRESET].install_for(PRESETS[DEFAULT_PRESET].version)
 # Every preset's state dirs: the prepared root makes them (owned by the host user) so that a
 # per-store volume mounted there starts with that owner (a new volume copies the image dir).
 ALL_STATE_DIRS = tuple(dict.fromkeys(d for p in PRESETS.values() for d in p.state))
@@ -247,8 +245,6 @@ def matches(name: str, patterns: tuple[str, ...] | list[str]) -> bool:
 
 @dataclass(frozen=True)
 class Config:
-    agent_command: tuple[str, ...] = DEFAULT_AGENT
-    agent_install: str = DEFAULT_INSTALL
     passthrough: tuple[str, ...] = ()
     force_env: tuple[str, ...] = ()
     mounts: tuple[str, ...] = ()
@@ -370,8 +366,6 @@ def load(path: Path) -> Config:
         tuple(d.strip("/") for d in state) if state is not None else None,
     )
     cfg = Config(
-        agent_command=resolved.command,
-        agent_install=resolved.install,
         agent=resolved,
         caches=r.get("run", "caches", bool, True),
         passthrough=tuple(r.get("agent", "passthrough", list, []))

@@ -2,7 +2,7 @@
 
 Exit codes: the command's own for `run`/`shell`; 0 ok; 1 a user-facing error printed as one
 line; 2 a usage error; 3 an internal error (traceback to the store's log file); 130 Ctrl-C.
-The typer CLI (cli.py) is imported only when `runargs` hands the command line over.
+The typer CLI (the cli package) is imported only when `runargs` hands the command line over.
 """
 
 from __future__ import annotations

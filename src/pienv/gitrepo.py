@@ -221,13 +221,6 @@ def add_worktree(repo_root: Path, path: Path, branch: str) -> bool:
     return not existed
 
 
-def worktree_paths(repo_root: Path) -> list[Path]:
-    from dulwich.repo import Repo
-
-    with Repo(str(repo_root)) as repo:
-        return [Path(w.path) for w in repo.worktrees.list()]
-
-
 def is_dirty(path: Path) -> bool:
     """Whether a checkout has uncommitted changes (slow on huge trees: not for the hot path)."""
     from dulwich import porcelain

@@ -67,7 +67,6 @@ def log(
     all_refs: bool,
     limit: int | None,
     graph: bool,
-    notify: Callable[[str], None] | None = None,
 ) -> LogResult:
     refs = ctx.refs()
     names = [locks.name_of(refs.head_branch)]
@@ -75,7 +74,7 @@ def log(
         names = locks.lock_names(ctx.store.locks_dir)
     elif rev in refs.branches:
         names = [rev]
-    waited, pending = await_commits(ctx, names, LOG_WAIT, notify)
+    waited, pending = await_commits(ctx, names, LOG_WAIT)
     if waited:
         refs = ctx.refs()  # what landed meanwhile
     commits = ctx.store.commits()
@@ -111,7 +110,7 @@ def log(
 
 
 def await_commits(
-    ctx: Context, names: list[str], timeout: float, notify: Callable[[str], None] | None
+    ctx: Context, names: list[str], timeout: float
 ) -> tuple[bool, list[locks.Holder]]:
     """Wait up to ``timeout`` s in all for the background commits on branches ``names``.
     Returns whether there was any to wait for, and those still pending at the end."""
@@ -124,7 +123,7 @@ def await_commits(
             continue  # the usual case: one file read per branch
         waited = True
         left = max(end - time.monotonic(), 0.0)
-        holder = locks.await_commit(ctx.store.locks_dir, name, left, notify)
+        holder = locks.await_commit(ctx.store.locks_dir, name, left, ctx.report.note)
         if holder is not None:
             pending.append(holder)
     return waited, pending
@@ -175,7 +174,6 @@ def diff(
     rev_a: str,
     rev_b: str | None,
     packages: bool,
-    on_step: Callable[[str], None] | None = None,
 ) -> DiffResult:
     """Paths added/changed/deleted from ``rev_a`` to ``rev_b`` (default HEAD); with
     ``packages`` the package changes instead, read from the package databases alone."""
@@ -184,7 +182,7 @@ def diff(
     refs = ctx.refs()
     old = ctx.resolve(rev_a, refs)
     new = ctx.resolve(rev_b, refs) if rev_b else ctx.resolve("HEAD", refs)
-    step = on_step or (lambda _text: None)
+    step = ctx.report.progress
     if packages:
         step(f"reading the package databases of {short(old)} and {short(new)}")
         version = fsdiff.PACKAGES_VERSION

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import tarfile
-from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Literal
@@ -18,7 +17,7 @@ from pienv.errors import PienvError, StoreError, UsageError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
 from pienv.ops import baseimage as basemod
-from pienv.ops.commits import ProgressFn, flatten_image, make_root
+from pienv.ops.commits import flatten_image, make_root
 from pienv.ops.context import Context
 from pienv.ops.sandbox import AGENT_HOME
 from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
@@ -55,7 +54,6 @@ def prune(
     keep: int | None,
     older_than: str | None,
     dry_run: bool,
-    on_commit: Callable[[int, int], None] | None = None,
 ) -> PruneResult:
     """Drop commits no branch, tag or unexpired reflog entry reaches; report bytes freed.
 
@@ -117,8 +115,7 @@ def prune(
         in_use = _images_in_use(ctx)
         repo = ctx.repository()
         for n, cid in enumerate(victims):  # children before parents, so parents become free
-            if on_commit:
-                on_commit(n, len(victims))
+            ctx.report.progress("commits", n, len(victims))
             if cid in in_use:
                 result.kept_in_use.append(KeptInUse(cid, f"used by container {in_use[cid][:12]}"))
                 continue
@@ -198,7 +195,7 @@ class FlattenResult:
     old_depth: int
 
 
-def flatten(ctx: Context, branch: str | None, on_progress: ProgressFn | None) -> FlattenResult:
+def flatten(ctx: Context, branch: str | None) -> FlattenResult:
     refs = ctx.refs()
     name = branch or refs.head_branch
     if not name or name not in refs.branches:
@@ -208,7 +205,9 @@ def flatten(ctx: Context, branch: str | None, on_progress: ProgressFn | None) ->
         head = ctx.refs().branches[name]
         info = ctx.engine().inspect_image(head)
         old_depth = info.depth if info else 0
-        flat = flatten_image(ctx, head, name, on_progress)
+        flat = flatten_image(
+            ctx, head, name, lambda done, total: ctx.report.progress("bytes", done, total)
+        )
         with ctx.store.transaction(f"flatten: {old_depth} layers -> 1") as txn:
             txn.move_branch(name, head, flat.id)
     finally:
@@ -227,9 +226,7 @@ class BaseResetResult:
     what: str
 
 
-def reset_base(
-    ctx: Context, keep_home: bool, on_bytes: Callable[[int], None] | None
-) -> BaseResetResult:
+def reset_base(ctx: Context, keep_home: bool) -> BaseResetResult:
     """A fresh base on the current branch: with ``keep_home`` the agent's home comes along."""
     refs = ctx.refs()
     branch = refs.head_branch

@@ -1,0 +1,186 @@
+"""Reading history: `pienv log`, `show`, `diff`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from pienv import ui
+from pienv.cli.common import (
+    JsonOpt,
+    complete_rev,
+    family,
+    reporting,
+    selected,
+)
+
+app = family()
+
+
+@app.command()
+def log(
+    rev: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="REV",
+            help="The revision to start from (default: HEAD).",
+            autocompletion=complete_rev,
+        ),
+    ] = None,
+    graph: Annotated[bool, typer.Option("--graph", help="Draw the commit graph.")] = False,
+    all_refs: Annotated[
+        bool, typer.Option("--all", help="Start from every branch and tag.")
+    ] = False,
+    n: Annotated[
+        int | None, typer.Option("-n", "--max-count", metavar="N", help="Show at most N commits.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Env commits, newest first."""
+    from pienv.ops.history import log as get_log
+
+    result = get_log(selected(), rev, all_refs, n, graph)
+    for h in result.pending:
+        ui.note(
+            f"a run on {h.branch!r} is still being committed (pid {h.pid}, since "
+            f"{h.since[11:19]}): its commit is not listed yet"
+        )
+    if as_json:
+        ui.emit_json([e.to_json() for e in result.entries])
+        return
+    lines = []
+    for line in result.connectors.get(-1, []):
+        lines.append(line)
+    for i, e in enumerate(result.entries):
+        c = e.commit
+        prefix = f"{e.graph} " if graph else ""
+        lines.append(f"{prefix}{c.short}{ui.decorate(e.refs)} {c.message}  ({ui.age(c.created)})")
+        lines.extend(result.connectors.get(i, []))
+    _print_log(lines, graph)
+
+
+def _print_log(lines: list[str], graph: bool) -> None:
+    import re
+
+    def paint(line: str) -> str:
+        if graph:
+            line = re.sub(r"^[|*/\\_ ]+", lambda m: ui.paint_out(m.group(0), "35"), line)
+        line = re.sub(r"\b[0-9a-f]{12}\b", lambda m: ui.paint_out(m.group(0), "33"), line)
+        return re.sub(r"\([^()]*\)(?= )", lambda m: ui.paint_out(m.group(0), "36"), line)
+
+    styled = ui.paint_out("", "0") != ""
+    for line in lines:
+        ui.out(paint(line) if styled else line)
+
+
+@app.command()
+def show(
+    rev: Annotated[
+        str,
+        typer.Argument(
+            metavar="REV", help="The commit to show (default: HEAD).", autocompletion=complete_rev
+        ),
+    ] = "HEAD",
+    as_json: JsonOpt = False,
+    limit: Annotated[int, typer.Option("--limit", metavar="N", help="List at most N paths.")] = 20,
+) -> None:
+    """One commit: its metadata and the paths it changed."""
+    from pienv.ops.history import show as get_show
+
+    r = get_show(selected(), rev)
+    c = r.commit
+    if as_json:
+        ui.emit_json(r.to_json())
+        return
+    ui.out(f"commit {c.id}{ui.decorate(r.refs)}")
+    # (Docker says 0 B for such a layer; Podman counts its tar headers.)
+    metadata_only = bool(r.changes) and all(k == "M" for k, _ in r.changes or ())
+    fields = [
+        ("parents", " ".join(p[:12] for p in c.parents) or "(root)"),
+        ("branch", c.branch or "(detached)"),
+        ("kind", c.kind),
+        ("created", c.created),
+        ("command", " ".join(c.command) or "-"),
+        ("exit code", "-" if c.exit_code is None else str(c.exit_code)),
+        ("workspace", c.workspace or "-"),
+        ("git HEAD", c.git_head or "-"),
+        # Say why a commit that shows paths added no bytes (a directory's time, as apt
+        # leaves /tmp): nothing else in it changed.
+        ("size added", ui.size(c.size) + (" (metadata only)" if metadata_only else "")),
+        ("layers", str(c.layers)),
+    ]
+    if c.flattened_from:
+        fields.append(("flattened", c.flattened_from[:12]))
+    for key, value in fields:
+        ui.out(f"{key + ':':<11} {value}")
+    ui.out("")
+    ui.out(f"    {c.message}")
+    ui.out("")
+    if r.changes is None:
+        ui.out("paths: not recorded (a commit without a parent in the index)")
+        return
+    counts = {k: sum(1 for kk, _ in r.changes if kk == k) for k in "ACDM"}
+    ui.out(
+        f"{ui.plural(len(r.changes), 'path')} changed: {counts['A']} added, {counts['C']} changed, "
+        f"{counts['D']} deleted" + (f", {counts['M']} metadata only" if counts["M"] else "")
+    )
+    for kind, path in r.changes[:limit]:
+        ui.out(f"{kind} {path}")
+    if len(r.changes) > limit:
+        ui.out(f"... and {len(r.changes) - limit} more (--limit N, or --json for all)")
+
+
+@app.command()
+def diff(
+    rev_a: Annotated[
+        str, typer.Argument(metavar="OLD", help="The old commit.", autocompletion=complete_rev)
+    ],
+    rev_b: Annotated[
+        str | None,
+        typer.Argument(
+            metavar="NEW", help="The new commit (default: HEAD).", autocompletion=complete_rev
+        ),
+    ] = None,
+    packages: Annotated[
+        bool,
+        typer.Option(
+            "--packages",
+            help="List Debian, pip and global npm package changes instead of paths (reads "
+            "only the package databases).",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+    limit: Annotated[
+        int, typer.Option("--limit", metavar="N", help="List at most N paths of each kind.")
+    ] = 50,
+) -> None:
+    """Paths added, changed and deleted between two env commits."""
+    from pienv.ops.history import diff as get_diff
+
+    ctx = selected()
+    with ui.activity("diff") as act:
+        reporting(ctx, lambda what, _done, _total: act.update(what))
+        r = get_diff(ctx, rev_a, rev_b, packages)
+    if as_json:
+        ui.emit_json(r.to_json())
+        return
+    if r.added is not None and r.changed is not None and r.deleted is not None:
+        meta = r.metadata or []
+        ui.out(
+            f"{r.old[:12]}..{r.new[:12]}: {len(r.added)} added, {len(r.changed)} changed, "
+            f"{len(r.deleted)} deleted" + (f", {len(meta)} metadata only" if meta else "")
+        )
+        for kind, paths in (("A", r.added), ("C", r.changed), ("D", r.deleted), ("M", meta)):
+            for p in paths[:limit]:
+                ui.out(f"{kind} {p}")
+            if len(paths) > limit:
+                ui.out(f"{kind} ... and {len(paths) - limit} more")
+    if r.packages is not None:
+        ui.out(f"{r.old[:12]}..{r.new[:12]}: packages (dpkg, pip, npm -g)")
+        for mgr, groups in r.packages.items():
+            for what, items in groups.items():
+                for item in items:
+                    ui.out(f"{mgr:<5} {what:<9} {item}")
+        if not any(items for g in r.packages.values() for items in g.values()):
+            ui.out("no package changes")
