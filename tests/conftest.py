@@ -88,6 +88,15 @@ def no_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(store, "default_home", default_home)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Every test that needs an engine (any fixture built on `engine_available`, however
+    indirectly) gets the `engine` marker, so `-m "not engine"` is the fast suite that runs
+    without dockerd, whatever a test file remembers to mark."""
+    for item in items:
+        if "engine_available" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.engine)
+
+
 @pytest.fixture(scope="session")
 def engine_available() -> None:
     try:

@@ -1,4 +1,4 @@
-"""Issue 12: prepared roots for the host user, agent presets and their install step, agent state
+"""Prepared roots for the host user, agent presets and their install step, agent state
 and package caches in per-store volumes that no env commit contains."""
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def _tty_run(p: NonrootPienv, keys: list[bytes], ready: bytes, timeout: float) -
 @pytest.mark.realistic
 @pytest.mark.nonroot
 def test_real_pi_on_a_stock_image_as_a_non_root_user(nonroot_realistic: NonrootPienv) -> None:
-    """Issue 12 end to end on Debian + Node with no agent user: the default `pienv run` installs
+    """End to end on Debian + Node with no agent user: the default `pienv run` installs
     the pinned Pi as its own commit and starts its TUI; `pi --version` runs from the persisted
     install; a planted login survives runs and is in no layer; apt runs through sudo."""
     p = nonroot_realistic

@@ -1,4 +1,4 @@
-"""Background commits (issue 9): `pienv run -- CMD` hands its commit to the forked finalizer
+"""Background commits: `pienv run -- CMD` hands its commit to the forked finalizer
 once the container has exited and returns the command's exit code at once. Nothing may be
 lost, the next run on the branch waits for the commit, `status`/`log` show it, a reader of
 pienv's stderr gets the result line (and EOF) only after the commit, and stdout is never held.

@@ -48,7 +48,7 @@ def test_default_base_build_sends_context_and_needs_only_a_registry(pienv: Pienv
     assert r.code == 1
     # The context was read and the first step reached: only the missing registry stops it.
     assert "base build failed" in r.err and "registry" in r.err
-    # The build's steps are shown as it goes (issue 13); the error itself is one line.
+    # The build's steps are shown as it goes; the error itself is one line.
     *steps, last = r.err.strip().splitlines()
     assert steps and all(line.startswith("pienv: Step ") for line in steps)
     assert last.startswith("pienv: error: base build failed") and "set PIENV_BASE_IMAGE" in last

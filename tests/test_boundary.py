@@ -1,4 +1,4 @@
-"""The sandbox boundary against the real engine and the real host git (issue 11): what the
+"""The sandbox boundary against the real engine and the real host git: what the
 agent or a cloned repository controls must not widen what the container gets, nor make the
 host run code. Each test reproduces an escape first found by adversarial testing."""
 

@@ -1,4 +1,4 @@
-"""Change capture (issue 9): every change a run leaves in the container's writable layer is
+"""Change capture: every change a run leaves in the container's writable layer is
 committed, whatever its kind; a run that only gained mount points makes no commit."""
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def run_in_process(p: Pienv, monkeypatch: pytest.MonkeyPatch, script: str):  # t
 def test_back_to_back_same_size_rewrites_are_all_committed(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The loop of issue 9: `docker diff` misses about 1 in 3 of these (same size, same
+    """A tight rewrite loop: `docker diff` misses about 1 in 3 of these (same size, same
     second as the previous write); each run must still give its own commit."""
     missed = []
     for i in range(10, 50):

@@ -1,4 +1,4 @@
-"""Issue 13, point 2: basics a git user expects (engine tests; the engine-free ones are in
+"""Basics a git user expects (engine tests; the engine-free ones are in
 test_cli.py)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def test_messages_say_what_happened(pienv: Pienv) -> None:
     from pienv.ui import size
 
     r = pienv("run", "-m", "install the tool", "--", "touch", "/tool")
-    # The paths are not counted at commit time (issue 9): the run says the bytes it added,
+    # The paths are not counted at commit time: the run says the bytes it added,
     # as the engine counts them: an empty file adds 0 B on Docker, a layer's tar headers
     # (a few kB) on Podman.
     added = json.loads(pienv("log", "-n", "1", "--json").out)[0]["size"]

@@ -1,4 +1,4 @@
-"""Crash consistency of a run's finish (issue 10): kill pienv at each step of the protocol
+"""Crash consistency of a run's finish: kill pienv at each step of the protocol
 (PIENV_TEST_CRASH_AT, see store.crashpoint) and check that the next pienv command ends with
 the change on its branch, nothing duplicated and fsck clean. Plus prune racing a finish."""
 
@@ -99,7 +99,7 @@ def test_killed_at_each_step_of_finish_loses_nothing(pienv: Pienv, step: str, mo
 
 
 def test_killed_while_finish_waits_for_the_store_lock(pienv: Pienv) -> None:
-    """Issue 10.1: pienv indexed its commit, then died waiting for the store lock; the
+    """pienv indexed its commit, then died waiting for the store lock; the
     finalizer must move the branch, not trust "already in the index"."""
     pienv("run", "--", "true")
     foreground(pienv)
@@ -125,7 +125,7 @@ def test_killed_while_finish_waits_for_the_store_lock(pienv: Pienv) -> None:
 def test_prune_during_a_finish_keeps_the_new_commit(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 10.2: prune runs between the commit and its branch move."""
+    """prune runs between the commit and its branch move."""
     from pienv.ops import run as runmod
     from pienv.ops.context import Context
     from pienv.store import Store

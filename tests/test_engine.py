@@ -133,7 +133,7 @@ def _config(image_id: str) -> dict[str, object]:
 def test_commit_config_is_the_same_on_every_engine(
     engine: Engine, base_image: str, label: str
 ) -> None:
-    """Issue 14: Podman's commit ignores the config body. Whatever the engine, a commit of a
+    """Podman's commit ignores the config body. Whatever the engine, a commit of a
     run container has its parent's config, exactly the labels pienv gives (run-only values
     overridden, awkward values verbatim, a multi-line message kept), no run wrapper as
     Entrypoint and no variable the engine adds to containers (Podman: TERM, container).

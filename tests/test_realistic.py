@@ -48,7 +48,7 @@ def test_realistic_image_reaches_npm_and_debian(realistic_image: str) -> None:
 def test_realistic_run_node_and_noop(realistic_pienv: Pienv) -> None:
     p = realistic_pienv
     # The first run after the root commit may still commit Docker's mount points on this
-    # merged-/usr base (issue 9); from then on a no-op run must add nothing.
+    # merged-/usr base; from then on a no-op run must add nothing.
     p("run", "--", "true")
     head = p.head()
     r = p("run", "--", "node", "--version")

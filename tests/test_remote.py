@@ -1,4 +1,4 @@
-"""Remote engines (issue 14), reached on this machine so the engine's own config is untouched:
+"""Remote engines, reached on this machine so the engine's own config is untouched:
 plain tcp and tcp with TLS (socat in front of the local engine's socket; certificates made
 here) and ssh (Debian's sshd on 127.0.0.1 with keys made here; docker-py runs
 `docker system dial-stdio` on the far side). pienv goes through docker-py's session there:

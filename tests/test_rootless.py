@@ -1,4 +1,4 @@
-"""Rootless Podman (issue 14): `podman system service` run by the non-root user pienvtest
+"""Rootless Podman: `podman system service` run by the non-root user pienvtest
 (uid 4321, subordinate ids 100000-165535) on a private socket and storage root, and pienv run
 by that same user against it. In a rootless engine the container's root is the host user and
 every other container uid is a subordinate id, so rule 5 (files the agent makes in

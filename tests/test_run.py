@@ -34,7 +34,7 @@ def test_first_run_creates_root_and_commit_on_main(pienv: Pienv) -> None:
     assert labels["dev.pienv.store"] == refs["store_id"]
     assert labels["dev.pienv.schema"] == "1"
     assert labels["dev.pienv.exit-code"] == "0"
-    # Not counted at commit time: "changed" is decided by the commit's layers (issue 9).
+    # Not counted at commit time: "changed" is decided by the commit's layers.
     assert labels["dev.pienv.changes"] == ""
     assert labels["dev.pienv.workspace"] == str(pienv.repo)
     assert (

@@ -1,5 +1,5 @@
 """A full store disk during a commit, the engine lost mid-run, a container that cannot start,
-locks, and status without an engine (issue 10, items 6 and the tmpfs proof)."""
+locks, and status without an engine (and the tmpfs proof)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Store writes under crashes, short writes and concurrent writers (issue 10; no engine)."""
+"""Store writes under crashes, short writes and concurrent writers (no engine)."""
 
 from __future__ import annotations
 

@@ -1,5 +1,4 @@
-"""fsck --repair from the reflog, torn lines in the store's files, strays that prune removes
-(issue 10, items 4-6)."""
+"""fsck --repair from the reflog, torn lines in the store's files, strays that prune removes."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ pytestmark = pytest.mark.engine
 
 
 def test_fsck_repair_restores_refs_from_the_reflog(pienv: Pienv) -> None:
-    """Issue 10.5: tags, a renamed branch, a reset branch and a worktree binding survive the
+    """tags, a renamed branch, a reset branch and a worktree binding survive the
     loss of refs.json."""
     pienv("run", "--", "touch", "/a")
     pienv("tag", "v1")
@@ -52,7 +51,7 @@ def test_fsck_repair_never_drops_a_branch_without_allow_loss(pienv: Pienv) -> No
 
 @pytest.mark.parametrize("name", ["commits.jsonl", "reflog.jsonl"])
 def test_torn_last_line_loses_nothing_after_it(pienv: Pienv, name: str) -> None:
-    """Issue 10.4: a half-written last line must not swallow the next append."""
+    """a half-written last line must not swallow the next append."""
     pienv("run", "--", "touch", "/a")
     with open(pienv.home / name, "a") as fh:
         fh.write('{"id": "0123')  # a crash (or a full disk) mid-append
@@ -74,7 +73,7 @@ def test_torn_last_line_loses_nothing_after_it(pienv: Pienv, name: str) -> None:
 
 
 def test_prune_removes_a_stray_commit_image(pienv: Pienv) -> None:
-    """Issue 10.6: an image the engine committed after pienv lost the connection (labelled,
+    """an image the engine committed after pienv lost the connection (labelled,
     never indexed, its container gone) is removed by prune; fsck reports it until then."""
     from pienv.engine import Engine
     from pienv.model import Commit
