@@ -147,3 +147,42 @@ def test_code_snapshot_of_10k_files_stays_fast(tmp_path: Path) -> None:
     assert snap is not None and snap.code != snap.head
     assert took < 3.0, took  # ~0.07 s idle; generous on a loaded machine
     assert subprocess.run(["git", "diff", "--quiet"], cwd=root).returncode == 1  # untouched
+
+
+def test_replay_plan_replays_commands_and_leaves_sessions_to_the_user() -> None:
+    from pienv.ops import replay
+    from pienv.ops.sandbox import LOGIN_SHELL
+
+    def c(i: int, kind: str = "run", command: tuple[str, ...] = (), message: str = "") -> Commit:
+        parents = (f"{i - 1:064x}",) if i else ()
+        return Commit(f"{i:064x}", parents, "main", message or f"c{i}", "t", kind, command)  # type: ignore[arg-type]
+
+    line = [
+        c(0, "root"),
+        c(1, "run", ("apk", "add", "jq")),
+        c(2, "prepare"),
+        c(3, "run", LOGIN_SHELL, "shell"),
+        c(4, "run", ("pi",)),
+        c(5, "flatten"),
+        c(6, "install", ("sh", "-c", "npm i -g x")),
+    ]
+    root, items = replay.plan({x.id: x for x in line}, line[-1].id, [("pi",)])
+    assert root == line[0]
+    assert [i.action for i in items] == ["replay", "skip", "manual", "manual", "skip", "replay"]
+    assert items[0].workdir == "/workspace"
+
+
+def test_export_run_line_is_exec_form_through_the_wrapper() -> None:
+    import json
+
+    from pienv.ops import export
+
+    line = export.run_line(("sh", "-c", "echo 'a b' \"$X\""), {"HOME": "/home/agent"}, None)
+    argv = json.loads(line.removeprefix("RUN "))
+    assert argv[:2] == ["env", "HOME=/home/agent"] and argv[-3:] == [
+        "sh",
+        "-c",
+        "echo 'a b' \"$X\"",
+    ]
+    kept = json.loads(export.run_line(("false",), {}, 1).removeprefix("RUN "))
+    assert "[ $c -eq 1 ]" in kept[3]

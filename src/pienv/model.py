@@ -68,6 +68,9 @@ COMMIT_KEYS = (
     "exit-code",
     "workspace",
     "git-head",
+    "replays",  # a rebase's commit: the commit whose run it replayed
+    "user",  # the run's user (uid:gid) and working directory, for a replay
+    "workdir",
     "code",  # the workspace's code: a commit of HEAD + uncommitted state (gitrepo.snapshot_code)
     "changes",
     "flattened-from",
@@ -112,6 +115,9 @@ class Commit:
     # The code recorded with the commit: a git commit holding HEAD plus what was uncommitted
     # and untracked (== git_head when the tree was clean; "" when not recorded).
     code: str = ""
+    replays: str = ""  # made by `pienv rebase`: the commit whose run this one replayed
+    user: str = ""  # the run's uid:gid ("": the host user's, as every run before 0.4)
+    workdir: str = ""  # the run's working directory ("": /workspace)
     # Paths the commit changed; None: not counted at commit time (a run's list is read from
     # its layer on demand, see ops/history.py show).
     changes: int | None = None
@@ -176,6 +182,9 @@ class Commit:
             "workspace": self.workspace,
             "git-head": self.git_head,
             "code": self.code,
+            "replays": self.replays,
+            "user": self.user,
+            "workdir": self.workdir,
             "changes": "" if self.changes is None else str(self.changes),
             "flattened-from": self.flattened_from,
             "kind": self.kind,
@@ -205,6 +214,9 @@ class Commit:
             workspace=get("workspace"),
             git_head=get("git-head"),
             code=get("code"),
+            replays=get("replays"),
+            user=get("user"),
+            workdir=get("workdir"),
             changes=int(get("changes")) if get("changes") else None,
             flattened_from=get("flattened-from"),
             run_host=get("run-host"),

@@ -16,10 +16,16 @@ from pienv import gitrepo
 from pienv.model import LABEL, SCHEMA
 from pienv.ops.commits import host_ids
 from pienv.ops.context import Context
-from pienv.ops.sandbox import WORKSPACE, WRAPPER, run_name
+from pienv.ops.sandbox import (
+    ENV_FILE,
+    WORKSPACE,
+    WRAPPER,
+    container_env,
+    env_file,
+    run_name,
+    write_env_file,
+)
 
-# The wrapper's first argument is the run's env file; a probe has none (it is skipped).
-NO_ENV_FILE = "/nonexistent/pienv-probe.env"
 OUTPUT_KEEP = 4000  # bytes of a probe's output kept for its result
 
 
@@ -35,26 +41,50 @@ def probe_labels(ctx: Context, role: str) -> dict[str, str]:
     return {LABEL + "schema": str(SCHEMA), LABEL + "store": ctx.store_id, LABEL + "role": role}
 
 
-def create(
+def replay_env(ctx: Context, branch: str | None) -> dict[str, str]:
+    """What every run's environment holds whatever the host: HOME, USER, the agent's git
+    identity. None of the host's variables: a replay must not depend on the shell it was
+    started from, and a Dockerfile (export) must carry no value of the user's."""
+    return container_env(ctx.config, {}, (), branch)
+
+
+@contextlib.contextmanager
+def container(
     ctx: Context,
     image: str,
     command: tuple[str, ...],
     workspace: Path | None,
     role: str,
     user: str = "",
-) -> str:
-    """A created (not started) container running ``command`` the way a run does."""
-    binds = {str(workspace): {"bind": WORKSPACE, "mode": "rw"}} if workspace else {}
-    return ctx.engine().create(
-        image,
-        entrypoint=["/bin/sh", "-c", WRAPPER, NO_ENV_FILE, *command],
-        user=user or host_ids(),
-        workdir=WORKSPACE,
-        binds=binds,
-        labels=probe_labels(ctx, role),
-        network=ctx.config.network,
-        name=run_name(ctx.store_id, os.urandom(6).hex()) + f"-{role}",
-    )
+    workdir: str = "",
+) -> Iterator[str]:
+    """A created (not started) container running ``command`` the way a run does (the same
+    wrapper, env file and run user), removed on the way out."""
+    token = os.urandom(6).hex()
+    env_path = env_file(ctx.store.runs_dir, token)
+    ctx.store.runs_dir.mkdir(parents=True, exist_ok=True)
+    write_env_file(env_path, replay_env(ctx, None))
+    binds = {str(env_path): {"bind": ENV_FILE, "mode": "ro"}}
+    if workspace:
+        binds[str(workspace)] = {"bind": WORKSPACE, "mode": "rw"}
+    cid = ""
+    try:
+        cid = ctx.engine().create(
+            image,
+            entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
+            user=user or host_ids(),
+            workdir=workdir or WORKSPACE,
+            binds=binds,
+            labels=probe_labels(ctx, role),
+            network=ctx.config.network,
+            name=run_name(ctx.store_id, token) + f"-{role}",
+        )
+        yield cid
+    finally:
+        if cid:
+            ctx.engine().remove_container(cid, force=True)
+        with contextlib.suppress(OSError):
+            env_path.unlink()
 
 
 def start(ctx: Context, cid: str) -> ProbeResult:
@@ -72,11 +102,8 @@ def start(ctx: Context, cid: str) -> ProbeResult:
 
 def run(ctx: Context, image: str, command: tuple[str, ...], workspace: Path | None) -> ProbeResult:
     """``command`` in a throwaway container from ``image``; the container is removed."""
-    cid = create(ctx, image, command, workspace, "probe")
-    try:
+    with container(ctx, image, command, workspace, "probe") as cid:
         return start(ctx, cid)
-    finally:
-        ctx.engine().remove_container(cid, force=True)
 
 
 @contextlib.contextmanager
