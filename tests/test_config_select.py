@@ -27,10 +27,6 @@ HOST = {
 }
 
 
-def test_default_env_is_allow_list_only() -> None:
-    assert config.Config().container_env(HOST) == {"TERM": "xterm", "LANG": "C", "LC_ALL": "C"}
-
-
 def test_configured_passthrough_but_never_credentials(tmp_path: Path) -> None:
     path = tmp_path / "config.toml"
     path.write_text('[agent]\npassthrough = ["ANTHROPIC_API_KEY", "GITHUB_TOKEN", "AWS_*"]\n')
@@ -157,3 +153,25 @@ def test_run_token_from_run_and_install_container_names() -> None:
     assert run_token(name) == run_token("/" + name) == "0123456789ab"
     assert run_token(name + "-install") == "0123456789ab"
     assert run_token("pienv-4a62d4-install") == run_token("other") == ""
+
+
+def test_default_agent_gets_its_preset_keys_set_on_the_host_with_no_config() -> None:
+    env = config.Config().container_env(HOST)
+    assert env == {"TERM": "xterm", "LANG": "C", "LC_ALL": "C", "ANTHROPIC_API_KEY": "k"}
+
+
+def test_agent_list_says_exactly_what_a_plain_run_passes(tmp_path: Path) -> None:
+    from pienv.ops.agent import list_agents
+
+    path = tmp_path / "config.toml"
+    path.write_text('[run]\nenv = ["MY_VAR", "GITHUB_TOKEN"]\n')
+    cfg = config.load(path)
+    rows = {r.name: r for r in list_agents(cfg)}
+    assert rows["pi"].configured
+    host = {**HOST, "MY_VAR": "m", "OPENAI_API_KEY": "o"}
+    passed = set(cfg.container_env(host)) - set(config.ALLOWED_ENV)
+    # The listing names every variable a plain `pienv run` passes beyond the allow-list
+    # (when set on the host), and no credential of the deny-list.
+    listed = set(rows["pi"].env.split(", "))
+    assert passed <= listed and "GITHUB_TOKEN" not in listed
+    assert {"ANTHROPIC_API_KEY", "OPENAI_API_KEY", "MY_VAR"} <= listed

@@ -187,9 +187,10 @@ def resolve_agent(
         command=command or preset.command,
         install=install if install is not None else preset.install_for(ver),
         version=ver if install is None else "",
-        # Its keys pass only when the user chose it (`preset =`, `--agent`): with no config at
-        # all, nothing beyond the allow-list leaves the host (rule 4).
-        env=preset.env if name else (),
+        # Its provider keys pass whenever they are set on the host, the default agent's too:
+        # an agent without its key starts with "No models available". Credentials of the
+        # deny-list never pass (container_env), and no key is ever written into an image.
+        env=preset.env,
         state=state if state is not None else preset.state,
         state_env=preset.state_env,
         preset=preset.name,
@@ -275,6 +276,17 @@ class Config:
             if matches(name, DENIED_ENV) and name not in self.force_env:
                 continue
             out[name] = value
+        return out
+
+    def passed_names(self, agent: Agent) -> list[str]:
+        """The names beyond the allow-list that a run of ``agent`` passes when set on the host
+        (`pienv agent list` shows them): its keys and the configured variables, minus the
+        deny-list's credentials unless forced. Patterns (``AWS_*``) stay patterns."""
+        out: list[str] = []
+        for name in (*agent.env, *self.passthrough):
+            denied = matches(name, DENIED_ENV) and name not in self.force_env
+            if not denied and name not in out and name not in ALLOWED_ENV:
+                out.append(name)
         return out
 
     def dropped_env(

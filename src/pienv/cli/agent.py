@@ -19,7 +19,7 @@ def agent_list() -> None:
 
     rows = agent_ops.list_agents(context().config)
     ui.table(
-        ["", "agent", "version", "passes", "state (a volume, never committed)", "install"],
+        ["", "agent", "version", "passes (when set)", "state (a volume, never committed)", "install"],
         keep=("agent", "version", "install"),
         rows=[
             (
@@ -32,4 +32,8 @@ def agent_list() -> None:
             )
             for r in rows
         ],
+    )
+    ui.note(
+        "a run also passes TERM, COLORTERM, LANG, LANGUAGE, TZ and LC_*; -e NAME adds one; "
+        "credentials of the deny-list never pass (docs/security.md)"
     )

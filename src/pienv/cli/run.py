@@ -50,6 +50,9 @@ def run(
     The git repo around the current directory is mounted at /workspace and the command starts
     in the same subdirectory; when it exits, what it changed in the environment becomes a
     commit on the branch. The exit code is the command's.
+
+    API keys: the agent gets its preset's keys (e.g. ANTHROPIC_API_KEY) from your environment
+    when they are set; `pienv agent list` names what a run passes; -e NAME adds a variable.
     """
     # The plain forms of this command never get here: entry.py reads them (runargs.py).
     _run(

@@ -157,7 +157,7 @@ def list_agents(config: Config) -> list[AgentRow]:
                 command=" ".join(agent.command),
                 version=agent.version,
                 install=agent.install,
-                env=", ".join(p.env),
+                env=", ".join(config.passed_names(agent)),
                 state=", ".join(f"~/{d}" for d in agent.state),
                 configured=config.agent.preset == p.name,
             )
@@ -170,7 +170,7 @@ def list_agents(config: Config) -> list[AgentRow]:
                 " ".join(a.command),
                 "",
                 a.install,
-                "",
+                ", ".join(config.passed_names(a)),
                 ", ".join(f"~/{d}" for d in a.state),
                 True,
             )
