@@ -19,7 +19,14 @@ def agent_list() -> None:
 
     rows = agent_ops.list_agents(context().config)
     ui.table(
-        ["", "agent", "version", "passes (when set)", "state (a volume, never committed)", "install"],
+        [
+            "",
+            "agent",
+            "version",
+            "passes (when set)",
+            "state (a volume, never committed)",
+            "install",
+        ],
         keep=("agent", "version", "install"),
         rows=[
             (
