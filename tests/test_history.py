@@ -258,3 +258,22 @@ def test_checkout_away_from_a_detached_head_warns_of_commits_left_behind(pienv: 
     # Leaving a detached HEAD that a branch still reaches says nothing.
     pienv("checkout", first[:8])
     assert "behind" not in pienv("checkout", "main").err
+
+
+def test_log_secrets_finds_a_deleted_credential_file_and_reset_prune_removes_it(
+    pienv: Pienv,
+) -> None:
+    """A file deleted in a later run is still in the older commit's layer: `log --secrets`
+    names it, `show` warns of it, and the documented way (reset before it, prune with the
+    reflog expired) takes it out of history."""
+    pienv("run", "--", "sh", "-c", "echo 'machine x password p' > /home/agent/.netrc")
+    planted = pienv.head()
+    pienv("run", "--", "rm", "/home/agent/.netrc")
+    r = pienv("log", "--secrets")
+    assert f"{planted[:12]}" in r.out and "/home/agent/.netrc" in r.out
+    assert "docs/agents.md" in r.err  # how to remove it
+    assert "/home/agent/.netrc" in pienv("show", planted[:12]).err
+    pienv("reset", "HEAD~2")
+    pienv("prune", "--older-than", "0s")
+    assert pienv("log", "--secrets").out == ""
+    assert "no credential-looking files" in pienv("log", "--secrets").err

@@ -32,6 +32,7 @@ CORE = {
     "locks",
     "errors",
     "report",
+    "secrets",
 }
 # Only these libraries, and only in these modules (design: "only engine.py knows Docker").
 PRIVATE_LIBRARIES = {"docker": {"engine", "enginehttp"}, "dulwich": {"gitrepo"}}

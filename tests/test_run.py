@@ -343,3 +343,24 @@ def test_status_reports_branch_rule_head_depth(pienv: Pienv) -> None:
     assert data["engine_ok"] is True and data["orphans"] == 0
     text = pienv("status", env={"PIENV_PROFILE": "prof"}).out
     assert "branch     prof  [chosen by PIENV_PROFILE]" in text
+
+
+def test_a_key_expanded_into_the_command_is_recorded_as_its_name(pienv: Pienv) -> None:
+    """A host shell expands `$ANTHROPIC_API_KEY` before pienv sees the command: its value
+    must not reach the labels, the index, the reflog or `log`; one line says so."""
+    key = "sk-ant-planted-987654"
+    env = {"ANTHROPIC_API_KEY": key, "EXTRA_VAR": "extra-planted-value"}
+    r = pienv(
+        "run", "-e", "EXTRA_VAR", "-m", f"try {key}", "--",
+        "sh", "-c", f"echo {key} extra-planted-value > /k; true", env=env,
+    )  # fmt: skip
+    assert "$ANTHROPIC_API_KEY" in r.err and "kept out of history" in r.err
+    cid = pienv.head()
+    labels = json.dumps(inspect(cid)["Config"]["Labels"])
+    assert key not in labels and "extra-planted-value" not in labels
+    assert "$ANTHROPIC_API_KEY" in labels and "$EXTRA_VAR" in labels
+    for name in ("commits.jsonl", "reflog.jsonl"):
+        text = "".join(p.read_text() for p in pienv.home.rglob(name))
+        assert key not in text and "extra-planted-value" not in text
+    out = pienv("log").out + pienv("show").out + pienv("reflog").out
+    assert key not in out and "$ANTHROPIC_API_KEY" in out

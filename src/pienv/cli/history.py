@@ -36,8 +36,19 @@ def log(
         int | None, typer.Option("-n", "--max-count", metavar="N", help="Show at most N commits.")
     ] = None,
     as_json: JsonOpt = False,
+    secrets: Annotated[
+        bool,
+        typer.Option(
+            "--secrets",
+            help="List only commits whose layers hold credential-looking files (a later "
+            "deletion does not remove them), with those paths.",
+        ),
+    ] = False,
 ) -> None:
     """Env commits, newest first."""
+    if secrets:
+        _log_secrets(rev, all_refs, as_json)
+        return
     from pienv.ops.history import log as get_log
 
     result = get_log(selected(), rev, all_refs, n, graph)
@@ -58,6 +69,30 @@ def log(
         lines.append(f"{prefix}{c.short}{ui.decorate(e.refs)} {c.message}  ({ui.age(c.created)})")
         lines.extend(result.connectors.get(i, []))
     _print_log(lines, graph)
+
+
+def _log_secrets(rev: str | None, all_refs: bool, as_json: bool) -> None:
+    from pienv.ops.history import secret_files
+
+    ctx = selected()
+    with ui.activity("log --secrets") as act:
+        reporting(ctx, lambda what, done, _total: act.update(f"{what}: {done} commits"))
+        hits = secret_files(ctx, rev, all_refs)
+    if as_json:
+        ui.emit_json([{"commit": h.commit.id, "paths": h.paths} for h in hits])
+        return
+    for h in hits:
+        c = h.commit
+        ui.out(f"{c.short} {c.message}  ({ui.age(c.created)})")
+        for p in h.paths:
+            ui.out(f"    {p}")
+    if hits:
+        ui.warn(
+            "these files stay in their commits' layers even if a later run deleted them; "
+            "to remove them from history see docs/agents.md (Secrets in history)"
+        )
+    else:
+        ui.note("no credential-looking files in these commits' layers")
 
 
 def _print_log(lines: list[str], graph: bool) -> None:
@@ -127,6 +162,13 @@ def show(
     )
     for kind, path in r.changes[:limit]:
         ui.out(f"{kind} {path}")
+    from pienv.secrets import credential_paths
+
+    if found := credential_paths(r.changes):
+        ui.warn(
+            f"this commit's layer holds credential-looking files: {', '.join(found)} "
+            "(see docs/agents.md, Secrets in history)"
+        )
     if len(r.changes) > limit:
         ui.out(f"... and {len(r.changes) - limit} more (--limit N, or --json for all)")
 

@@ -150,11 +150,47 @@ def show(ctx: Context, rev: str) -> ShowResult:
     refs = ctx.refs()
     cid = ctx.resolve(rev, refs)
     commit = ctx.commit(cid)
-    changes = ctx.store.changes(cid)
-    if changes is None and commit.parents:
-        changes = _path_changes(ctx, commit.parents[0], cid, lambda _text: None).listing()
-        ctx.store.record_changes(cid, changes)
+    changes = commit_changes(ctx, commit)
     return ShowResult(commit, tuple(decorations(refs).get(cid, ())), changes)
+
+
+@dataclass(frozen=True)
+class SecretHit(JsonResult):
+    commit: Commit
+    paths: list[str]
+
+
+def commit_changes(ctx: Context, commit: Commit) -> list[tuple[str, str]] | None:
+    """The paths ``commit``'s own layers hold (None for a root): recorded, or read once and
+    kept, as `show` does."""
+    changes = ctx.store.changes(commit.id)
+    if changes is None and commit.parents:
+        changes = _path_changes(ctx, commit.parents[0], commit.id, lambda _text: None).listing()
+        ctx.store.record_changes(commit.id, changes)
+    return changes
+
+
+def secret_files(ctx: Context, rev: str | None, all_refs: bool) -> list[SecretHit]:
+    """The commits reachable from ``rev`` (default HEAD; ``all_refs``: every branch and
+    tag) whose layers add or change credential-looking files (secrets.py), newest first.
+    A later deletion does not count: the file is still in the older layer."""
+    from pienv.secrets import credential_paths
+
+    refs = ctx.refs()
+    commits = ctx.store.commits()
+    if all_refs:
+        starts = [*refs.branches.values(), *refs.tags.values()]
+    else:
+        head = ctx.resolve(rev, refs) if rev else refs.head_commit()
+        starts = [head] if head else []
+    hits = []
+    for i, cid in enumerate(dag.log_order(commits, starts)):
+        ctx.report.progress("reading layers", i)
+        changes = commit_changes(ctx, commits[cid])
+        found = credential_paths(changes or [])
+        if found:
+            hits.append(SecretHit(commits[cid], found))
+    return hits
 
 
 @dataclass(frozen=True)

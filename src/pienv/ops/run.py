@@ -48,6 +48,7 @@ from pienv.ops.sandbox import (
     write_env_file,
 )
 from pienv.ops.workspace import find_workspace, select_branch
+from pienv.secrets import Redaction
 from pienv.store import crashpoint
 
 if TYPE_CHECKING:
@@ -202,6 +203,13 @@ def run(
         dropped = ctx.config.dropped_env(dict(environ), env_names)
         if dropped:
             err(f"pienv: not passed: {', '.join(dropped)}\n".encode())
+        # What is recorded of the command and message (labels, index, reflog) names a
+        # credential's or passed variable's value as $NAME (secrets.py).
+        redaction = Redaction.of(environ, ctx.config.passed_names(agent) + list(req.env_names))
+        recorded = redaction.command(command)
+        recorded_message = redaction.text(req.message or "")
+        if notice := redaction.notice():
+            err(f"pienv: {notice}\n".encode())
         # pienv's own volumes (agent state, package caches): named volumes, never committed.
         volumes = agent_ops.volume_binds(refs.store_id, agent, ctx.config.caches)
         env_bind = {str(env_path): {"bind": ENV_FILE, "mode": "ro"}}
@@ -245,9 +253,9 @@ def run(
                 pid_start=locks.process_start(os.getpid()),
                 started=now_rfc3339(),
                 workspace=str(ws.path),
-                command=tuple(command),
+                command=recorded,
                 # A shell's command is pienv's login-shell wrapper: call the commit what it was.
-                message=req.message or ("shell" if req.shell else ""),
+                message=recorded_message or ("shell" if req.shell else ""),
             )
             cid = engine.create(
                 parent,
