@@ -33,6 +33,13 @@ CORE = {
     "errors",
     "report",
     "secrets",
+    # the network boundary (issue 23): policy, audit, the proxy and its engine side
+    "egress",
+    "egressaudit",
+    "egressnet",
+    "netproxy",
+    "netproxy.image",
+    "netproxy.proxy",
 }
 # Only these libraries, and only in these modules (design: "only engine.py knows Docker").
 PRIVATE_LIBRARIES = {"docker": {"engine", "enginehttp"}, "dulwich": {"gitrepo"}}

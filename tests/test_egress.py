@@ -1,0 +1,200 @@
+# ruff: noqa: E501  (the agent scripts are shell, one attempt a line)
+"""The network boundary on a real engine (issue 23): the store's proxy, an agent container on
+the internal network only, and the outside world = the package registries this machine
+reaches (their hosts read at run time from npm's and pip's own configuration).
+
+Each test runs one container with a script of attempts, as a hostile agent would: as a
+non-root user, with NET_RAW dropped, trying the allowed registry, a denied one, direct IPs,
+DNS, IPv6 and the services of the host it runs on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.server
+import secrets
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from pienv import egress, egressaudit, egressnet
+from pienv.engine import Engine
+
+pytestmark = [pytest.mark.engine, pytest.mark.realistic]
+
+
+@pytest.fixture(scope="module")
+def registries() -> dict[str, tuple[str, ...]]:
+    regs = egress.registry_hosts()
+    if "npm" not in regs or "pip" not in regs:
+        pytest.skip(f"npm and pip registries not configured here: {regs}")
+    return regs
+
+
+@pytest.fixture(scope="module")
+def proxy(engine_available: None) -> Iterator[tuple[Engine, egressnet.Proxy]]:
+    engine = Engine()
+    store_id = secrets.token_hex(16)
+    try:
+        yield engine, egressnet.ensure_proxy(engine, store_id)
+    finally:
+        assert egressnet.remove(engine, store_id)
+
+
+@pytest.fixture(scope="module")
+def host_service() -> Iterator[int]:
+    """A server on every address of this machine: the agent must not reach it."""
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("0.0.0.0", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+
+
+def run_agent(image: str, net: egressnet.RunNetwork, script: str) -> tuple[int, str]:
+    import docker
+
+    client = docker.from_env()
+    c = client.containers.create(
+        image,
+        ["sh", "-c", script],
+        user="4321:4321",
+        environment={
+            **net.env,
+            "HOME": "/tmp",
+            "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt",
+        },
+        network=net.network,
+        dns=list(net.dns),
+        cap_drop=["NET_RAW", "NET_ADMIN"],
+        security_opt=["no-new-privileges"],
+        working_dir="/tmp",
+    )
+    try:
+        c.start()
+        rc = int(c.wait(timeout=180)["StatusCode"])
+        return rc, c.logs().decode(errors="replace")
+    finally:
+        c.remove(force=True)
+
+
+def host_addresses() -> list[str]:
+    """This machine's addresses a container could try: its route source and docker0's."""
+    out = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    return sorted(
+        {w.split("/")[0] for line in out.splitlines() for w in line.split()[3:4]} - {"127.0.0.1"}
+    )
+
+
+def test_allowed_denied_direct_ip_dns_ipv6_host_and_audit(
+    proxy: tuple[Engine, egressnet.Proxy],
+    registries: dict[str, tuple[str, ...]],
+    realistic_image: str,
+    host_service: int,
+) -> None:
+    engine, px = proxy
+    npm_host, pip_host = registries["npm"][0], registries["pip"][0]
+    npm_ip = socket.gethostbyname(npm_host)
+    policy = egress.DEFAULT.allowing([npm_host])
+    net = egressnet.register(engine, px, policy, "main")
+    hosts = " ".join(host_addresses())
+    script = f"""
+echo "== allowed"; npm view is-number name 2>&1 | tail -1
+echo "== denied"; python3 -c 'import urllib.request as u; u.urlopen("https://{pip_host}/simple/six/", timeout=20)' 2>&1 | tail -1
+echo "== noproxy"; env -u HTTPS_PROXY -u https_proxy curl -sS -m 5 https://{npm_host}/ 2>&1; echo "rc=$?"
+echo "== directip"; curl -sS -m 5 --noproxy '*' -k https://{npm_ip}/ 2>&1; echo "rc=$?"
+echo "== proxyip"; curl -sS -m 10 -k https://{npm_ip}/ 2>&1; echo "rc=$?"
+echo "== dns"; getent hosts {pip_host} {npm_host} example.com; echo "rc=$?"
+node -e 'require("dns").resolve4("{npm_host}",(e,a)=>console.log("resolve4", e && e.code, a))'
+echo "== ipv6"; grep -v ' 20 ' /proc/net/if_inet6 | grep -v '^0*1 ' | sed 's/^/inet6 /'; curl -sS -m 5 --noproxy '*' -g 'https://[64:ff9b::{npm_ip}]/' 2>&1; echo "rc=$?"
+echo "== host"; for a in {hosts} $(python3 -c 'import socket,struct; print(" ".join(socket.inet_ntoa(struct.pack("<L", int(l.split()[2], 16))) for l in open("/proc/net/route").readlines()[1:] if l.split()[1] == "00000000"))'); do
+  curl -sS -m 3 --noproxy '*' http://$a:{host_service}/ >/dev/null 2>&1 && echo "REACHED $a"; done
+echo "== raw"; python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)' 2>&1 | tail -1
+echo "== end"
+"""
+    _, out = run_agent(realistic_image, net, script)
+    audit = egressaudit.parse(egressnet.collect(engine, px, net.token).splitlines())
+    sections = dict(s.split("\n", 1) for s in out.split("== ")[1:])
+    assert sections["allowed"].strip() == "is-number", out
+    # The refusal names the host and the command that allows it, inside the container.
+    assert f"pienv egress allow {pip_host}" in sections["denied"], out
+    assert "rc=0" not in sections["noproxy"] and "rc=0" not in sections["directip"], out
+    assert "403" in sections["proxyip"], out
+    # No name resolves, allowed or not: the proxy is the only resolver and answers REFUSED.
+    assert "rc=2" in sections["dns"] and "resolve4 EREFUSED" in sections["dns"], out
+    assert "inet6" not in sections["ipv6"] and "rc=0" not in sections["ipv6"], out
+    assert "REACHED" not in sections["host"], out
+    assert "Operation not permitted" in sections["raw"], out
+    by_host = {(a.host, a.allowed) for a in audit}
+    assert (npm_host, True) in by_host and (pip_host, False) in by_host, audit
+    assert any(a.host == npm_ip and "direct IP" in a.why for a in audit), audit
+    npm = next(a for a in audit if a.host == npm_host)
+    assert npm.received and npm.received > 1000 and npm.sent and npm.port == 443
+    assert egressaudit.learn(audit) == sorted([npm_host, pip_host, npm_ip])
+
+
+def test_injected_key_reaches_only_its_host(
+    proxy: tuple[Engine, egressnet.Proxy],
+    registries: dict[str, tuple[str, ...]],
+    realistic_image: str,
+) -> None:
+    engine, px = proxy
+    npm_host, pip_host = registries["npm"][0], registries["pip"][0]
+    key = "pienv-planted-" + secrets.token_hex(12)
+    # A provider route whose upstream is the npm registry: the real outside world here.
+    fake = egress.Provider(
+        "fake", "FAKE_API_KEY", f"https://{npm_host}", "x-fake-key", base_env=("FAKE_BASE_URL",)
+    )
+    other = egress.Provider("other", "OTHER_API_KEY", f"https://{pip_host}", "x-other-key")
+    policy = egress.DEFAULT.allowing([npm_host])
+    net = egressnet.register(
+        engine, px, policy, "main", {"fake": key, "other": key}, {"fake": fake, "other": other}
+    )
+    assert key not in repr(net.env)
+    script = f"""
+echo "== route"; curl -sS -m 30 "$FAKE_BASE_URL/is-number" | head -c 200; echo
+echo "== viaproxy"; curl -sS -m 30 -x "$HTTP_PROXY" "$FAKE_BASE_URL/is-number" | head -c 200; echo
+echo "== other"; curl -sS -m 10 {px.route_url(net.token, "other")}/simple/six/; echo
+echo "== env"; env | grep -c {key}
+echo "== files"; grep -rl {key} / --exclude-dir=proc --exclude-dir=sys 2>/dev/null | head; echo
+echo "== key"; echo "$FAKE_API_KEY"
+"""
+    _, out = run_agent(realistic_image, net, script)
+    egressnet.collect(engine, px, net.token)
+    sections = dict(s.split("\n", 1) for s in out.split("== ")[1:])
+    assert '"name":"is-number"' in sections["route"].replace(" ", ""), out
+    assert '"name":"is-number"' in sections["viaproxy"].replace(" ", ""), out
+    # A route to a host the policy does not allow is refused: its key goes nowhere.
+    assert f"pienv egress allow {pip_host}" in sections["other"], out
+    assert sections["env"].strip() == "0" and not sections["files"].strip(), out
+    assert sections["key"].strip() == "pienv-placeholder-fake"
+    assert key not in out
+
+
+def test_proxy_is_shared_and_restarted_when_gone(proxy: tuple[Engine, egressnet.Proxy]) -> None:
+    engine, px = proxy
+    store_id = px.network.removeprefix(egressnet.PREFIX)
+    # ensure_proxy takes the store id; the names only keep its first 12 hex
+    again = egressnet.ensure_proxy(engine, store_id + "0" * 20)
+    assert again.container == px.container
+    with contextlib.suppress(Exception):
+        engine._call("DELETE", f"/containers/{px.container}", {"force": "1"})
+    fresh = egressnet.ensure_proxy(engine, store_id + "0" * 20)
+    assert fresh.container != px.container and fresh.network == px.network
+    # an unregistered client (no token) is refused
+    _, out = run_agent(
+        "pienv-test/busybox-git:2",
+        egressnet.RunNetwork("x" * 32, fresh.network, (fresh.address,), {}),
+        f"printf 'CONNECT a.example:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {fresh.address} 3128",
+    )
+    assert "407" in out, out

@@ -1,0 +1,141 @@
+"""Egress policy, audit and proxy rules: pure logic, no engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pienv import egress, egressaudit
+from pienv.errors import UsageError
+from pienv.netproxy import proxy
+
+
+def test_rules_are_checked_and_canonical() -> None:
+    assert egress.check_rule(" Example.ORG. ") == "example.org"
+    assert egress.check_rule("*.example.org") == "*.example.org"
+    assert egress.check_rule("example.org:8443") == "example.org:8443"
+    assert egress.check_rule("10.1.2.3") == "10.1.2.3"
+    for bad in ("*", "exa mple.org", "http://example.org", "example.org:0", "a..b", "*.", ""):
+        with pytest.raises(UsageError):
+            egress.check_rule(bad)
+
+
+@pytest.mark.parametrize(
+    ("rule", "host", "port", "hit"),
+    [
+        ("example.org", "example.org", 443, True),
+        ("example.org", "EXAMPLE.org.", 80, True),
+        ("example.org", "www.example.org", 443, False),
+        ("example.org", "example.org", 22, False),  # only 80/443 without a port
+        ("example.org:22", "example.org", 22, True),
+        ("example.org:22", "example.org", 443, False),
+        ("*.example.org", "a.b.example.org", 443, True),
+        ("*.example.org", "example.org", 443, False),  # subdomains only
+        ("*.example.org", "badexample.org", 443, False),
+    ],
+)
+def test_rule_matching_agrees_with_the_proxy(rule: str, host: str, port: int, hit: bool) -> None:
+    assert egress.rule_matches(rule, host, port) is hit
+    assert proxy.rule_matches(rule, host.lower().rstrip("."), port) is hit
+
+
+def test_policy_edits_and_verdicts() -> None:
+    p = egress.DEFAULT
+    assert p.mode == "open" and p.verdict("anything.example", 443) is None
+    p = p.allowing(["b.example", "a.example"])
+    assert p.mode == "allow-list" and p.allow == ("a.example", "b.example")
+    assert p.verdict("a.example", 443) is None
+    assert p.verdict("c.example", 443) == "not on the allow-list"
+    p = p.denying(["a.example"])
+    assert p.allow == ("b.example",) and p.verdict("a.example", 443) == "on the deny list"
+    # the proxy decides the same way from the JSON pienv registers
+    for host in ("a.example", "b.example", "c.example"):
+        assert (proxy.allowed(p.to_json(), host, 443) is None) == (p.verdict(host, 443) is None)
+    assert egress.Policy("none").verdict("b.example", 443) == "mode none"
+
+
+def test_hash_is_content_and_order_independent() -> None:
+    a = egress.DEFAULT.allowing(["x.example", "y.example"])
+    b = egress.DEFAULT.allowing(["y.example"]).allowing(["x.example"])
+    assert a.hash == b.hash and a.hash != egress.DEFAULT.hash
+    assert egress.Policy.from_json(json.loads(a.canonical())) == a
+
+
+def test_store_follows_commits(tmp_path: Path) -> None:
+    store = egress.PolicyStore(tmp_path)
+    assert store.of_branch("main") == egress.DEFAULT
+    strict = egress.DEFAULT.allowing(["x.example"])
+    digest = store.set_branch("main", strict)
+    assert store.of_branch("main") == strict and store.load(digest) == strict
+    # a branch with no policy of its own takes its head commit's
+    assert store.of_branch("other", {egress.LABEL: digest}) == strict
+    # checkout/reset to a commit made before the allow-list: back to open
+    assert store.follow_commit("main", {}) == egress.DEFAULT
+    assert store.of_branch("main") == egress.DEFAULT
+    assert store.follow_commit("main", {egress.LABEL: digest}) == strict
+
+
+def test_corrupt_index_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "egress").mkdir()
+    (tmp_path / "egress" / "branches.json").write_text("{not json")
+    with pytest.raises(UsageError, match="unreadable"):
+        egress.PolicyStore(tmp_path).of_branch("main")
+
+
+def test_presets_name_providers_and_registries_by_kind() -> None:
+    regs = {"npm": ("npm.registry.test",), "pip": ("pip.index.test", "files.pip.test")}
+    claude = egress.preset_rules("claude", regs)
+    assert claude == ["api.anthropic.com", "npm.registry.test"]
+    assert "files.pip.test" in egress.preset_rules("aider", regs)
+    assert set(egress.PRESET_NEEDS) >= {"pi", "claude", "codex", "gemini", "opencode", "aider"}
+
+
+def test_audit_merges_open_close_and_learns() -> None:
+    lines = [
+        b'{"id": "1", "event": "open", "host": "a.example", "port": 443, "t": 1.5}',
+        b'{"id": "2", "event": "deny", "host": "b.example", "port": 8080, "t": 2, "why": "x"}',
+        b'{"id": "1", "event": "close", "host": "a.example", "sent": 10, "received": 99}',
+        b'{"id": "3", "event": "open", "host": "c.example", "port": 80, "t": 3}',
+        b'{"id": "4", "event": "op',  # torn last line
+    ]
+    attempts = egressaudit.parse(lines)
+    assert [(a.host, a.allowed, a.sent, a.received) for a in attempts] == [
+        ("a.example", True, 10, 99),
+        ("b.example", False, 0, 0),
+        ("c.example", True, None, None),  # still open when the run ended
+    ]
+    assert attempts[0].time == "1970-01-01T00:00:01.500Z"
+    assert egressaudit.learn(attempts) == ["a.example", "b.example:8080", "c.example"]
+    assert egressaudit.denied_hosts(attempts) == ["b.example:8080"]
+
+
+def test_dns_answer_is_refused_with_the_question() -> None:
+    query = bytes.fromhex("abcd01000001000000000000") + b"\x04test\x00\x00\x01\x00\x01"
+    sent: list[bytes] = []
+
+    class T:
+        def sendto(self, data: bytes, addr: object) -> None:
+            sent.append(data)
+
+    dns = proxy.Dns()
+    dns.connection_made(T())
+    dns.datagram_received(query, ("10.0.0.1", 5353))
+    answer = sent[0]
+    assert answer[:2] == b"\xab\xcd" and answer[3] & 0x0F == 5  # same id, REFUSED
+    assert answer[6:12] == b"\0" * 6  # no answers, no authority, no additional
+    assert answer[12:] == query[12:]
+
+
+def test_origin_request_drops_proxy_headers_and_closes() -> None:
+    raw = proxy.origin_request(
+        "GET",
+        "http://a.example/x?y=1",
+        "HTTP/1.1",
+        [("Host", "a.example"), ("Proxy-Authorization", "Basic eA=="), ("Accept", "*/*")],
+        "a.example",
+    ).decode()
+    assert raw.startswith("GET /x?y=1 HTTP/1.1\r\n")
+    assert "Proxy-Authorization" not in raw and "Accept: */*" in raw
+    assert raw.endswith("Host: a.example\r\nConnection: close\r\n\r\n")
