@@ -8,7 +8,7 @@ import math
 import time
 
 import pytest
-from conftest import Pienv
+from conftest import Pienv, git
 
 from pienv.errors import UsageError
 from pienv.ops import bisect, export, rebase
@@ -34,24 +34,24 @@ def test_bisect_run_finds_the_run_that_removed_a_tool_in_log2_probes(pienv: Pien
     ctx = ctx_of(pienv)
     commits = ctx.store.commits()
     culprit = next(c for c in commits.values() if c.message == "run 5")
-    root = next(c for c in commits.values() if not c.parents)
     heads = pienv.refs()
-    step = bisect.start(ctx, "main", [root.id])
-    assert step.next is not None and step.remaining == n - 1
+    r = pienv("bisect", "start", "main", "main~8")
+    assert f"{n - 1} commits left to test" in r.out
     began = time.monotonic()
-    out = bisect.run(ctx, ("hello",), pienv.repo)
+    r = pienv("bisect", "run", "--", "hello")
     took = time.monotonic() - began
-    names = {c.id: c.message for c in ctx.store.commits().values()}
-    tried = [(names.get(p.commit), p.exit_code) for p in out.probed]
-    assert out.step.first_bad == culprit.id, tried
-    assert len(out.probed) <= math.ceil(math.log2(n)), out.probed
-    assert {p.mark for p in out.probed} <= {"good", "bad"}
+    probes = [line for line in r.err.splitlines() if "exit " in line]
+    assert f"{culprit.short} is the first bad commit." in r.out, r.out + r.err
+    assert "run 5  (rm /bin/hello)" in r.out
+    assert len(probes) <= math.ceil(math.log2(n)), probes
     # no env commit, no ref moved; the state survives until reset
-    assert ctx.store.commits().keys() == commits.keys()
+    assert ctx.store.fresh_commits().keys() == commits.keys()
     assert pienv.refs()["branches"] == heads["branches"]
-    assert any(line.startswith("bad ") for line in bisect.log(ctx))
-    assert bisect.reset(ctx) and not bisect.reset(ctx)
-    print(f"bisect: {len(out.probed)} probes in {took:.1f}s")
+    assert pienv("bisect", "log").out.startswith("start bad ")
+    assert pienv("bisect", "reset").out.strip() == "Bisection ended."
+    r = pienv("bisect", "good", check=False)
+    assert r.code == 1 and r.err.startswith("pienv: error: no bisection is under way")
+    print(f"bisect: {len(probes)} probes in {took:.1f}s")
 
 
 def test_bisect_by_hand_with_skip_and_an_aborting_command(pienv: Pienv) -> None:
@@ -166,3 +166,56 @@ def test_export_dockerfile_builds_the_branch(pienv: Pienv) -> None:
         assert all(not any(v.values()) for v in diff.values()), diff
     finally:
         client.images.remove(image.id, force=True)
+
+
+def test_env_and_code_roll_back_together_across_three_git_commits(pienv: Pienv) -> None:
+    repo = pienv.repo
+    pienv("run", "-m", "env1", "--", "touch", "/env1")  # code: the clean first commit
+    c1 = git(repo, "rev-parse", "HEAD")
+    (repo / "README").write_text("v2\n")
+    git(repo, "commit", "-qam", "v2")
+    c2 = git(repo, "rev-parse", "HEAD")
+    (repo / "README").write_text("v2, uncommitted\n")
+    (repo / "notes.txt").write_text("untracked notes\n")
+    pienv("run", "-m", "env2", "--", "touch", "/env2")  # code: c2 + the dirty state
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "v3")
+    c3 = git(repo, "rev-parse", "HEAD")
+    pienv("run", "-m", "env3", "--", "touch", "/env3")
+    ctx = ctx_of(pienv)
+    by_msg = {c.message: c for c in ctx.store.fresh_commits().values()}
+    e1, e2, e3 = by_msg["env1"], by_msg["env2"], by_msg["env3"]
+    assert (e1.git_head, e1.code) == (c1, c1) and (e3.git_head, e3.code) == (c3, c3)
+    assert e2.git_head == c2 and e2.code not in ("", c2)
+    assert "+ uncommitted]" in pienv("log", "--graph", "--code").out
+    assert e2.code in pienv("show", e2.id[:12]).out
+
+    # A dirty tree is never overwritten: the code of env2 goes into a new worktree.
+    (repo / "README").write_text("mine, not committed\n")
+    r = pienv("reset", "--with-code", "HEAD~1")
+    wt = repo.parent / f"repo-at-{e2.short}"
+    assert f"the code is in the new worktree {wt}" in r.out
+    assert (repo / "README").read_text() == "mine, not committed\n"
+    assert git(repo, "rev-parse", "HEAD") == c3
+    assert (wt / "README").read_text() == "v2, uncommitted\n"
+    assert (wt / "notes.txt").read_text() == "untracked notes\n"
+    assert git(wt, "rev-parse", "HEAD") == c2
+    assert pienv.head() == e2.id and pienv.refs()["worktrees"][str(wt)] == "main"
+    r = pienv("run", "--", "sh", "-c", "ls /env2 /env3 2>&1; cat README", cwd=wt, check=False)
+    assert "v2, uncommitted" in r.out and "/env3: No such file" in r.out
+
+    # A clean tree is switched: detached at the recorded commit.
+    git(repo, "checkout", "README")
+    r = pienv("checkout", "--with-code", e1.id[:12])
+    assert f"{repo} is at {c1[:12]} (detached)" in r.out
+    assert git(repo, "rev-parse", "HEAD") == c1
+    assert (repo / "README").read_text() == "hello\n"
+    assert pienv.refs()["head"] == {"detached": e1.id}
+
+    # worktree add --at: environment and code of one commit, side by side.
+    r = pienv("worktree", "add", "--at", e3.id[:12], str(repo.parent / "at3"))
+    assert git(repo.parent / "at3", "rev-parse", "HEAD") == c3
+    assert pienv.head("at3") == e3.id
+    # nothing of the user's lost: every commit and the snapshot are still there
+    for rev in (c1, c2, c3, e2.code, f"refs/pienv/code/{e2.code}"):
+        git(repo, "cat-file", "-e", rev)

@@ -308,7 +308,8 @@ def snapshot_code(root: Path, message: str = "pienv: code snapshot") -> CodeSnap
 
     head = head_commit(root)
     info = find(root)
-    if not head or info is None or not has_git():
+    if not head or info is None or info.link_problem or not has_git():
+        # (A forged `.git` file could point host git at a config the agent wrote.)
         return None
     with tempfile.TemporaryDirectory(prefix="pienv-code-") as tmp:
         index = Path(tmp) / "index"
@@ -316,13 +317,34 @@ def snapshot_code(root: Path, message: str = "pienv: code snapshot") -> CodeSnap
         with contextlib.suppress(OSError):
             shutil.copyfile(info.gitdir / "index", index)
         env = {"GIT_INDEX_FILE": str(index)}
-        _git(root, "add", "-A", "--", ".", env=env)
+        # Untracked files go in unless they are huge (a build tree nobody ignored): hashing
+        # gigabytes into the user's object store is no snapshot's business.
+        tracked_only = _untracked_bytes(root, UNTRACKED_CAP) > UNTRACKED_CAP
+        _git(root, "add", "-u" if tracked_only else "-A", "--", ".", env=env)
         tree = _git(root, "write-tree", env=env)
+        if tracked_only:
+            message += f" (untracked files left out: over {UNTRACKED_CAP >> 20} MiB)"
     if tree == _git(root, "rev-parse", f"{head}^{{tree}}"):
         return CodeSnapshot(head=head, code=head)
     code = _git(root, "commit-tree", tree, "-p", head, "-m", message, env=_IDENTITY)
     _git(root, "update-ref", CODE_REF_PREFIX + code, code)
     return CodeSnapshot(head=head, code=code)
+
+
+UNTRACKED_CAP = 64 << 20  # bytes of untracked (not ignored) files a snapshot takes in
+
+
+def _untracked_bytes(root: Path, stop_at: int) -> int:
+    """The size of the untracked, not ignored files (counting stops past ``stop_at``)."""
+    out = _git(root, "ls-files", "-z", "--others", "--exclude-standard")
+    total = 0
+    for name in out.split("\0"):
+        if name:
+            with contextlib.suppress(OSError):
+                total += os.lstat(root / name).st_size
+            if total > stop_at:
+                break
+    return total
 
 
 def has_commit(root: Path, commit: str) -> bool:
@@ -367,3 +389,16 @@ def export_tree(root: Path, commit: str, target: Path) -> None:
 
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
         tar.extractall(target, filter="data")
+
+
+def record_code(root: Path, message: str) -> tuple[str, str]:
+    """(HEAD, code) to label an env commit with: the snapshot when it can be made, else the
+    HEAD alone. Never raises: a commit is not lost for want of a code snapshot."""
+    try:
+        snap = snapshot_code(root, message)
+    except Exception:  # a broken repository, git gone meanwhile: record what reads cheaply
+        snap = None
+    if snap is None:
+        head = head_commit(root)
+        return head, ""
+    return snap.head, snap.code

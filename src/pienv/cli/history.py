@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -14,6 +14,9 @@ from pienv.cli.common import (
     reporting,
     selected,
 )
+
+if TYPE_CHECKING:
+    from pienv.model import Commit
 
 app = family()
 
@@ -35,6 +38,9 @@ def log(
     n: Annotated[
         int | None, typer.Option("-n", "--max-count", metavar="N", help="Show at most N commits.")
     ] = None,
+    code: Annotated[
+        bool, typer.Option("--code", help="Name the workspace code recorded with each commit.")
+    ] = False,
     as_json: JsonOpt = False,
     secrets: Annotated[
         bool,
@@ -66,7 +72,10 @@ def log(
     for i, e in enumerate(result.entries):
         c = e.commit
         prefix = f"{e.graph} " if graph else ""
-        lines.append(f"{prefix}{c.short}{ui.decorate(e.refs)} {c.message}  ({ui.age(c.created)})")
+        said = f" {_code_note(c)}" if code else ""
+        lines.append(
+            f"{prefix}{c.short}{ui.decorate(e.refs)} {c.message}  ({ui.age(c.created)}){said}"
+        )
         lines.extend(result.connectors.get(i, []))
     _print_log(lines, graph)
 
@@ -95,6 +104,15 @@ def _log_secrets(rev: str | None, all_refs: bool, as_json: bool) -> None:
         ui.note("no credential-looking files in these commits' layers")
 
 
+def _code_note(c: Commit) -> str:
+    """A log line's code: the git commit (HEAD, or HEAD + uncommitted state) it recorded."""
+    if not c.git_head:
+        return "[code -]"
+    if c.code and c.code != c.git_head:
+        return f"[code {c.code[:10]} = {c.git_head[:10]} + uncommitted]"
+    return f"[code {c.git_head[:10]}]"
+
+
 def _print_log(lines: list[str], graph: bool) -> None:
     import re
 
@@ -107,6 +125,12 @@ def _print_log(lines: list[str], graph: bool) -> None:
     styled = ui.paint_out("", "0") != ""
     for line in lines:
         ui.out(paint(line) if styled else line)
+
+
+def _code_field(c: Commit) -> str:
+    if c.code and c.code != c.git_head:
+        return f"{c.code} (git HEAD + uncommitted changes; refs/pienv/code/)"
+    return "the git HEAD (clean tree)" if c.code else "-"
 
 
 @app.command()
@@ -140,6 +164,7 @@ def show(
         ("exit code", "-" if c.exit_code is None else str(c.exit_code)),
         ("workspace", c.workspace or "-"),
         ("git HEAD", c.git_head or "-"),
+        ("code", _code_field(c)),
         # Say why a commit that shows paths added no bytes (a directory's time, as apt
         # leaves /tmp): nothing else in it changed.
         ("size added", ui.size(c.size) + (" (metadata only)" if metadata_only else "")),
@@ -147,6 +172,8 @@ def show(
     ]
     if c.flattened_from:
         fields.append(("flattened", c.flattened_from[:12]))
+    if c.replays:
+        fields.append(("replays", c.replays[:12]))
     for key, value in fields:
         ui.out(f"{key + ':':<11} {value}")
     ui.out("")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,7 +21,25 @@ from pienv.cli.common import (
 )
 from pienv.errors import UsageError
 
+if TYPE_CHECKING:
+    from pienv.ops.codetravel import CodeResult
+
 app = family()
+WITH_CODE_HELP = "Bring the workspace's code back too (a dirty tree gets a new worktree)."
+
+
+def _say_code(r: CodeResult) -> None:
+    """What a --with-code move did to the code (ops.codetravel)."""
+    from pienv.locks import name_of
+
+    where = f"env {name_of(r.env_branch)} at {r.env_commit[:12]}"
+    if r.worktree:
+        ui.out(f"{where}; the code is in the new worktree {r.path} (at {r.git_head[:12]}).")
+        ui.note(f"your checkout has uncommitted changes: it was not touched; cd {r.path}")
+    else:
+        ui.out(f"{where}; {r.path} is at {r.git_head[:12]} (detached).")
+    if r.restored:
+        ui.note(f"uncommitted state put back: {', '.join(r.restored[:10])}")
 
 
 @app.command()
@@ -125,10 +144,18 @@ def checkout(
         ),
     ] = None,
     create: Annotated[bool, typer.Option("-b", help="Create branch TARGET first.")] = False,
+    with_code: Annotated[bool, typer.Option("--with-code", help=WITH_CODE_HELP)] = False,
 ) -> None:
     """Switch the current env branch, or detach HEAD at a commit."""
     from pienv.ops.history import checkout as do_checkout
 
+    if with_code:
+        from pienv.ops import codetravel
+
+        if create:
+            raise UsageError("--with-code takes an existing revision, not -b")
+        _say_code(codetravel.checkout(context(), Path.cwd(), target))
+        return
     ctx, sel = selection()
     r = do_checkout(ctx, target, create, start)
     if not sel.by_default:
@@ -171,6 +198,7 @@ def reset(
             autocompletion=complete_branch,
         ),
     ] = None,
+    with_code: Annotated[bool, typer.Option("--with-code", help=WITH_CODE_HELP)] = False,
 ) -> None:
     """Move the current branch to REV (environment rollback).
 
@@ -189,6 +217,11 @@ def reset(
         return
     if not rev:
         raise UsageError("usage: pienv reset REV (or --system / --all)")
+    if with_code:
+        from pienv.ops import codetravel
+
+        _say_code(codetravel.reset(ctx, Path.cwd(), rev))
+        return
     from pienv.ops.history import reset as do_reset
 
     res = do_reset(ctx, rev)

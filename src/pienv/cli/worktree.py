@@ -15,6 +15,7 @@ from pienv.cli.common import (
     context,
     family,
 )
+from pienv.errors import UsageError
 
 app = family("Git worktrees bound to env branches (one per agent).", group=True)
 
@@ -39,13 +40,38 @@ def worktree_add(
             autocompletion=complete_rev,
         ),
     ] = None,
+    at: Annotated[
+        str | None,
+        typer.Option(
+            "--at",
+            metavar="REV",
+            help="Environment and code of env commit REV (a detached worktree).",
+            autocompletion=complete_rev,
+        ),
+    ] = None,
 ) -> None:
     """A git worktree and an env branch bound to it.
 
     The branch is created (git and env) from HEAD unless it exists: an existing env branch
-    gets a worktree again.
+    gets a worktree again. With --at REV the env branch starts at REV and the worktree holds
+    the code recorded with it (detached at its git commit, its uncommitted state put back).
     """
     from pienv.ops import worktree
+
+    if at:
+        from pienv.ops import codetravel
+
+        if from_rev:
+            raise UsageError("--at and --from both say where to start: use one")
+        c = codetravel.worktree_at(context(), Path.cwd(), at, path, branch)
+        ui.out(
+            f"Worktree {c.path} at git {c.git_head[:12]} (detached), "
+            f"env branch '{c.env_branch}' at {c.env_commit[:12]}."
+        )
+        if c.restored:
+            ui.note(f"uncommitted state put back: {', '.join(c.restored[:10])}")
+        ui.note(f"cd {c.path} && pienv run   # runs there use env branch {c.env_branch!r}")
+        return
 
     r = worktree.add(context(), Path.cwd(), path, branch, from_rev)
     kept = "existing " if r.existing else ""

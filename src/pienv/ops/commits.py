@@ -221,6 +221,7 @@ def make_prepared(
         parents=(parent,),
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",
+        code=old.code if old else "",
     )
     labels = draft.labels(ctx.store_id)
     known = known_mount_points(info) | {m.path for m in extra}
@@ -302,6 +303,7 @@ def flatten_image(
         flattened_from=image_id,
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",
+        code=old.code if old else "",
     )
     done = 0
 
