@@ -135,3 +135,33 @@ def test_completion_offers_branches_tags_and_revisions(tmp_path: Path) -> None:
     assert complete("pienv tag -d ") == ["v1"]
     assert complete("pienv reflog ") == ["agent-a", "main", "v1"]
     assert complete("pienv show ab12") == [cid[:12]]
+
+
+def test_completion_installs_from_any_shell_for_the_shell_named(tmp_path: Path) -> None:
+    def sh(command: str, shell: str = "/bin/bash") -> subprocess.CompletedProcess[str]:
+        env = {
+            "HOME": str(tmp_path),
+            "SHELL": shell,
+            "PIENV_HOME": str(tmp_path / "store"),
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            **PYPATH,
+        }
+        return subprocess.run(
+            ["/bin/sh", "-c", f"{sys.executable} -m pienv {command}"],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+
+    r = sh("--install-completion")  # from sh, with SHELL=/bin/bash: bash's completion
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "bash completion installed" in r.stdout
+    assert "_PIENV_COMPLETE" in (tmp_path / ".bash_completions" / "pienv.sh").read_text()
+    r = sh("--install-completion zsh", shell="/bin/sh")
+    assert r.returncode == 0 and (tmp_path / ".zfunc" / "_pienv").exists(), r.stdout + r.stderr
+    r = sh("--show-completion fish", shell="/bin/sh")
+    assert r.returncode == 0 and "complete --command pienv" in r.stdout
+    r = sh("--install-completion", shell="/bin/sh")  # nothing to go by: one line, exit 1
+    assert r.returncode == 1
+    assert r.stderr.startswith("pienv: error: ") and "bash" in r.stderr
+    assert r.stderr.count("\n") == 1

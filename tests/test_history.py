@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,37 @@ def test_log_secrets_finds_a_deleted_credential_file_and_reset_prune_removes_it(
     pienv("prune", "--older-than", "0s")
     assert pienv("log", "--secrets").out == ""
     assert "no credential-looking files" in pienv("log", "--secrets").err
+
+
+def test_status_names_the_base_truthfully_before_the_first_commit(pienv: Pienv) -> None:
+    pienv("worktree", "add", str(pienv.repo.parent / "wt"))  # a store, no commit yet
+    line = next(x for x in pienv("status").out.splitlines() if x.startswith("base"))
+    assert "None" not in line and BASE_TAG in line and "none yet" in line
+    assert json.loads(pienv("status", "--json").out)["base"] is None
+
+
+def test_status_size_is_the_heads_real_size_after_prune(pienv: Pienv) -> None:
+    for i in range(3):
+        pienv("run", "--", "sh", "-c", f"head -c 200000 /dev/urandom > /f{i}")
+    pienv("prune", "--keep", "1")
+    size = json.loads(pienv("status", "--json").out)["size"]
+    real = json.loads(
+        subprocess.run(
+            ["docker", "image", "inspect", pienv.head()], capture_output=True, check=True
+        ).stdout
+    )[0]["Size"]
+    assert size == real
+
+
+def test_log_hides_prepare_commits_unless_all_kinds(pienv: Pienv) -> None:
+    pienv("run", "--", "true")
+    wt = pienv.repo.parent / "wt"
+    pienv("worktree", "add", str(wt))
+    pienv("run", "--", "touch", "/made", cwd=wt)
+    kinds = [c["kind"] for c in json.loads(pienv("log", "--all-kinds", "--json", cwd=wt).out)]
+    assert "prepare" in kinds  # the worktree's first run prepared its mount points
+    text = pienv("log", cwd=wt).out
+    assert "prepare" not in text and "touch /made" in text
+    assert len(text.splitlines()) == len(kinds) - 1
+    graph = pienv("log", "--graph", "--all", cwd=wt).out
+    assert "prepare" not in graph and "touch /made" in graph

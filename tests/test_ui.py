@@ -1,5 +1,5 @@
-"""Terminal output: tables that never split an id or a path, and NO_COLOR meaning no escapes
-at all (exact output)."""
+"""Terminal output: tables that never split an id, an age or a size (a long path loses its
+start), and NO_COLOR meaning no escapes at all (exact output)."""
 
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ COLS = ["", "branch", "head", "age", "commits", "size", "lock", "worktree"]
 ROW = ["*", "agent-k", ID, "3m ago", "12", "45.1 MB", "running", PATH]
 
 
-def test_table_at_80_columns_cuts_other_columns_never_ids_or_paths() -> None:
-    keep = {"branch", "head", "worktree"}
+def test_table_at_80_columns_cuts_the_path_from_its_start_never_ids_ages_or_sizes() -> None:
+    keep = {"branch", "head"}
     lines = ui.render_table(
-        COLS, [ROW, ["", "main", ID, "1d ago", "3", "1.0 kB", "", ""]], keep, 80
+        COLS, [ROW, ["", "main", ID, "1d ago", "3", "1.0 kB", "", ""]], keep, 80, {"worktree"}
     )
     assert lines == [
-        "   branch   head          age  commits  size  lock  worktree",
-        "*  agent-k  0123456789ab  3m…  12       45.…  run…  " + PATH,
-        "   main     0123456789ab  1d…  3        1.0…",
+        "   branch   head          age     commits  size     lock     worktree",
+        "*  agent-k  0123456789ab  3m ago  12       45.1 MB  running  …ting_bra0/agent-k2",
+        "   main     0123456789ab  1d ago  3        1.0 kB",
     ]
 
 
@@ -81,7 +81,7 @@ def test_no_color_means_no_escapes_in_table_headers_or_rich_output(no_color: str
         assert b"\x1b[1mbranch  head\x1b[0m" in out  # the control: escapes do show
 
 
-def test_branch_list_at_80_columns_keeps_ids_and_paths_whole(tmp_path: Path) -> None:
+def test_branch_list_at_80_columns_keeps_ids_whole_and_cuts_the_path(tmp_path: Path) -> None:
     # A store with refs only: listing branches reads refs.json and the commit index.
     home = tmp_path / "store"
     home.mkdir()
@@ -106,7 +106,7 @@ def test_branch_list_at_80_columns_keeps_ids_and_paths_whole(tmp_path: Path) -> 
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == [
         "   branch                      head          age  commits  size  lock  worktree",
-        f"   agent-one-with-a-long-name  {cid[:12]}  ?    0        0 B         {wt}",
+        f"   agent-one-with-a-long-name  {cid[:12]}  ?    0        0 B         …gent-one",
         f"*  main                        {cid[:12]}  ?    0        0 B",
     ]
 
@@ -137,3 +137,12 @@ def test_notes_follow_the_lines_printed_before_them(tmp_path: Path) -> None:
             [sys.executable, "-c", code], stdout=fh, stderr=subprocess.STDOUT, check=True, env=env
         )
     assert (tmp_path / "both").read_text() == "first\npienv: second\nthird\n"
+
+
+def test_narrow_table_cuts_the_widest_column_never_ages_or_sizes() -> None:
+    lines = ui.render_table(COLS, [ROW], {"branch", "head"}, 40, paths={"worktree"})
+    header, row = lines
+    assert "3m ago" in row and "45.1 MB" in row and ID in row and "agent-k" in row
+    # The long path is what gets cut, from its start: its last part stays readable.
+    tail = row.rsplit("…", 1)[1]
+    assert PATH.endswith(tail) and len(tail) >= 6

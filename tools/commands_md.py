@@ -37,8 +37,9 @@ a missing or extra argument, a bad value), also one line, ending with the `--hel
 (click's and argparse's code: git's 129 is its own); 3 an internal error (one line on screen,
 the traceback in `$PIENV_HOME/pienv.log`); 130 Ctrl-C.
 
-**Output.** Tables fit the terminal by cutting descriptive columns first; ids, names and paths
-are never cut or wrapped, and piped output is never cut. `NO_COLOR` turns every escape off.
+**Output.** Tables fit the terminal by cutting the widest column first; ids, names, ages and
+sizes are never cut or wrapped, a path loses its start (`…/agent-one`), and piped output is
+never cut. `NO_COLOR` turns every escape off.
 `--json` output is described in docs/json.md.
 """
 

@@ -98,12 +98,16 @@ def table(
     rows: Iterable[Sequence[str]],
     keep: Iterable[str] = (),
     width: int | None = None,
+    paths: Iterable[str] = (),
 ) -> None:
-    """Aligned columns, one line per row. The ``keep`` columns (ids, paths, names) are never
-    cut or wrapped: when the rows are wider than the terminal, the other columns are cut
-    (widest first, with "…"), and what still does not fit runs past the edge rather than
-    splitting an id. Piped output without COLUMNS is never cut."""
-    lines = render_table(columns, [list(r) for r in rows], set(keep), width or _width())
+    """Aligned columns, one line per row. The ``keep`` columns (ids, names) and the short
+    fixed ones (age, size, changes, commits) are never cut or wrapped: when the rows are
+    wider than the terminal, the other columns are cut, widest first, with "…" (a ``paths``
+    column loses its start, so its last components stay), and what still does not fit runs
+    past the edge rather than splitting an id. Piped output without COLUMNS is never cut."""
+    lines = render_table(
+        columns, [list(r) for r in rows], set(keep), width or _width(), paths=set(paths)
+    )
     if sys.stdout is None:
         return
     if lines and _styled(sys.stdout):
@@ -132,11 +136,20 @@ def _styled(stream: Any) -> bool:
 GAP = "  "
 
 
+# Short columns a cut would make useless ("45…" for 45.1 MB): never cut.
+FIXED = frozenset({"age", "size", "changes", "commits"})
+
+
 def render_table(
-    columns: Sequence[str], rows: list[list[str]], keep: set[str], width: int | None
+    columns: Sequence[str],
+    rows: list[list[str]],
+    keep: set[str],
+    width: int | None,
+    paths: set[str] = frozenset(),  # type: ignore[assignment]
 ) -> list[str]:
     widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
-    cuttable = [i for i, c in enumerate(columns) if c not in keep]
+    cuttable = [i for i, c in enumerate(columns) if c not in keep and c not in FIXED]
+    from_start = {i for i, c in enumerate(columns) if c in paths}
     if width is not None:
         # Cut the widest cuttable column one step at a time, never below its header (or 3).
         floor = {i: min(widths[i], max(len(columns[i]), 3)) for i in cuttable}
@@ -151,7 +164,10 @@ def render_table(
 
     def cell(text: str, i: int) -> str:
         if len(text) > widths[i]:
-            text = text[: widths[i] - 1] + "…"
+            if i in from_start:
+                text = "…" + text[len(text) - widths[i] + 1 :]
+            else:
+                text = text[: widths[i] - 1] + "…"
         return text.ljust(widths[i])
 
     out = [GAP.join(cell(c, i) for i, c in enumerate(columns)).rstrip()]

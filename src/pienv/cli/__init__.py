@@ -24,6 +24,7 @@ import typer
 from typer.core import TyperGroup
 
 from pienv import ui
+from pienv.errors import UsageError
 
 # command -> the pienv.cli module defining it; a trailing "/" marks a group (the module's
 # whole app is the command, e.g. `pienv worktree add`).
@@ -107,6 +108,7 @@ class _LazyGroup(TyperGroup):
 
 app = typer.Typer(
     cls=_LazyGroup,
+    add_completion=False,  # pienv's own options below: they take the shell to install for
     help="A git-like versioned environment in Docker for coding agents.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -123,8 +125,80 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
+SHELLS = ("bash", "zsh", "fish", "powershell", "pwsh")
+
+
+def _shell(value: str) -> str:
+    """The shell named, else the one pienv runs under, else $SHELL's (a script run by `sh`
+    still installs for the user's bash); UsageError when none is supported."""
+    import os
+
+    if value != "auto":
+        if value not in SHELLS:
+            raise UsageError(f"cannot complete for shell {value!r}: one of {', '.join(SHELLS)}")
+        return value
+    from typer._completion_shared import _get_shell_name
+
+    for name in (_get_shell_name(), os.path.basename(os.environ.get("SHELL", ""))):
+        if name in SHELLS:
+            return name
+    raise UsageError(
+        "cannot tell which shell to complete for: name it, e.g. "
+        "`pienv --install-completion bash` (bash, zsh, fish, powershell, pwsh)"
+    )
+
+
+def _install_completion(value: str | None) -> None:
+    if value is None:
+        return
+    from typer._completion_classes import completion_init
+    from typer._completion_shared import install
+
+    completion_init()
+    shell, path = install(shell=_shell(value), prog_name="pienv")
+    ui.out(f"{shell} completion installed in {path}")
+    ui.out("Completion will take effect once you restart the terminal")
+    raise typer.Exit(0)
+
+
+def _show_completion(value: str | None) -> None:
+    if value is None:
+        return
+    from typer._completion_classes import completion_init
+    from typer._completion_shared import get_completion_script
+
+    completion_init()
+    ui.out(get_completion_script(prog_name="pienv", complete_var=COMPLETE_VAR, shell=_shell(value)))
+    raise typer.Exit(0)
+
+
+COMPLETE_VAR = "_PIENV_COMPLETE"
+
+
 @app.callback()
 def _root(
+    install_completion: Annotated[
+        str | None,
+        typer.Option(
+            "--install-completion",
+            metavar="[SHELL]",
+            callback=_install_completion,
+            expose_value=False,
+            is_eager=True,
+            help="Install completion for SHELL (default: the current shell, else $SHELL's).",
+        ),
+    ] = None,
+    show_completion: Annotated[
+        str | None,
+        typer.Option(
+            "--show-completion",
+            metavar="[SHELL]",
+            callback=_show_completion,
+            expose_value=False,
+            is_eager=True,
+            help="Show completion for SHELL, to copy it or customize the installation.",
+        ),
+    ] = None,
     version: Annotated[
         bool,
         typer.Option(
@@ -160,6 +234,19 @@ def _usage_line(exc: Any, click: Any) -> str:
 
 def invoke(args: list[str]) -> int:
     """Run the typer app on ``args``; its exit code. PienvError is left to the caller."""
+    import os
+
+    if COMPLETE_VAR in os.environ:  # a shell asking for completions: typer's answers
+        from typer._completion_classes import completion_init
+
+        completion_init()
+    if args[:1] in (["--install-completion"], ["--show-completion"]):
+        # SHELL is optional (click options take a value or none, not both): read it here.
+        shell = args[1] if len(args) > 1 and not args[1].startswith("-") else "auto"
+        try:
+            (_install_completion if args[0] == "--install-completion" else _show_completion)(shell)
+        except typer.Exit:
+            return 0
     try:
         rc = app(args=args, standalone_mode=False, prog_name="pienv")
     except typer.Exit as exc:

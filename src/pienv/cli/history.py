@@ -42,6 +42,14 @@ def log(
         bool, typer.Option("--code", help="Name the workspace code recorded with each commit.")
     ] = False,
     as_json: JsonOpt = False,
+    all_kinds: Annotated[
+        bool,
+        typer.Option(
+            "--all-kinds",
+            help="Also list the commits pienv makes for itself (prepare: a worktree's mount "
+            "points).",
+        ),
+    ] = False,
     secrets: Annotated[
         bool,
         typer.Option(
@@ -57,7 +65,7 @@ def log(
         return
     from pienv.ops.history import log as get_log
 
-    result = get_log(selected(), rev, all_refs, n, graph)
+    result = get_log(selected(), rev, all_refs, n, graph, all_kinds)
     for h in result.pending:
         ui.note(
             f"a run on {h.branch!r} is still being committed (pid {h.pid}, since "

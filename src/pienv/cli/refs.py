@@ -108,7 +108,8 @@ def branch(
         return
     ui.table(
         ["", "branch", "head", "age", "commits", "size", "lock", "worktree"],
-        keep=("branch", "head", "worktree"),
+        keep=("branch", "head"),
+        paths=("worktree",),
         rows=[
             (
                 "*" if b.current else "",

@@ -38,7 +38,7 @@ def status(as_json: JsonOpt = False) -> None:
         ("workspace", s.workspace),
         ("branch", f"{s.branch or '(detached HEAD)'}  [chosen by {s.branch_rule}]"),
         ("head", head),
-        ("base", s.base or "(none yet)"),
+        ("base", _base(s.base)),
         ("size", ui.size(s.size)),
         ("depth", f"{s.depth} layers (flatten at {s.flatten_at})"),
         ("locks", ", ".join(_holder(h) for h in s.locks) or "none"),
@@ -48,6 +48,18 @@ def status(as_json: JsonOpt = False) -> None:
         ui.out(f"{key:<10} {value}")
     for w in s.warnings:
         ui.warn(w)
+
+
+def _base(base: str | None) -> str:
+    """The base new roots start from; PIENV_BASE_IMAGE, when set, is what the next root
+    (the first run, `reset --system`/`--all`) starts from."""
+    env = os.environ.get("PIENV_BASE_IMAGE")
+    if base is None:
+        start = f"{env} (PIENV_BASE_IMAGE)" if env else "pienv's base image"
+        return f"none yet: the first run starts from {start}"
+    if env and env != base:
+        return f"{base} (new roots start from {env}, PIENV_BASE_IMAGE)"
+    return base
 
 
 def _holder(h: Holder) -> str:

@@ -93,7 +93,8 @@ def worktree_list(as_json: JsonOpt = False) -> None:
         return
     ui.table(
         ["path", "git branch", "env branch", "env head", "running", "exists"],
-        keep=("path", "git branch", "env branch", "env head"),
+        keep=("git branch", "env branch", "env head"),
+        paths=("path",),
         rows=[
             (
                 r.path,

@@ -3,7 +3,7 @@ only `show --size`, `diff` and `diff --packages` ask the engine."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +67,11 @@ def log(
     all_refs: bool,
     limit: int | None,
     graph: bool,
+    all_kinds: bool = True,
 ) -> LogResult:
+    """The commits from ``rev`` (or every ref), newest first. Without ``all_kinds`` the
+    commits pienv makes for itself (``prepare``: a worktree's mount points) are left out,
+    and the graph joins their children to their parents."""
     refs = ctx.refs()
     names = [locks.name_of(refs.head_branch)]
     if all_refs:
@@ -89,6 +93,8 @@ def log(
         # `log` waited for the commits it shows already (LOG_WAIT), and says what is pending.
         starts = [ctx.resolve(rev, refs, settle=False) if rev else head]  # type: ignore[list-item]
     order = dag.log_order(commits, starts)
+    if not all_kinds:
+        order = [c for c in order if commits[c].kind not in HIDDEN_KINDS or c in starts]
     if limit is not None:
         order = order[:limit]
     deco = decorations(refs)
@@ -96,7 +102,10 @@ def log(
         return LogResult(
             [LogEntry(commits[c], tuple(deco.get(c, ()))) for c in order], pending=pending
         )
-    rows = dag.lanes(order, {c: commits[c].parents for c in order})
+    parents = {c: commits[c].parents for c in order}
+    if not all_kinds:
+        parents = {c: tuple(_shown(p, commits) for p in ps) for c, ps in parents.items()}
+    rows = dag.lanes(order, parents)
     entries: list[LogEntry] = []
     connectors: dict[int, list[str]] = {}
     for row in rows:
@@ -107,6 +116,17 @@ def log(
                 LogEntry(commits[row.commit], tuple(deco.get(row.commit, ())), row.graph)
             )
     return LogResult(entries, connectors, pending)
+
+
+# Commits pienv makes for itself, hidden from `log` unless --all-kinds.
+HIDDEN_KINDS = ("prepare",)
+
+
+def _shown(cid: str, commits: Mapping[str, Commit]) -> str:
+    """``cid``, or its nearest first-parent ancestor that `log` shows."""
+    while cid in commits and commits[cid].kind in HIDDEN_KINDS and commits[cid].parents:
+        cid = commits[cid].parents[0]
+    return cid
 
 
 def await_commits(

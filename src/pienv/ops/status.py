@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -106,11 +105,15 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         result.engine_ok = True
         from pienv.ops.recovery import orphans
 
+        if head_id:
+            # The head image's own size on the engine (every layer, the base included): the
+            # index's per-commit sizes miss what prune dropped from the index.
+            image = ctx.engine().inspect_image(head_id)
+            if image is not None:
+                result.size = image.size
         result.orphans = len(orphans(ctx, with_size=False))
         if result.orphans:
             result.warnings.append(f"{result.orphans} orphan run(s): see `pienv orphans`")
     except PienvError as exc:
         result.engine = str(exc)
-    if os.environ.get("PIENV_BASE_IMAGE"):
-        result.base = f"{result.base} (PIENV_BASE_IMAGE={os.environ['PIENV_BASE_IMAGE']})"
     return result
