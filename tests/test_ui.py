@@ -141,7 +141,7 @@ def test_notes_follow_the_lines_printed_before_them(tmp_path: Path) -> None:
 
 def test_narrow_table_cuts_the_widest_column_never_ages_or_sizes() -> None:
     lines = ui.render_table(COLS, [ROW], {"branch", "head"}, 40, paths={"worktree"})
-    header, row = lines
+    _header, row = lines
     assert "3m ago" in row and "45.1 MB" in row and ID in row and "agent-k" in row
     # The long path is what gets cut, from its start: its last part stays readable.
     tail = row.rsplit("…", 1)[1]
