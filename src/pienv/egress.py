@@ -10,6 +10,7 @@ applies the same rules.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import ipaddress
 import json
@@ -270,6 +271,9 @@ class PolicyStore:
             raise UsageError(f"egress policy index {path} is unreadable: {exc}") from exc
         return {str(k): str(v) for k, v in (data.get("branches") or {}).items()}
 
+    def has_branch(self, branch: str) -> bool:
+        return branch in self._read_branches()
+
     def save(self, policy: Policy) -> str:
         from pienv.store import write_atomic
 
@@ -300,11 +304,15 @@ class PolicyStore:
         from pienv.store import write_atomic
 
         digest = self.save(policy)
-        branches = self._read_branches()
-        branches[branch] = digest
         self.directory.mkdir(parents=True, exist_ok=True)
-        body = {"schema": SCHEMA, "branches": dict(sorted(branches.items()))}
-        write_atomic(self.directory / "branches.json", json.dumps(body, indent=1).encode())
+        # Read-modify-write of the one index under a lock of its own (a side file, never
+        # the file os.replace swaps): two branches edited at once both keep their edit.
+        with open(self.directory / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            branches = self._read_branches()
+            branches[branch] = digest
+            body = {"schema": SCHEMA, "branches": dict(sorted(branches.items()))}
+            write_atomic(self.directory / "branches.json", json.dumps(body, indent=1).encode())
         return digest
 
     def follow_commit(self, branch: str, labels: Mapping[str, str]) -> Policy:

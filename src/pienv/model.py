@@ -79,6 +79,8 @@ COMMIT_KEYS = (
     "run-pid",
     "run-started",
     "container",  # the run container it was made from: recovery finds an unindexed commit
+    "egress",  # the hash of the egress policy the run ran under (egress.py); "": open
+    "egress-audit",  # the run whose connection audit the store keeps (egress/audit/RUN.jsonl)
 )
 
 
@@ -129,6 +131,8 @@ class Commit:
     size: int = 0
     layers: int = 0
     container: str = ""  # the run container it was made from (a label too, for recovery)
+    egress: str = ""  # the egress policy's hash (egress.py); "": the run was open
+    egress_audit: str = ""  # the run id its audit is kept under ("": none recorded)
 
     @property
     def short(self) -> str:
@@ -192,6 +196,8 @@ class Commit:
             "run-pid": "" if self.run_pid is None else str(self.run_pid),
             "run-started": self.run_started,
             "container": self.container,
+            "egress": self.egress,
+            "egress-audit": self.egress_audit,
         }
         assert set(values) == set(COMMIT_KEYS)
         return {LABEL + k: v for k, v in values.items()}
@@ -223,6 +229,8 @@ class Commit:
             run_pid=int(get("run-pid")) if get("run-pid") else None,
             run_started=get("run-started"),
             container=get("container"),
+            egress=get("egress"),
+            egress_audit=get("egress-audit"),
         )
 
 

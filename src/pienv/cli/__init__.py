@@ -54,6 +54,7 @@ COMMANDS: dict[str, str] = {
     "worktree": "worktree/",
     "base": "base/",
     "agent": "agent/",
+    "egress": "egress/",
 }
 
 

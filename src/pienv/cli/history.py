@@ -182,6 +182,9 @@ def show(
         fields.append(("flattened", c.flattened_from[:12]))
     if c.replays:
         fields.append(("replays", c.replays[:12]))
+    if c.egress:
+        audit = f", audit: pienv egress log {c.short}" if c.egress_audit else ""
+        fields.append(("egress", f"policy {c.egress[:12]}{audit}"))
     for key, value in fields:
         ui.out(f"{key + ':':<11} {value}")
     ui.out("")

@@ -227,6 +227,8 @@ def reset(
 
     res = do_reset(ctx, rev)
     ui.out(f"{name_of(res.branch)} is now at {res.new[:12]} (was {str(res.old)[:12]}).")
+    if res.egress is not None:
+        ui.note(f"egress policy of {res.new[:12]}: {res.egress} (`pienv egress show`)")
 
 
 @app.command()

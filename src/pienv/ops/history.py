@@ -439,6 +439,7 @@ class ResetResult:
     branch: str | None
     old: str | None
     new: str
+    egress: str | None = None  # the egress mode the branch took from ``new`` (None: unchanged)
 
 
 def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
@@ -453,7 +454,11 @@ def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
     old = refs.head_commit()
     with ctx.store.transaction(what or f"reset: moving to {rev}") as txn:
         txn.move_head(branch, old, new)
-    return ResetResult(branch, old, new)
+    # The environment and the policy it ran under go back together (egress.py).
+    from pienv.ops import egress
+
+    policy = egress.follow(ctx, branch, new)
+    return ResetResult(branch, old, new, policy.mode if policy else None)
 
 
 # -- tags / reflog ----------------------------------------------------------------------------
