@@ -89,7 +89,13 @@ def egress_deny(rules: RulesArg, branch: BranchOpt = None, as_json: JsonOpt = Fa
 
 @app.command("mode")
 def egress_mode(
-    mode: Annotated[str, typer.Argument(metavar="open|allow-list|none")],
+    mode: Annotated[
+        str,
+        typer.Argument(
+            metavar="open|allow-list|none",
+            help="open: no proxy; allow-list: only listed hosts; none: no network.",
+        ),
+    ],
     branch: BranchOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
