@@ -14,7 +14,7 @@ if TYPE_CHECKING:
     from pienv.ops.egress import PolicyResult
 
 app = family(
-    "The branch's egress policy (which hosts its agent may reach) and its runs' audit.",
+    "Egress: the hosts a branch's agent may reach; audit.",
     group=True,
 )
 
