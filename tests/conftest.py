@@ -407,7 +407,10 @@ def _cleanup(p: Pienv) -> None:
     # Untag everything: an image whose last tag goes is deleted with its untagged parents
     # once no child needs it, so whole chains go whatever the order (removing by id fails on
     # a parent whose child is still there, and commits made in one second tie on Created).
-    for img in client.api.images(filters={"label": f"dev.pienv.store={store_id}"}):
+    # Commits fetched from a remote keep the labels of the store that made them: this store
+    # only tagged them (pienv/<store id>:<short>).
+    fetched = client.api.images(filters={"reference": f"pienv/{store_id}:*"})
+    for img in client.api.images(filters={"label": f"dev.pienv.store={store_id}"}) + fetched:
         for ref in img.get("RepoTags") or [img["Id"]]:
             with contextlib.suppress(docker.errors.APIError):
                 client.api.remove_image(ref)

@@ -31,6 +31,7 @@ CORE = {
     "config",
     "locks",
     "errors",
+    "registry",
     "report",
     "secrets",
     # the network boundary (issue 23): policy, audit, the proxy and its engine side

@@ -541,6 +541,12 @@ class Engine:
         rows = self._call("GET", "/images/json", _filters(label=sent)) or []
         return [r for r in map(ImageRow.from_api, rows) if _has_labels(r.labels, label_filters)]
 
+    def images_in(self, repository: str) -> list[ImageRow]:
+        """Images tagged ``repository:*`` (a store's commits fetched from another store keep
+        that store's labels, but carry this store's tags)."""
+        rows = self._call("GET", "/images/json", _filters(reference=[f"{repository}:*"])) or []
+        return list(map(ImageRow.from_api, rows))
+
     def tag(self, image_id: str, repository: str, tag: str) -> None:
         self._call("POST", f"/images/{self._id(image_id)}/tag", {"repo": repository, "tag": tag})
 
@@ -1054,6 +1060,127 @@ class Engine:
         with translated(self.base_url):
             result = self.api.import_image_from_data(counted())
         return _imported_id(result)
+
+    # -- registry transfer (ops/push.py, ops/remote.py) ------------------------------------
+
+    def push_image(
+        self,
+        image_id: str,
+        name: str,
+        tag: str,
+        auth: Mapping[str, str] | None,
+        on_event: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> str:
+        """Push one image as ``name:tag`` (the engine skips layers the registry holds); the
+        manifest digest the registry stored. ``auth``: X-Registry-Auth fields (None: the
+        engine client's own config). The local tag is removed again afterwards."""
+        self.tag(image_id, name, tag)
+        digest = ""
+        try:
+            with translated(self.base_url):
+                stream = self.api.push(
+                    name, tag=tag, stream=True, decode=True, auth_config=dict(auth or {}) or None
+                )
+                for event in stream:
+                    digest = _transfer_event(event, on_event) or digest
+        finally:
+            self.untag(f"{name}:{tag}")
+        if not digest:
+            raise EngineError(f"the engine's push of {name}:{tag} reported no digest")
+        return digest
+
+    def pull_image(
+        self,
+        reference: str,
+        auth: Mapping[str, str] | None,
+        on_event: Callable[[Mapping[str, Any]], None] | None = None,
+    ) -> str:
+        """Pull ``NAME@DIGEST`` (or ``NAME:TAG``); the local image id (sha256:...)."""
+        with translated(self.base_url):
+            stream = self.api.pull(
+                reference, stream=True, decode=True, auth_config=dict(auth or {}) or None
+            )
+            for event in stream:
+                _transfer_event(event, on_event)
+        info = self.inspect_image(reference)
+        if info is None:
+            raise EngineError(f"the engine pulled {reference} but does not list it")
+        return info.id
+
+    def saved_layers(
+        self, images: list[str], want: Callable[[str, int], bool]
+    ) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, bytes | None]]]]:
+        """Read ``images`` from one engine export (`docker save`: every layer written once):
+        ({image id hex: its layer keys, base first}, {layer key: [(path, content)]}) for the
+        non-empty regular files of each layer, content read only where ``want(path, size)``
+        says so (None for the rest)."""
+        import tarfile
+
+        order: dict[str, list[str]] = {}
+        layers: dict[str, list[tuple[str, bytes | None]]] = {}
+        links: dict[str, str] = {}
+        with translated(self.base_url):
+            api = self.api
+            # /images/get?names=A&names=B: several images in one tar, each layer once.
+            res = api.get(
+                f"{api.base_url}/v{api.api_version}/images/get",
+                params={"names": [self._ref(i) for i in images]},
+                stream=True,
+            )
+            if res.status_code >= 400:
+                raise EngineError(f"the engine refused to export images: {res.text[:200]}")
+            chunks = res.iter_content(1 << 20)
+            with tarfile.open(fileobj=ChunkReader(chunks), mode="r:") as outer:  # type: ignore[call-overload]
+                for member in outer:
+                    if member.issym() or member.islnk():
+                        where = os.path.dirname(member.name) if member.issym() else ""
+                        links[member.name] = os.path.normpath(os.path.join(where, member.linkname))
+                        continue
+                    fh = outer.extractfile(member) if member.isfile() else None
+                    if fh is None:
+                        continue
+                    if member.name == "manifest.json":
+                        for entry in json.loads(fh.read()):
+                            key = os.path.basename(str(entry["Config"])).removesuffix(".json")
+                            order[key.removeprefix("sha256:")] = [str(x) for x in entry["Layers"]]
+                    elif not member.name.endswith(("json", "VERSION", "repositories")):
+                        layers[member.name] = _layer_files(fh, want)
+        resolved = {k: [links.get(x, x) for x in v] for k, v in order.items()}
+        return resolved, layers
+
+
+def _layer_files(fh: Any, want: Callable[[str, int], bool]) -> list[tuple[str, bytes | None]]:
+    import tarfile
+
+    out: list[tuple[str, bytes | None]] = []
+    with contextlib.suppress(tarfile.ReadError), tarfile.open(fileobj=fh, mode="r:") as inner:
+        for m in inner:
+            if not m.isfile() or not m.size:
+                continue  # directories, links, deletion markers: no content to leak
+            path = "/" + m.name.removeprefix("./").lstrip("/")
+            body = None
+            if want(path, m.size):
+                got = inner.extractfile(m)
+                body = got.read() if got else None
+            out.append((path, body))
+    return out
+
+
+def _transfer_event(event: Any, on_event: Callable[[Mapping[str, Any]], None] | None) -> str | None:
+    """One line of a push/pull stream: raise its error; the pushed digest if it names one."""
+    if not isinstance(event, dict):
+        return None
+    if event.get("error") or event.get("errorDetail"):
+        message = str(event.get("error") or event["errorDetail"].get("message", ""))
+        raise EngineError(f"registry transfer failed: {message[:300]}")
+    if on_event is not None:
+        on_event(event)
+    aux = event.get("aux")
+    if isinstance(aux, dict) and aux.get("Digest"):
+        return str(aux["Digest"])
+    status = str(event.get("status", ""))
+    found = re.search(r"digest: (sha256:[0-9a-f]{64})", status)
+    return found.group(1) if found else None
 
 
 def _docker_build_line(text: str) -> str:

@@ -64,6 +64,12 @@ def complete_ref(incomplete: str) -> list[str]:
     return _names(("branches", "tags"), incomplete)
 
 
+def complete_remote(incomplete: str) -> list[str]:
+    from pienv.ops.names import remote_names
+
+    return [n for n in remote_names() if n.startswith(incomplete)]
+
+
 def complete_rev(incomplete: str) -> list[str]:
     """Revisions: HEAD, branches, tags, and commit ids once 4+ hex digits are typed."""
     found = _names(("head", "branches", "tags"), incomplete)

@@ -140,6 +140,12 @@ class Context:
             return refs.branches[base]
         if base in refs.tags:
             return refs.tags[base]
+        if "/" in base:
+            from pienv.ops.tracking import resolve_tracking
+
+            tracked = resolve_tracking(self.store, base)  # origin/main: a remote-tracking ref
+            if tracked is not None:
+                return tracked
         if is_hex_prefix(base):
             prefix = base.removeprefix("sha256:")
             found = [c for c in commits if c.startswith(prefix)]

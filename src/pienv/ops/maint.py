@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from pienv import dag, locks
-from pienv.engine import MAX_DEPTH, ImageRow
+from pienv.engine import MAX_DEPTH, Engine, ImageRow
 from pienv.errors import PienvError, StoreError, UsageError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, parse_age, parse_time, short
@@ -20,6 +20,7 @@ from pienv.ops import baseimage as basemod
 from pienv.ops.commits import flatten_image, make_root
 from pienv.ops.context import Context
 from pienv.ops.sandbox import AGENT_HOME
+from pienv.ops.tracking import tracked_commits
 from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
 
 # -- prune ------------------------------------------------------------------------------------
@@ -73,10 +74,8 @@ def prune(
         commits = dict(ctx.store.fresh_commits())
         # Commits the engine holds but the index does not: a run still finishing (indexed in
         # the transaction that moves its branch), or leftovers of an interrupted commit.
-        labelled = {
-            row.id: row
-            for row in engine.images([f"{LABEL}store={refs.store_id}", f"{LABEL}role=commit"])
-        }
+        rows = engine.images([f"{LABEL}store={refs.store_id}", f"{LABEL}role=commit"])
+        labelled = {row.id: row for row in rows + _fetched(engine, refs.store_id, rows)}
         strays = {
             cid: Commit.from_labels(cid, dict(row.labels))
             for cid, row in labelled.items()
@@ -96,6 +95,7 @@ def prune(
             else:
                 protected |= set(_first_parent_chain(known, head, keep))
         protected |= dag.reachable(g, refs.tags.values())
+        protected |= dag.reachable(g, tracked_commits(ctx.store))  # origin/main and the like
         if refs.head_detached:
             protected |= dag.reachable(g, [refs.head_detached])
         protected |= _in_flight(ctx, known, busy)
@@ -470,6 +470,16 @@ class FsckResult(JsonResult):
     unrestorable: list[str] = field(default_factory=list)
 
 
+def _fetched(engine: Engine, store_id: str, labelled: list[ImageRow]) -> list[ImageRow]:
+    """Commits fetched from a remote: made by another store (its label), tagged for this one."""
+    seen = {row.id for row in labelled}
+    return [
+        row
+        for row in engine.images_in(f"pienv/{store_id}")
+        if row.id not in seen and row.labels.get(f"{LABEL}role") == "commit"
+    ]
+
+
 def _store_id(ctx: Context) -> str:
     try:
         return ctx.store_id
@@ -504,6 +514,7 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
     for path, line in ctx.store.torn_lines():
         r.problems.append(f"{path.name} line {line} is torn (a crash or full disk mid-append)")
     images = engine.images([f"{LABEL}store={store_id}", f"{LABEL}role=commit"])
+    images += _fetched(engine, store_id, images)
     running = {row.id for row in engine.containers([f"{LABEL}store={store_id}"])}
     on_engine: dict[str, Commit] = {}
     in_flight: set[str] = set()

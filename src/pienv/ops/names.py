@@ -31,3 +31,12 @@ def commit_ids(prefix: str) -> list[str]:
                 if cid.startswith(prefix) and cid not in found:
                     found.append(cid)
     return found
+
+
+def remote_names() -> list[str]:
+    """The store's remotes (remotes.json)."""
+    try:
+        data = json.loads((default_home() / "remotes.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return sorted(data.get("remotes", {})) if isinstance(data, dict) else []

@@ -1,0 +1,318 @@
+"""`pienv push`: send branches and tags, with every commit they reach, to a remote.
+
+Order of a push (docs/sharing.md): refuse what is not a fast-forward (the remote head must be
+an ancestor of the local one) before anything leaves; refuse commits made before logins
+moved out of images unless forced; scan every layer that would leave for credential files;
+push each missing commit as its own image (the engine skips layers the registry holds); then
+per branch: write an append-only push record, look for a competing push from the same remote
+head, write the branch index (conditional where the registry honours it) and read it back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pienv import dag
+from pienv.errors import ConcurrentUpdate, PienvError, UsageError
+from pienv.model import JsonResult, parse_time, short
+from pienv.ops import pushscan
+from pienv.ops.context import Context
+from pienv.ops.remote import (
+    RECORD_GRACE,
+    Lost,
+    Meter,
+    OnProgress,
+    Progress,
+    RemoteView,
+    engine_auth,
+    pick,
+    read,
+)
+from pienv.ops.remotelayout import (
+    Descriptor,
+    RefKind,
+    RemoteRef,
+    build_index,
+    commit_tag,
+    parse_index,
+    parse_record,
+    record_body,
+    record_tag,
+    ref_tag,
+)
+from pienv.ops.tracking import load, save
+from pienv.registry import INDEX, Client, Location, escape
+from pienv.store import who
+
+Outcome = Literal["pushed", "created", "forced", "up to date"]
+
+
+class SecretsFound(PienvError):
+    """A layer of the pushed history holds a credential file."""
+
+
+@dataclass
+class PushedRef(JsonResult):
+    kind: str
+    name: str
+    old: str | None
+    new: str
+    outcome: Outcome
+
+
+@dataclass
+class PushResult(JsonResult):
+    remote: str
+    url: str
+    refs: list[PushedRef]
+    commits: int  # commits sent (the remote lacked them)
+    bytes: int  # bytes the engine uploaded (layers the registry lacked)
+    lost: list[Lost] = field(default_factory=list)
+
+
+@dataclass
+class Target:
+    kind: RefKind
+    name: str
+    head: str
+    history: set[str]  # the head and every ancestor
+    remote: RemoteRef | None
+
+
+def push(
+    ctx: Context,
+    remote: str | None = None,
+    names: list[str] | None = None,
+    all_refs: bool = False,
+    force: bool = False,
+    on_progress: OnProgress = None,
+) -> PushResult:
+    name, location = pick(ctx, remote)
+    client = Client(location)
+    view = read(client)
+    targets = _targets(ctx, names or [], all_refs, view)
+    _refuse_non_fast_forward(name, targets, force)
+    known = _remote_commits(client, view, {c for t in targets for c in t.history})
+    missing = sorted(
+        {c for t in targets for c in t.history} - set(known),
+        key=lambda c: ctx.commit(c).created,
+    )
+    _check_secrets(ctx, missing, force, on_progress)
+    meter = Meter()
+    for n, cid in enumerate(missing, 1):
+        known[cid] = _send(ctx, location, client, cid, meter, on_progress, (n, len(missing)))
+    results = []
+    for t in targets:
+        if t.remote is not None and t.remote.head == t.head:
+            results.append(PushedRef(t.kind, t.name, t.head, t.head, "up to date"))
+            continue
+        results.append(_write_ref(ctx, client, t, known, force))
+        with ctx.store.locked():
+            r = load(ctx.store)
+            (r.branches(name) if t.kind == "branch" else r.tags(name))[t.name] = t.head
+            save(ctx.store, r)
+    return PushResult(name, str(location), results, len(missing), meter.total, view.lost)
+
+
+def _targets(ctx: Context, names: list[str], all_refs: bool, view: RemoteView) -> list[Target]:
+    refs = ctx.refs()
+    chosen: list[tuple[RefKind, str, str]] = []
+    if all_refs:
+        chosen += [("branch", b, c) for b, c in sorted(refs.branches.items())]
+        chosen += [("tag", t, c) for t, c in sorted(refs.tags.items())]
+    for n in names:
+        if n in refs.branches:
+            chosen.append(("branch", n, refs.branches[n]))
+        elif n in refs.tags:
+            chosen.append(("tag", n, refs.tags[n]))
+        else:
+            raise UsageError(f"no branch or tag {n!r} to push", hint="`pienv branch` lists them")
+    if not chosen:
+        branch = refs.head_branch
+        if branch is None or branch not in refs.branches:
+            raise UsageError("HEAD names no branch with commits: name what to push")
+        chosen.append(("branch", branch, refs.branches[branch]))
+    commits = ctx.store.commits()
+    heads = dag.ancestor_sets(commits, {c for _, _, c in chosen})
+    out = []
+    for kind, n, head in dict.fromkeys(chosen):
+        ctx.commit(head)  # an unindexed head: one clear line
+        out.append(Target(kind, n, head, heads[head], view.refs.get((kind, n))))
+    return out
+
+
+def _refuse_non_fast_forward(remote: str, targets: list[Target], force: bool) -> None:
+    for t in targets:
+        r = t.remote
+        if r is None or r.head == t.head or force:
+            continue
+        if t.kind == "tag":
+            raise UsageError(
+                f"tag {t.name!r} on {remote} names {short(r.head)}, not {short(t.head)}; "
+                "nothing was pushed",
+                hint="`push --force` moves it",
+            )
+        if r.head not in t.history:
+            raise UsageError(
+                f"{remote}/{t.name} is at {short(r.head)}, which is not an ancestor of "
+                f"{t.name} ({short(t.head)}): not a fast-forward; nothing was pushed",
+                hint=f"`pienv fetch {remote}` and look (`pienv log --graph --all`); "
+                "`push --force` overwrites their head",
+            )
+
+
+def _remote_commits(client: Client, view: RemoteView, wanted: set[str]) -> dict[str, Descriptor]:
+    """Descriptors of the commits of ``wanted`` the remote already holds: from its ref
+    indexes, or (a commit pushed by a push that stopped before its index) its own tag."""
+    known: dict[str, Descriptor] = {}
+    for ref in view.refs.values():
+        known.update({c: d for c, d in ref.commits.items() if c in wanted})
+    tagged = set(view.tags)
+    for cid in wanted - set(known):
+        if commit_tag(cid) not in tagged:
+            continue
+        got = client.head_manifest(commit_tag(cid))
+        if got is not None and got[0]:
+            known[cid] = Descriptor(cid, got[0], got[1], got[2])
+    return known
+
+
+def _check_secrets(ctx: Context, missing: list[str], force: bool, on_progress: OnProgress) -> None:
+    commits = [ctx.commit(c) for c in missing]
+    old = pushscan.legacy(commits)
+    if old and not force:
+        c = old[0]
+        raise SecretsFound(
+            f"commit {c.short} ({c.created[:10]}) was made before agent logins moved out of "
+            f"images ({len(old)} such commit{'' if len(old) == 1 else 's'} to push): it may "
+            "hold a login; nothing was pushed",
+            hint="`pienv show` it; `push --force` sends it anyway",
+        )
+    if on_progress:
+        on_progress(Progress("scan", 0, len(missing)))
+    found = pushscan.scan(ctx.engine(), missing)
+    if found:
+        f = found[0]
+        more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+        raise SecretsFound(
+            f"commit {short(f.commit)} holds {f.what} at {f.path}{more}; nothing was pushed",
+            hint="a file deleted by a later run stays in this commit's layer: reset the "
+            "branch to before it, or `push --squash`",
+        )
+
+
+def _send(
+    ctx: Context,
+    location: Location,
+    client: Client,
+    cid: str,
+    meter: Meter,
+    on_progress: OnProgress,
+    count: tuple[int, int],
+) -> Descriptor:
+    n, total = count
+
+    def event(e: Any) -> None:
+        moved = meter.feed(e)
+        if on_progress:
+            line = f"{e.get('id', '')} {e.get('status', '')}".strip()
+            on_progress(Progress("push", n - 1, total, line, moved))
+
+    digest = ctx.engine().push_image(
+        cid, str(location), commit_tag(cid), engine_auth(location), event
+    )
+    meter.next_image()
+    got = client.head_manifest(digest)
+    if got is None:
+        raise ConcurrentUpdate(f"the registry lost commit {short(cid)} right after its push")
+    if on_progress:
+        on_progress(Progress("push", n, total, "", meter.total))
+    commit = ctx.commit(cid)
+    return Descriptor(cid, digest, got[1], got[2], commit.parents)
+
+
+def _write_ref(
+    ctx: Context, client: Client, t: Target, known: dict[str, Descriptor], force: bool
+) -> PushedRef:
+    commits = ctx.store.commits()
+    order = dag.log_order(commits, [t.head])
+    descs = {c: _with_parents(known[c], commits[c].parents) for c in order}
+    ref = RemoteRef(t.kind, t.name, t.head, descs, by=who())
+    old = t.remote.head if t.remote else None
+    tag = ref_tag(t.kind, t.name)
+    if t.kind == "branch":
+        _claim(client, t, descs[t.head], old)
+    body = build_index(ref, order)
+    client.put_manifest(tag, body, INDEX, if_match=t.remote.digest if t.remote else None)
+    got = client.manifest(tag)
+    back = parse_index(got[2], got[0]) if got else None
+    if back is None or back.head != t.head:
+        now = short(back.head) if back else "gone"
+        raise ConcurrentUpdate(
+            f"another push moved {t.kind} {t.name!r} on the remote at the same moment (it is "
+            f"at {now}): this push lost; its commits stay on the remote and its record shows "
+            "at the next fetch",
+            hint="`pienv fetch`, then pull or push again",
+        )
+    outcome: Outcome = "created" if old is None else "pushed"
+    if old is not None and old not in t.history:
+        outcome = "forced"
+    return PushedRef(t.kind, t.name, old, t.head, outcome)
+
+
+def _with_parents(d: Descriptor, parents: tuple[str, ...]) -> Descriptor:
+    return Descriptor(d.id, d.digest, d.media_type, d.size, parents)
+
+
+def _claim(client: Client, t: Target, head: Descriptor, old: str | None) -> None:
+    """Write this push's record, then refuse if another live push started from the same
+    remote head for another head: of two pushes that overlap, at least the later one to list
+    the tags sees the other's record, so at most one moves the branch (both may refuse;
+    their records are withdrawn, and a retry goes through)."""
+    mine = record_tag(t.head, t.name)
+    client.put_manifest(mine, record_body(head, t.name, old, who()), INDEX)
+    tags = client.tags()
+    esc = escape(t.name)
+    withdrawn = {(h, e) for h, e, x in filter(None, map(parse_record, tags)) if x}
+    for tag in tags:
+        rec = parse_record(tag)
+        if rec is None or rec[2] or rec[1] != esc or tag == mine or (rec[0], rec[1]) in withdrawn:
+            continue
+        if any(c.startswith(rec[0]) for c in t.history):
+            continue  # an earlier push of our own history
+        got = client.manifest(tag)
+        notes = _annotations(got[2]) if got else {}
+        pushed = notes.get("dev.pienv.pushed", "")
+        fresh = bool(pushed) and _age(pushed) < RECORD_GRACE
+        if fresh and notes.get("dev.pienv.old", "") == (old or ""):
+            client.put_manifest(
+                record_tag(t.head, t.name, withdrawn=True),
+                record_body(head, t.name, old, who()),
+                INDEX,
+            )
+            raise ConcurrentUpdate(
+                f"another push to {t.kind} {t.name!r} started from the same remote head "
+                f"(by {notes.get('dev.pienv.by') or 'someone'}, commit {rec[0]}); nothing "
+                "was overwritten",
+                hint="`pienv fetch`, then pull or push again",
+            )
+
+
+def _annotations(body: bytes) -> dict[str, str]:
+    import json
+
+    try:
+        notes = json.loads(body).get("annotations") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in notes.items()}
+
+
+def _age(stamp: str) -> float:
+    import time
+
+    try:
+        return time.time() - parse_time(stamp).timestamp()
+    except ValueError:
+        return float("inf")

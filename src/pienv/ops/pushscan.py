@@ -1,0 +1,129 @@
+"""What must not leave the machine: the credential scan of a push (design.md, the rule on
+what leaves the machine). Wider than pienv.secrets (`log --secrets`), which looks at the
+paths a run changed: this one reads base layers too, so it matches precise locations (a CA
+`*.pem` under /etc/ssl is no secret) and reads token files for a token.
+
+A file deleted by a later run still sits in the earlier run's layer, and a registry serves
+every layer of every pushed commit, so the scan reads every layer of the commits a push
+sends (one engine export: each layer once), not the head's merged tree. What counts:
+
+- any file in an agent preset's state directory (logins live in volumes since issue 12;
+  a file there in a layer is a login that got committed), ``~/.claude.json``;
+- private keys in ``.ssh/``, ``.aws/credentials``, ``.netrc``, ``.git-credentials``;
+- ``.docker/config.json``, ``.npmrc``, ``.pypirc``, ``gh``'s ``hosts.yml`` holding a token;
+- a ``.env`` file with a key-looking value (``*KEY*``/``*TOKEN*``/``*SECRET*``/``*PASSWORD*``
+  set to something long that is not a placeholder).
+
+Commits made before logins moved out of images are refused as a whole (their ``created``
+label is older than the release that did it), since a login there may sit under any name.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from pienv.config import ALL_STATE_DIRS
+from pienv.engine import Engine
+from pienv.model import Commit, JsonResult, parse_time
+
+# Agent logins and state moved into per-store volumes in b6096a3 (issue 12, CHANGELOG
+# "Agent logins and state ... live in per-store volumes"): commits created before it may hold
+# them in their layers.
+STATE_VOLUMES_SINCE = "2026-11-27T06:30:54Z"
+READ_LIMIT = 256 * 1024
+_HOME = r"(?:/root|/home/[^/]+)"
+_STATE = "|".join(re.escape(d) for d in ALL_STATE_DIRS)
+PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(rf"{_HOME}/(?:{_STATE})/.+"), "an agent's login/state file"),
+    (re.compile(rf"{_HOME}/\.claude\.json"), "Claude Code's account file"),
+    (re.compile(r".*/\.aws/credentials"), "AWS credentials"),
+    (re.compile(r".*/\.netrc"), "a .netrc login"),
+    (re.compile(r".*/\.git-credentials"), "git credentials"),
+)
+TOKEN_FILES: tuple[tuple[re.Pattern[str], re.Pattern[bytes], str], ...] = (
+    (
+        re.compile(r".*/\.docker/config\.json"),
+        re.compile(rb'"(auth|identitytoken)"\s*:\s*"[^"]'),
+        "a docker login",
+    ),
+    (re.compile(r".*/\.npmrc"), re.compile(rb"_auth(Token)?\s*=\s*\S"), "an npm token"),
+    (re.compile(r".*/\.pypirc"), re.compile(rb"password\s*[:=]\s*\S"), "a PyPI password"),
+    (re.compile(r".*/gh/hosts\.yml"), re.compile(rb"oauth_token:\s*\S"), "a GitHub CLI token"),
+)
+_SSH_PUBLIC = {"known_hosts", "known_hosts.old", "authorized_keys", "config"}
+_ENV_FILE = re.compile(r".*/\.env(\.[A-Za-z0-9_.-]+)?")
+_ENV_LINE = re.compile(
+    rb"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)[A-Za-z0-9_]*)"
+    rb"\s*=\s*['\"]?([^'\"\s#]{12,})",
+    re.MULTILINE | re.IGNORECASE,
+)
+_PLACEHOLDER = re.compile(rb"^(x+|\*+|<.*>|your[-_].*|changeme|example.*|\$\{?.*)$", re.I)
+
+
+@dataclass(frozen=True)
+class Finding(JsonResult):
+    commit: str
+    path: str
+    what: str
+
+
+def legacy(commits: Sequence[Commit]) -> list[Commit]:
+    """Commits made before agent logins moved out of images."""
+    cutoff = parse_time(STATE_VOLUMES_SINCE)
+    out = []
+    for c in commits:
+        try:
+            if parse_time(c.created) < cutoff:
+                out.append(c)
+        except ValueError:
+            out.append(c)  # no readable creation time: assume the worst
+    return out
+
+
+def _wanted(path: str, size: int) -> bool:
+    if size > READ_LIMIT:
+        return False
+    return bool(_ENV_FILE.fullmatch(path)) or any(p.fullmatch(path) for p, _, _ in TOKEN_FILES)
+
+
+def classify(path: str, body: bytes | None) -> str | None:
+    """Why ``path`` (with its content, if read) is a credential file; None if it is not."""
+    name = path.rsplit("/", 1)[-1]
+    if name.startswith(".wh."):
+        return None  # a deletion marker, not a file
+    for pattern, what in PATTERNS:
+        if pattern.fullmatch(path):
+            return what
+    if "/.ssh/" in path and not name.endswith(".pub") and name not in _SSH_PUBLIC:
+        return "an SSH key or login"
+    if body is None:
+        return None
+    for pattern, content, what in TOKEN_FILES:
+        if pattern.fullmatch(path) and content.search(body):
+            return what
+    if _ENV_FILE.fullmatch(path):
+        for m in _ENV_LINE.finditer(body):
+            if not _PLACEHOLDER.match(m.group(2)):
+                return f"a .env with a key-looking value ({m.group(1).decode()})"
+    return None
+
+
+def scan(engine: Engine, commits: Sequence[str]) -> list[Finding]:
+    """Every credential file in any layer of ``commits``, named with the commit that added
+    the layer (the first of ``commits``, oldest first, whose image holds it)."""
+    if not commits:
+        return []
+    order, layers = engine.saved_layers(list(commits), _wanted)
+    owner: dict[str, str] = {}
+    for cid in sorted(commits, key=lambda c: len(order.get(c, []))):
+        for key in order.get(cid, []):
+            owner.setdefault(key, cid)
+    found: list[Finding] = []
+    for key, files in layers.items():
+        for path, body in files:
+            what = classify(path, body)
+            if what is not None:
+                found.append(Finding(owner.get(key, ""), path, what))
+    return found

@@ -1,0 +1,138 @@
+"""How a pienv remote lies in an OCI repository: no server, only tags any registry keeps.
+
+- ``c-<id12>``: one image manifest per env commit, pushed by the engine (layers shared by
+  commits are blobs stored once). Its config is the commit's image config, so the commit id
+  (the image id, the config's digest) is the same on every machine that pulls it.
+- ``b-<escaped name>``: one OCI image index per branch, listing the head first and then every
+  commit reachable from it, each with its id and parents in annotations: a fetch learns the
+  whole DAG from one small object per branch, and the registry's garbage collector keeps
+  every listed manifest. The real branch name is an annotation (tags allow fewer characters
+  than branch names, see registry.escape). ``t-<escaped name>``: the same for a pienv tag.
+- ``p-<head12>-<escaped name>``: an append-only record per branch push (an index naming the
+  pushed head and the head it replaced). Registries have no compare-and-swap on tags, so a
+  push that overwrote another one's head without noticing leaves a record whose head is not
+  in the branch any more: the next fetch reports it as a lost update (its commits are still
+  on the remote under their ``c-`` tags). ``x-<head12>-<escaped name>`` withdraws a record
+  (its push was refused before it moved the branch).
+
+Per-branch objects: pushes of different branches never write the same tag.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pienv.model import now_rfc3339, short
+from pienv.registry import INDEX, escape
+
+A = "dev.pienv."
+RefKind = Literal["branch", "tag"]
+PREFIX: dict[RefKind, str] = {"branch": "b-", "tag": "t-"}
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """One commit's manifest on the remote."""
+
+    id: str  # the commit (image) id, hex
+    digest: str
+    media_type: str
+    size: int
+    parents: tuple[str, ...] = ()
+
+
+@dataclass
+class RemoteRef:
+    kind: RefKind
+    name: str
+    head: str
+    commits: dict[str, Descriptor] = field(default_factory=dict)
+    digest: str = ""  # of the index itself
+    pushed: str = ""
+    by: str = ""
+
+
+def commit_tag(cid: str) -> str:
+    return "c-" + short(cid)
+
+
+def ref_tag(kind: RefKind, name: str) -> str:
+    return PREFIX[kind] + escape(name)
+
+
+def record_tag(head: str, name: str, withdrawn: bool = False) -> str:
+    return ("x-" if withdrawn else "p-") + short(head) + "-" + escape(name)
+
+
+def build_index(ref: RemoteRef, order: list[str], extra: dict[str, str] | None = None) -> bytes:
+    """The index of ``ref``: the commits of ``order`` (head first), each with its parents."""
+    manifests = []
+    for cid in order:
+        d = ref.commits[cid]
+        manifests.append(
+            {
+                "mediaType": d.media_type,
+                "digest": d.digest,
+                "size": d.size,
+                "annotations": {A + "commit": cid, A + "parents": ",".join(d.parents)},
+            }
+        )
+    annotations = {
+        A + "ref": ref.kind,
+        A + "name": ref.name,
+        A + "head": ref.head,
+        A + "pushed": ref.pushed or now_rfc3339(),
+        A + "by": ref.by,
+        **(extra or {}),
+    }
+    body = {"schemaVersion": 2, "mediaType": INDEX, "manifests": manifests}
+    body["annotations"] = annotations
+    return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def parse_index(body: bytes, digest: str) -> RemoteRef | None:
+    """A ref index read back; None if it is not one pienv wrote (left alone)."""
+    try:
+        data: Any = json.loads(body)
+        notes = data.get("annotations") or {}
+        kind = notes.get(A + "ref")
+        if kind not in ("branch", "tag") or not notes.get(A + "head"):
+            return None
+        ref = RemoteRef(
+            kind=kind,
+            name=str(notes[A + "name"]),
+            head=str(notes[A + "head"]),
+            digest=digest,
+            pushed=str(notes.get(A + "pushed", "")),
+            by=str(notes.get(A + "by", "")),
+        )
+        for m in data.get("manifests") or []:
+            a = m.get("annotations") or {}
+            cid = str(a.get(A + "commit", ""))
+            if not cid:
+                continue
+            parents = tuple(p for p in str(a.get(A + "parents", "")).split(",") if p)
+            ref.commits[cid] = Descriptor(
+                cid, str(m["digest"]), str(m["mediaType"]), int(m["size"]), parents
+            )
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return None
+    if ref.head not in ref.commits:
+        return None
+    return ref
+
+
+def record_body(head: Descriptor, name: str, old: str | None, by: str) -> bytes:
+    """A push record: an index naming the pushed head (so its commits stay alive) and the
+    head it replaced."""
+    ref = RemoteRef("branch", name, head.id, {head.id: head}, by=by)
+    return build_index(ref, [head.id], {A + "record": "push", A + "old": old or ""})
+
+
+def parse_record(tag: str) -> tuple[str, str, bool] | None:
+    """(head12, escaped name, withdrawn) of a record tag; None for other tags."""
+    if not (tag.startswith("p-") or tag.startswith("x-")) or len(tag) < 16 or tag[14] != "-":
+        return None
+    return tag[2:14], tag[15:], tag.startswith("x-")
