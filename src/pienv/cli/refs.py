@@ -76,6 +76,9 @@ def branch(
         ),
     ] = None,
     rename: Annotated[bool, typer.Option("-m", "--move", help="Rename branch OLD to NEW.")] = False,
+    remotes: Annotated[
+        bool, typer.Option("-a", "--all", help="List remote-tracking branches too.")
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """List, create, delete or rename env branches.
@@ -102,7 +105,7 @@ def branch(
         cid = history.create_branch(ctx, name, start)
         ui.out(f"Created branch {name} at {cid[:12]}.")
         return
-    infos = history.branches(ctx)
+    infos = history.branches(ctx, remotes)
     if as_json:
         ui.emit_json([b.to_json() for b in infos])
         return

@@ -44,6 +44,12 @@ def status(as_json: JsonOpt = False) -> None:
         ("locks", ", ".join(_holder(h) for h in s.locks) or "none"),
         ("orphans", "unknown (engine unreachable)" if s.orphans is None else str(s.orphans)),
     ]
+    for t in s.remotes:  # as git: "ahead of 'origin/main' by 2 commits"
+        where = f"{t.remote}/{s.branch}"
+        if not t.ahead and not t.behind:
+            rows.append(("remote", f"{where}: up to date"))
+        else:
+            rows.append(("remote", f"{where}: {t.ahead} ahead, {t.behind} behind"))
     for key, value in rows:
         ui.out(f"{key:<10} {value}")
     for w in s.warnings:

@@ -11,6 +11,7 @@ from pienv import dag, locks
 from pienv.errors import UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops.context import Context
+from pienv.ops.tracking import tracking_refs
 from pienv.store import ReflogEntry, Refs
 
 if TYPE_CHECKING:
@@ -19,8 +20,8 @@ if TYPE_CHECKING:
 # -- decorations ------------------------------------------------------------------------------
 
 
-def decorations(refs: Refs) -> dict[str, list[str]]:
-    """commit id -> ["HEAD -> main", "tag: v1", "exp"] in git's order."""
+def decorations(refs: Refs, tracking: dict[str, str] | None = None) -> dict[str, list[str]]:
+    """commit id -> ["HEAD -> main", "tag: v1", "exp", "origin/main"] in git's order."""
     out: dict[str, list[str]] = {}
     if refs.head_branch is None and refs.head_detached:
         out.setdefault(refs.head_detached, []).append("HEAD")
@@ -28,6 +29,8 @@ def decorations(refs: Refs) -> dict[str, list[str]]:
         label = f"HEAD -> {name}" if name == refs.head_branch else name
         lst = out.setdefault(cid, [])
         lst.insert(0, label) if name == refs.head_branch else lst.append(label)
+    for name, cid in sorted((tracking or {}).items()):
+        out.setdefault(cid, []).append(name)
     for name, cid in sorted(refs.tags.items()):
         out.setdefault(cid, []).append(f"tag: {name}")
     return out
@@ -82,8 +85,9 @@ def log(
     if waited:
         refs = ctx.refs()  # what landed meanwhile
     commits = ctx.store.commits()
+    tracking = tracking_refs(ctx.store)  # origin/main and the like, fetched or pushed
     if all_refs:
-        starts = [*refs.branches.values(), *refs.tags.values()]
+        starts = [*refs.branches.values(), *refs.tags.values(), *tracking.values()]
         if refs.head_detached:
             starts.append(refs.head_detached)
     else:
@@ -97,7 +101,7 @@ def log(
         order = [c for c in order if commits[c].kind not in HIDDEN_KINDS or c in starts]
     if limit is not None:
         order = order[:limit]
-    deco = decorations(refs)
+    deco = decorations(refs, tracking)
     if not graph:
         return LogResult(
             [LogEntry(commits[c], tuple(deco.get(c, ()))) for c in order], pending=pending
@@ -302,12 +306,17 @@ class BranchInfo(JsonResult):
     worktrees: tuple[str, ...]
 
 
-def branches(ctx: Context) -> list[BranchInfo]:
+def branches(ctx: Context, remotes: bool = False) -> list[BranchInfo]:
+    """The branches; ``remotes`` (`branch -a`): the remote-tracking ones too, named
+    ``remotes/REMOTE/BRANCH`` as git lists them."""
     refs = ctx.refs()
     commits = ctx.store.commits()
-    ancestry = dag.ancestor_sets(commits, refs.branches.values())
+    listed = dict(refs.branches)
+    if remotes:
+        listed |= {f"remotes/{n}": c for n, c in tracking_refs(ctx.store).items()}
+    ancestry = dag.ancestor_sets(commits, listed.values())
     out = []
-    for name, cid in sorted(refs.branches.items()):
+    for name, cid in sorted(listed.items(), key=lambda kv: (kv[0].startswith("remotes/"), kv[0])):
         anc = ancestry[cid]
         c = commits.get(cid)
         out.append(

@@ -20,7 +20,7 @@ from pienv.errors import ConcurrentUpdate, StoreError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, parse_time, short
 from pienv.ops.context import Context
 from pienv.ops.remotelayout import PREFIX, RemoteRef, parse_index, parse_record
-from pienv.ops.tracking import REMOTES, load, save, tracking_refs
+from pienv.ops.tracking import load, save
 from pienv.registry import Client, Location, escape, parse_location
 
 # A push record younger than this whose head is not on its branch is a push in progress, not
@@ -417,21 +417,3 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
             txn.move_branch(default, None, head)
             txn.checkout(default)
     return CloneResult(str(home), str(location), default, head, fetched)
-
-
-def ahead_behind(ctx: Context, branch: str) -> dict[str, tuple[int, int]]:
-    """For each remote tracking ``branch``: (commits only here, commits only there)."""
-    refs = ctx.refs()
-    ours = refs.branches.get(branch)
-    if ours is None or not (ctx.store.home / REMOTES).exists():
-        return {}
-    out = {}
-    commits = ctx.store.commits()
-    for ref, theirs in tracking_refs(ctx.store).items():
-        remote, _, name = ref.partition("/")
-        if name != branch:
-            continue
-        a = dag.ancestor_sets(commits, [ours, theirs])
-        mine, other = a.get(ours, set()) | {ours}, a.get(theirs, set()) | {theirs}
-        out[remote] = (len(mine - other), len(other - mine))
-    return out

@@ -11,6 +11,7 @@ from pienv.errors import PienvError
 from pienv.model import Commit, JsonResult
 from pienv.ops.context import Context
 from pienv.ops.sandbox import MountPolicy
+from pienv.ops.tracking import tracking_refs
 from pienv.ops.workspace import Workspace, find_workspace, select_branch
 
 
@@ -32,6 +33,16 @@ class StatusResult(JsonResult):
     locks: list[locks.Holder] = field(default_factory=list)
     orphans: int | None = None  # None: the engine cannot be asked
     warnings: list[str] = field(default_factory=list)
+    # The branch against each remote tracking it: commits only here / only there.
+    remotes: list[Tracking] = field(default_factory=list)
+
+
+@dataclass
+class Tracking(JsonResult):
+    remote: str
+    head: str
+    ahead: int
+    behind: int
 
 
 def _boundary_warnings(ctx: Context, ws: Workspace) -> list[str]:
@@ -93,6 +104,8 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         locks=held,
     )
     result.warnings.extend(warnings)
+    if branch and head_id:
+        result.remotes = _tracking(ctx, branch, head_id, commits)
     if branch and head_id is None:
         result.warnings.append(f"branch {branch!r} has no commit yet; `pienv run` creates it")
     if result.detached:
@@ -117,3 +130,15 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
     except PienvError as exc:
         result.engine = str(exc)
     return result
+
+
+def _tracking(ctx: Context, branch: str, head: str, commits: dict[str, Commit]) -> list[Tracking]:
+    out = []
+    for ref, theirs in sorted(tracking_refs(ctx.store).items()):
+        remote, _, name = ref.partition("/")
+        if name != branch:
+            continue
+        a = dag.ancestor_sets(commits, [head, theirs])
+        mine, other = a[head] or {head}, a[theirs] or {theirs}
+        out.append(Tracking(remote, theirs, len(mine - other), len(other - mine)))
+    return out
