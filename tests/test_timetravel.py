@@ -190,6 +190,12 @@ def test_env_and_code_roll_back_together_across_three_git_commits(pienv: Pienv) 
     assert "+ uncommitted]" in pienv("log", "--graph", "--code").out
     assert e2.code in pienv("show", e2.id[:12]).out
 
+    # bisect --with-code probes against each commit's recorded code, not the checkout's
+    r = pienv("bisect", "start", "--with-code", "main", "main~2")
+    r = pienv("bisect", "run", "--", "sh", "-c", "! grep -q v2 README")
+    assert f"{e2.short} is the first bad commit." in r.out
+    pienv("bisect", "reset")
+
     # A dirty tree is never overwritten: the code of env2 goes into a new worktree.
     (repo / "README").write_text("mine, not committed\n")
     r = pienv("reset", "--with-code", "HEAD~1")
@@ -219,3 +225,53 @@ def test_env_and_code_roll_back_together_across_three_git_commits(pienv: Pienv) 
     # nothing of the user's lost: every commit and the snapshot are still there
     for rev in (c1, c2, c3, e2.code, f"refs/pienv/code/{e2.code}"):
         git(repo, "cat-file", "-e", rev)
+
+
+@pytest.mark.realistic
+def test_realistic_export_builds_and_rebase_moves_an_install_branch(
+    realistic_pienv: Pienv, realistic_image: str
+) -> None:
+    """On Debian + Node: the export's `docker build` has the branch's packages (dpkg, npm),
+    and a rebase onto a second base replays the apt install, one conflict fixed by hand."""
+    import io
+
+    import docker
+
+    from pienv.ops import fsdiff
+
+    p = realistic_pienv
+    p(
+        "run",
+        "-m",
+        "jq",
+        "--",
+        "sh",
+        "-c",
+        "apt-get update -qq && apt-get install -y -qq --no-install-recommends jq >/dev/null",
+    )
+    npm = "npm install -g --silent left-pad@1.3.0"
+    p("run", "-m", "left-pad", "--", "sh", "-c", f"test ! -e /base2 && {npm}")
+    head = p.head()
+    ctx = ctx_of(p)
+    engine = ctx.engine()
+    client = docker.from_env()
+
+    text = p("export", "--dockerfile").out
+    image, _ = client.images.build(fileobj=io.BytesIO(text.encode()), rm=True)
+    try:
+        diff, _ = fsdiff.package_diff(engine, head, image.id, {})
+        assert all(not any(v.values()) for v in diff.values()), diff
+    finally:
+        client.images.remove(image.id, force=True)
+
+    base2 = "pienv-test/realistic-base2:" + realistic_image.rsplit(":", 1)[-1][:20]
+    recipe = f"FROM {realistic_image}\nRUN touch /base2\n".encode()
+    client.images.build(fileobj=io.BytesIO(recipe), tag=base2, rm=True)
+    r = p("rebase", "--onto", base2, check=False)
+    assert r.code == 1 and "Rebase stopped at" in r.out, r.out + r.err
+    p("run", "-m", "left-pad, fixed", "--", "sh", "-c", npm)
+    r = p("rebase", "--continue")
+    assert f"main is now at {p.head()[:12]} (was {head[:12]})" in r.out
+    diff, _ = fsdiff.package_diff(engine, head, p.head(), {})
+    assert all(not any(v.values()) for v in diff.values()), diff
+    assert p("run", "--", "sh", "-c", "test -e /base2 && jq --version").code == 0
