@@ -75,6 +75,7 @@ def no_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
     in this process the default location raises unless the test set PIENV_HOME itself, and
     in subprocesses (which get our environment) it points nowhere writable."""
     from pienv import store
+    from pienv.store import home
 
     monkeypatch.delenv("PIENV_HOME", raising=False)  # one exported by the developer's shell
     monkeypatch.setenv("XDG_DATA_HOME", NO_STORE)  # platformdirs' user data directory
@@ -86,6 +87,7 @@ def no_default_store(monkeypatch: pytest.MonkeyPatch) -> None:
         return chosen()
 
     monkeypatch.setattr(store, "default_home", default_home)
+    monkeypatch.setattr(home, "default_home", default_home)  # what Store() and crash call
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -62,7 +62,7 @@ def layer(name: str) -> int:
         return 2
     if name == "ops" or name.startswith("ops."):
         return 1
-    if name in CORE or name == "__init__":
+    if name.split(".")[0] in CORE or name == "__init__":
         return 0
     raise AssertionError(f"pienv.{name} belongs to no layer: add it to tests/test_imports.py")
 

@@ -122,7 +122,7 @@ def test_rename_killed_before_refs_is_completed_by_the_next_write(
     named the branch `trunk` while refs.json still said `main`: `fsck` said "store ok", the
     branch's history (`main@{1}`, undo of a reset) was gone, and a later `fsck --repair` would
     restore it under the other name. The next write completes the rename instead."""
-    import pienv.store as storemod
+    import pienv.store.files as storemod
 
     with store.transaction("x") as txn:
         txn.move_branch("main", None, A)

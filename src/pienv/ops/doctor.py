@@ -1,0 +1,196 @@
+"""doctor: a list of checks, one small function each, run in order.
+
+A check gets what the ones before it found (the store's refs, the engine) and returns zero or
+more ``Check`` rows; to add one, write a function and put it in ``CHECKS``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from pienv import locks
+from pienv.engine import MAX_DEPTH
+from pienv.errors import PienvError, StoreError
+from pienv.model import JsonResult, short
+from pienv.ops import baseimage as basemod
+from pienv.ops.context import Context
+from pienv.store import Refs
+
+if TYPE_CHECKING:
+    from pienv.engine import Engine, EngineInfo
+
+# How a doctor check came out: `fail` makes `pienv doctor` exit 1.
+Level = Literal["ok", "warn", "fail"]
+
+
+@dataclass(frozen=True)
+class Check(JsonResult):
+    name: str
+    level: Level
+    detail: str
+    fix: str = ""
+
+
+@dataclass
+class Found:
+    """What the checks so far learnt; a check that needs a missing part is skipped."""
+
+    ctx: Context
+    refs: Refs | None = None
+    engine: Engine | None = None
+    info: EngineInfo | None = None
+
+
+CheckFn = Callable[[Found], list[Check]]
+
+
+def doctor(ctx: Context) -> list[Check]:
+    found = Found(ctx)
+    out: list[Check] = []
+    for check in CHECKS:
+        out += check(found)
+        if check is check_engine and found.engine is None:
+            break  # every later check asks the engine
+    return out
+
+
+def check_store(f: Found) -> list[Check]:
+    try:
+        f.refs = f.ctx.refs()
+    except StoreError as exc:
+        return [Check("store", "fail", exc.message, exc.hint or "")]
+    return [Check("store", "ok", f"{f.ctx.store.home} schema 1, id {f.refs.store_id}")]
+
+
+def check_engine(f: Found) -> list[Check]:
+    try:
+        engine = f.ctx.engine()
+        version = engine.version()
+        f.info = engine.info()
+    except PienvError as exc:
+        return [Check("engine", "fail", exc.message, exc.hint or "start Docker")]
+    f.engine = engine
+    mode = "rootless" if f.info.rootless else "rootful"
+    return [Check("engine", "ok", f"{version}, {mode}, at {engine.base_url}")]
+
+
+def check_driver(f: Found) -> list[Check]:
+    assert f.info is not None
+    driver = f.info.driver
+    # Docker's overlay2 and Podman's overlay are the drivers pienv is tested on.
+    tested = driver in ("overlay2", "overlay")
+    fix = "" if tested else "pienv is tested on overlay2 (Docker) and overlay (Podman)"
+    return [Check("storage driver", "ok" if tested else "warn", driver, fix)]
+
+
+def check_disk(f: Found) -> list[Check]:
+    assert f.engine is not None and f.info is not None
+    root = f.info.root_dir
+    if not f.engine.local:
+        # A directory of that name here would be this machine's, not the engine's.
+        return [Check("free disk", "warn", f"cannot read {root} of a remote engine from here")]
+    try:
+        free = shutil.disk_usage(root).free
+    except OSError:
+        return [Check("free disk", "warn", f"cannot read {root} from here")]
+    level: Level = "ok" if free > 5e9 else "warn" if free > 1e9 else "fail"
+    fix = "" if level == "ok" else "`pienv prune` or `docker system prune`"
+    return [Check("free disk", level, f"{free / 1e9:.1f} GB free at {root}", fix)]
+
+
+_PROBE_FIXES = {
+    "init binary": "Podman: install catatonit; Docker: docker-init (tini) ships with it",
+    "commit labels": "this engine loses commit metadata: use Docker or Podman >= 4.3",
+    "archive API": "`pienv diff --packages` and `reset --system` need it",
+}
+
+
+def check_base(f: Found) -> list[Check]:
+    if f.refs is None:
+        return []
+    assert f.engine is not None
+    base_ref = os.environ.get("PIENV_BASE_IMAGE") or basemod.BASE_TAG
+    if f.engine.inspect_image(base_ref) is None:
+        fix = "`pienv base build` (the first run builds it too)"
+        return [Check("base", "warn", f"{base_ref} is not built", fix)]
+    out = [Check("base", "ok", base_ref)]
+    for name, problem in f.engine.probe(base_ref):
+        level: Level = "fail" if problem else "ok"
+        out.append(Check(name, level, problem or "works", _PROBE_FIXES[name] if problem else ""))
+    return out
+
+
+def check_branches(f: Found) -> list[Check]:
+    if f.refs is None:
+        return []
+    assert f.engine is not None
+    limit = f.ctx.config.flatten_at
+    out = []
+    for name, head in sorted(f.refs.branches.items()):
+        img = f.engine.inspect_image(head)
+        if img is None:
+            fix = "`pienv fsck --repair`"
+            out.append(Check(f"branch {name}", "fail", f"head {short(head)} image missing", fix))
+            continue
+        d = img.depth
+        level: Level = "ok" if d < limit else "warn" if d < MAX_DEPTH - 5 else "fail"
+        fix = "" if level == "ok" else f"`pienv flatten {name}`"
+        out.append(
+            Check(f"branch {name}", level, f"depth {d}/{MAX_DEPTH} (flatten at {limit})", fix)
+        )
+    return out
+
+
+def check_locks(f: Found) -> list[Check]:
+    if f.refs is None:
+        return []
+    locks_dir = f.ctx.store.locks_dir
+    stale = [
+        name
+        for name in locks.lock_names(locks_dir)
+        if locks.read_holder(locks_dir, name) and not locks.is_locked(locks_dir, name)
+    ]
+    if not stale:
+        return [Check("locks", "ok", "no stale locks")]
+    fix = "they are taken over automatically; `pienv unlock BRANCH`"
+    return [Check("locks", "warn", f"stale: {', '.join(stale)}", fix)]
+
+
+def check_orphans(f: Found) -> list[Check]:
+    if f.refs is None:
+        return []
+    from pienv.ops.recovery import orphans
+
+    found = orphans(f.ctx, with_size=False)
+    fix = "`pienv orphans`, then `pienv recover --all`" if found else ""
+    return [Check("orphans", "warn" if found else "ok", f"{len(found)} orphan run(s)", fix)]
+
+
+def check_env_files(f: Found) -> list[Check]:
+    if f.refs is None:
+        return []
+    from pienv.ops.recovery import remove_stale_env_files
+
+    stale = remove_stale_env_files(f.ctx)
+    if not stale:
+        return [Check("env files", "ok", "no stale env files")]
+    detail = f"removed {len(stale)} stale env file(s) of ended runs: {', '.join(stale)}"
+    fix = "they may have held API keys; the runs that wrote them are gone"
+    return [Check("env files", "warn", detail, fix)]
+
+
+CHECKS: list[CheckFn] = [
+    check_store,
+    check_engine,
+    check_driver,
+    check_disk,
+    check_base,
+    check_branches,
+    check_locks,
+    check_orphans,
+    check_env_files,
+]
