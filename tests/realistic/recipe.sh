@@ -10,7 +10,17 @@
 NODE_VERSION=22.23.3
 NPM_VERSION=10.9.9
 SUITE=bookworm
-MIRROR=http://deb.debian.org/debian
+# The Debian mirror (and its security archive) are this machine's own, read from its apt
+# sources, so the repository names no package host; PIENV_TEST_DEBIAN_MIRROR overrides.
+# apt_uri SUFFIX: the first URI of the apt sources whose path ends in SUFFIX.
+apt_uri() {
+  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+    sed -n -e 's/^[[:space:]]*deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]\+\).*/\2/p' \
+      -e 's/^[[:space:]]*URIs:[[:space:]]*//p' |
+    tr ' ' '\n' | grep -E "^https?://.*$1/?\$" | head -1 | sed 's:/$::'
+}
+MIRROR=${PIENV_TEST_DEBIAN_MIRROR:-$(apt_uri /debian)}
+SECURITY=${PIENV_TEST_DEBIAN_SECURITY:-$(apt_uri /debian-security)}
 PACKAGES=ca-certificates,git,curl,sudo,procps,less,python3,xz-utils
 # The host's bundle holds the CA of the proxy that containers reach the npm registry through.
 CA=/etc/ssl/certs/ca-certificates.crt
@@ -24,13 +34,14 @@ IMPORT_CHANGES=(
 # build_rootfs ROOTFS WORKDIR: make the root filesystem (needs root, debootstrap and npm).
 build_rootfs() {
   local rootfs=$1 work=$2 pkg
+  [ -n "$MIRROR" ] || die "no Debian mirror in this machine's apt sources (/etc/apt/sources.list*): set PIENV_TEST_DEBIAN_MIRROR"
   say "debootstrap $SUITE (1-2 minutes)"
   debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$rootfs" "$MIRROR" \
     >"$work/debootstrap.log" 2>&1 || { tail -20 "$work/debootstrap.log" >&2; die "debootstrap failed"; }
   cat >"$rootfs/etc/apt/sources.list" <<SOURCES
 deb $MIRROR $SUITE main
 deb $MIRROR $SUITE-updates main
-deb http://deb.debian.org/debian-security $SUITE-security main
+${SECURITY:+deb $SECURITY $SUITE-security main}
 SOURCES
   # As Docker's own Debian images: no package lists or downloaded .debs in the image.
   rm -rf "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/cache/apt/*.bin "$rootfs"/var/cache/apt/archives/*.deb
