@@ -14,10 +14,10 @@ SUITE=bookworm
 # sources, so the repository names no package host; PIENV_TEST_DEBIAN_MIRROR overrides.
 # apt_uri SUFFIX: the first URI of the apt sources whose path ends in SUFFIX.
 apt_uri() {
-  cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null |
+  { cat /etc/apt/sources.list /etc/apt/sources.list.d/*.list /etc/apt/sources.list.d/*.sources 2>/dev/null || true; } |
     sed -n -e 's/^[[:space:]]*deb[[:space:]]\+\(\[[^]]*\][[:space:]]\+\)\?\([^[:space:]]\+\).*/\2/p' \
       -e 's/^[[:space:]]*URIs:[[:space:]]*//p' |
-    tr ' ' '\n' | grep -E "^https?://.*$1/?\$" | head -1 | sed 's:/$::'
+    tr ' ' '\n' | { grep -E "^https?://.*$1/?\$" || true; } | head -1 | sed 's:/$::'
 }
 MIRROR=${PIENV_TEST_DEBIAN_MIRROR:-$(apt_uri /debian)}
 SECURITY=${PIENV_TEST_DEBIAN_SECURITY:-$(apt_uri /debian-security)}
