@@ -258,3 +258,33 @@ def test_show_of_an_install_lists_what_its_layer_holds(pienv: Pienv) -> None:
         assert {"kind": "A", "path": "/home/agent/.local/bin/myagent"} in paths, paths
     finally:
         remove_volumes(pienv)
+
+
+def test_install_without_pip_says_the_real_cause(pienv: Pienv) -> None:
+    """aider installs with pip: on an image without Python the error names what is missing
+    and what to do, not "change [agent] version"."""
+    config(pienv, '[agent]\npreset = "aider"\n')
+    try:
+        pienv("run", "--", "true")
+        r = pienv("run", check=False)
+        assert r.code == 1
+        error = next(line for line in r.err.splitlines() if line.startswith("pienv: error:"))
+        assert "python3" in error and "missing" in error and "[agent] version" not in error
+    finally:
+        remove_volumes(pienv)
+
+
+@pytest.mark.parametrize(
+    ("output", "cause"),
+    [
+        ("/usr/bin/python3: No module named pip\n", "pip is missing"),
+        ("sh: 1: npm: not found\n", "npm is missing"),
+        ("npm ERR! code EAI_AGAIN\nnpm ERR! getaddrinfo EAI_AGAIN registry\n", "network"),
+        ("ERROR: Could not find a version that satisfies the requirement x==9\n", None),
+    ],
+)
+def test_install_failure_cause_from_its_output(output: str, cause: str | None) -> None:
+    from pienv.ops.agent import failure_cause
+
+    found = failure_cause(output)
+    assert (found is None) if cause is None else (found is not None and cause in found)

@@ -69,6 +69,45 @@ def installed(labels: Mapping[str, str], agent: Agent) -> bool:
     return not agent.install or labels.get(INSTALLED_LABEL) == agent.install
 
 
+# What an install's output says went wrong, and what to do (first match wins): a missing
+# tool or an unreachable registry is not fixed by another version.
+_CAUSES = (
+    (
+        r"No module named pip|pip: not found|pip3?: command not found",
+        "pip is missing in this environment: install it (`pienv shell`, then e.g. "
+        "`sudo apt-get install python3-pip`) or use a base image with pip (PIENV_BASE_IMAGE)",
+    ),
+    (
+        r"python3?: not found|python3?: command not found|No such file or directory: .?python",
+        "python3 (and pip) are missing in this environment: install them (`pienv shell`) or "
+        "use a base image with Python (PIENV_BASE_IMAGE)",
+    ),
+    (
+        r"npm: not found|npm: command not found",
+        "npm is missing in this environment: install Node.js and npm (`pienv shell`) or use a "
+        "base image with them (PIENV_BASE_IMAGE)",
+    ),
+    (
+        r"EAI_AGAIN|ENOTFOUND|ECONNREFUSED|ETIMEDOUT|ENETUNREACH|getaddrinfo|Temporary failure "
+        r"in name resolution|Network is unreachable|Failed to establish a new connection|"
+        r"Could not resolve host|connection timed out",
+        "the package registry could not be reached (network): check the host's network and "
+        "proxy variables, and [run] network in the config",
+    ),
+)
+
+
+def failure_cause(output: str) -> str | None:
+    """The cause an install's ``output`` names and what to do; None when it names none
+    (then the version or the install command is the suspect)."""
+    import re
+
+    for pattern, cause in _CAUSES:
+        if re.search(pattern, output, re.IGNORECASE):
+            return cause
+    return None
+
+
 def install(
     ctx: Context,
     parent: str,
@@ -101,17 +140,20 @@ def install(
     )
     try:
         err(f"pienv: installing {agent.label}: {agent.install}\n".encode())
+        tail = b""  # the end of the install's output: what a failure is read from
         for stdout, stderr in engine.run_streaming(cid, None):
-            if stdout:
-                err(stdout)
-            if stderr:
-                err(stderr)
+            for data in (stdout, stderr):
+                if data:
+                    err(data)
+                    tail = (tail + data)[-16384:]
         code = int(engine.wait(cid))
         if code != 0:
+            cause = failure_cause(tail.decode("utf-8", "replace"))
             key = "[agent] version" if agent.preset and agent.version else "[agent] install"
             raise PienvError(
                 f"installing {agent.label} failed (exit {code}): `{agent.install}`; "
-                f"nothing was committed: change {key} in {ctx.store.config_path}"
+                + "nothing was committed: "
+                + (cause or f"change {key} in {ctx.store.config_path}")
             )
         # No path list here: `docker diff` misses same-size rewrites that kept their mtime and
         # walks the whole image; the first `pienv show` lists what the commit's layer holds.
