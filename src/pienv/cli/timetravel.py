@@ -124,7 +124,7 @@ def bisect_run(
             f"on {short(out.aborted.commit)} (above 127)",
             hint="fix the test, then `pienv bisect run` again",
         )
-    ui.out(f"{len(out.probed)} probes.")
+    ui.out(f"{ui.plural(len(out.probed), 'probe')}.")
     _say_step(out.step)
 
 
