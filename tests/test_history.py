@@ -312,3 +312,18 @@ def test_log_hides_prepare_commits_unless_all_kinds(pienv: Pienv) -> None:
     assert len(text.splitlines()) == len(kinds) - 1
     graph = pienv("log", "--graph", "--all", cwd=wt).out
     assert "prepare" not in graph and "touch /made" in graph
+
+
+def test_prune_dry_run_reports_what_the_real_prune_frees(pienv: Pienv) -> None:
+    for i in range(3):
+        pienv("run", "--", "sh", "-c", f"head -c 300000 /dev/urandom > /f{i}")
+    pienv("branch", "side")
+    pienv("checkout", "side")
+    pienv("run", "--", "sh", "-c", "head -c 300000 /dev/urandom > /side")
+    pienv("checkout", "main")
+    pienv("branch", "-D", "side")  # its own commit is unreachable but for the reflog
+    for args in (("--keep", "1"), ("--older-than", "0s")):
+        dry = json.loads(pienv("prune", *args, "--dry-run", "--json").out)
+        real = json.loads(pienv("prune", *args, "--json").out)
+        assert dry["bytes_freed"] == real["bytes_freed"], args
+        assert sorted(dry["removed"]) == sorted(real["removed"]), args

@@ -148,6 +148,8 @@ def _remove(
     engine = ctx.engine()
     in_use = _images_in_use(ctx)
     repo = ctx.repository()
+    builds_on = _children(known)
+    gone: set[str] = set()
     for n, cid in enumerate(victims):
         ctx.report.progress("commits", n, len(victims))
         if cid in in_use:
@@ -156,13 +158,26 @@ def _remove(
         result.removed.append(cid)
         freed = _own_bytes(ctx, known, labelled, cid, base)
         if dry_run:
-            result.bytes_freed += freed
+            # What the engine will do: an image a kept commit still builds on is only
+            # untagged, its layer stays (children come first, so theirs are decided).
+            if all(child in gone for child in builds_on.get(cid, ())):
+                gone.add(cid)
+                result.bytes_freed += freed
             continue
         engine.untag(f"{repo}:{short(cid)}")
         # False: a kept commit still builds on this image's layers (only untagged).
         if engine.remove_image(cid):
             result.bytes_freed += freed
         ctx.store.forget_commit_files(cid)
+
+
+def _children(known: dict[str, Commit]) -> dict[str, list[str]]:
+    """parent -> the commits built on its layers (a flatten is a fresh import: it is not)."""
+    out: dict[str, list[str]] = {}
+    for c in known.values():
+        if c.parents and c.kind != "flatten" and not c.flattened_from:
+            out.setdefault(c.parents[0], []).append(c.id)
+    return out
 
 
 def fetched(engine: Engine, store_id: str, labelled: list[ImageRow]) -> list[ImageRow]:
