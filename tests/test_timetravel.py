@@ -138,6 +138,7 @@ def test_rebase_abort_changes_nothing_and_skip_drops_the_commit(
     after = pienv.refs()
     assert (after["branches"], after["head"]) == (before["branches"], {"branch": "main"})
     assert rebase.start(ctx, base2).stopped_at
+    assert "a rebase is under way" in pienv("status").err
     out = rebase.skip(ctx)
     assert not out.stopped_at and len(out.replayed) == 2 and out.replayed[1][1] == ""
 

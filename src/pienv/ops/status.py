@@ -65,6 +65,21 @@ def _boundary_warnings(ctx: Context, ws: Workspace) -> list[str]:
     return []
 
 
+def _under_way(ctx: Context) -> list[str]:
+    """A bisection or a rebase left waiting for the user (as `git status` says)."""
+    from pienv.ops import bisect, rebase
+
+    out = []
+    if (ctx.store.home / bisect.STATE).exists():
+        out.append("a bisection is under way: `pienv bisect log`; `pienv bisect reset` ends it")
+    if (ctx.store.home / rebase.STATE).exists():
+        out.append(
+            "a rebase is under way: `pienv rebase --continue` after fixing it with a run "
+            "(or --skip, --abort)"
+        )
+    return out
+
+
 def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
     refs = ctx.refs()
     warnings: list[str] = []
@@ -108,6 +123,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         result.remotes = _tracking(ctx, branch, head_id, commits)
     if branch and head_id is None:
         result.warnings.append(f"branch {branch!r} has no commit yet; `pienv run` creates it")
+    result.warnings.extend(_under_way(ctx))
     if result.detached:
         result.warnings.append(
             "HEAD is detached: runs advance it without a branch; "
