@@ -129,7 +129,13 @@ def _ensure_volume(engine: Engine, name: str, store_id: str) -> None:
     body = {
         "Name": name,
         "Driver": "local",
-        "DriverOpts": {"type": "tmpfs", "device": "tmpfs", "o": "size=64m,mode=0700"},
+        # Podman refuses size= on a tmpfs volume ("Filesystem does not support Project
+        # Quota"): its tmpfs takes the kernel's default size there.
+        "DriverOpts": {
+            "type": "tmpfs",
+            "device": "tmpfs",
+            "o": "mode=0700" if engine.is_podman else "size=64m,mode=0700",
+        },
         "Labels": {"dev.pienv.store": store_id, LABEL: "volume"},
     }
     engine._call("POST", "/volumes/create", body=body)  # idempotent for the same name
@@ -158,7 +164,7 @@ def ensure_proxy(engine: Engine, store_id: str) -> Proxy:
         if running and current and _address(state, name):
             return Proxy(str(state["Id"]), name, _address(state, name))
         with contextlib.suppress(HTTPError):
-            engine._call("DELETE", f"/containers/{state['Id']}", {"force": "1", "v": "0"})
+            engine._request("DELETE", f"/containers/{state['Id']}", {"force": "1", "v": "0"})
     internal = _ensure_network(engine, name, store_id)
     outside = _inspect(engine, "networks", _outside_network(engine)) or {}
     _ensure_volume(engine, name, store_id)
@@ -183,8 +189,8 @@ def ensure_proxy(engine: Engine, store_id: str) -> Proxy:
         if exc.status != 409:
             raise
         return _wait_proxy(engine, name)  # a concurrent run is starting it
-    engine._call("POST", f"/networks/{name}/connect", body={"Container": cid})
-    engine._call("POST", f"/containers/{cid}/start")
+    engine._request("POST", f"/networks/{name}/connect", body={"Container": cid})
+    engine._request("POST", f"/containers/{cid}/start")
     return _wait_proxy(engine, name)
 
 
@@ -277,9 +283,9 @@ def remove(engine: Engine, store_id: str) -> bool:
     if users:
         return False
     with contextlib.suppress(HTTPError):
-        engine._call("DELETE", f"/containers/{name}", {"force": "1"})
+        engine._request("DELETE", f"/containers/{name}", {"force": "1"})
     with contextlib.suppress(HTTPError):
-        engine._call("DELETE", f"/networks/{name}")
+        engine._request("DELETE", f"/networks/{name}")
     engine.remove_volume(name)
     return True
 
