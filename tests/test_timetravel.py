@@ -171,7 +171,11 @@ def test_export_dockerfile_builds_the_branch(pienv: Pienv) -> None:
 
 def test_env_and_code_roll_back_together_across_three_git_commits(pienv: Pienv) -> None:
     repo = pienv.repo
+    # Each run's code is recorded by its background commit: `show HEAD` waits for it to
+    # land before the test changes the tree (a script that does not wait may see its next
+    # edits recorded too: docs/time-travel.md).
     pienv("run", "-m", "env1", "--", "touch", "/env1")  # code: the clean first commit
+    pienv("show", "HEAD")
     c1 = git(repo, "rev-parse", "HEAD")
     (repo / "README").write_text("v2\n")
     git(repo, "commit", "-qam", "v2")
@@ -179,6 +183,7 @@ def test_env_and_code_roll_back_together_across_three_git_commits(pienv: Pienv) 
     (repo / "README").write_text("v2, uncommitted\n")
     (repo / "notes.txt").write_text("untracked notes\n")
     pienv("run", "-m", "env2", "--", "touch", "/env2")  # code: c2 + the dirty state
+    pienv("show", "HEAD")
     git(repo, "add", "-A")
     git(repo, "commit", "-qm", "v3")
     c3 = git(repo, "rev-parse", "HEAD")
