@@ -1107,6 +1107,26 @@ class Engine:
             raise EngineError(f"the engine pulled {reference} but does not list it")
         return info.id
 
+    def layer_dirs(self, image: str) -> list[str] | None:
+        """The directories holding ``image``'s layers on this machine, base first (overlay2
+        on a local engine: the image's GraphDriver data); None where they cannot be read
+        here (another driver, a remote or rootless engine): use ``saved_layers`` then."""
+        if not self.local:
+            return None
+        try:
+            data = self._call("GET", f"/images/{self._id(image)}/json")
+        except HTTPError:
+            return None
+        driver = data.get("GraphDriver") or {}
+        if driver.get("Name") != "overlay2" and driver.get("Name") != "overlay":
+            return None
+        dirs = driver.get("Data") or {}
+        lower = [d for d in str(dirs.get("LowerDir") or "").split(":") if d]
+        found = [*reversed(lower), *([str(dirs["UpperDir"])] if dirs.get("UpperDir") else [])]
+        if not found or not all(os.access(d, os.R_OK | os.X_OK) for d in found):
+            return None
+        return found
+
     def saved_layers(
         self, images: list[str], want: Callable[[str, int], bool]
     ) -> tuple[dict[str, list[str]], dict[str, list[tuple[str, bytes | None]]]]:

@@ -69,6 +69,12 @@ def push(
             "logins moved out of images.",
         ),
     ] = False,
+    squash: Annotated[
+        bool,
+        typer.Option(
+            "--squash", help="Send each head as one flattened commit, without its history."
+        ),
+    ] = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Send branches and tags with all their commits.
@@ -81,7 +87,7 @@ def push(
 
     ctx = selected()
     with _Transfer("pushing") as bar:
-        r = do_push(ctx, remote_name, names or [], all_refs, force, bar)
+        r = do_push(ctx, remote_name, names or [], all_refs, force, bar, squash)
     if as_json:
         ui.emit_json(r.to_json())
         return

@@ -283,9 +283,14 @@ def captures_anything(engine: Engine, cid: str, parent_image: ImageInfo | None) 
 
 
 def flatten_image(
-    ctx: Context, image_id: str, branch: str | None, on_progress: ProgressFn | None = None
+    ctx: Context,
+    image_id: str,
+    branch: str | None,
+    on_progress: ProgressFn | None = None,
+    keep_parent: bool = True,
 ) -> Commit:
-    """A one-layer copy of ``image_id`` with its whole config; parent = the old commit.
+    """A one-layer copy of ``image_id`` with its whole config; parent = the old commit
+    (``keep_parent=False``: no parent, `push --squash`'s history-free snapshot).
 
     It costs a copy of the whole image (export streamed into an import, then a commit for
     the config), so it runs only every ``flatten_at`` layers; ``on_progress`` follows the copy.
@@ -299,7 +304,7 @@ def flatten_image(
         branch,
         f"flatten {short(image_id)} ({info.depth} layers -> 1)",
         "flatten",
-        parents=(image_id,),
+        parents=(image_id,) if keep_parent else (),
         flattened_from=image_id,
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",

@@ -10,6 +10,8 @@ head, write the branch index (conditional where the registry honours it) and rea
 
 from __future__ import annotations
 
+import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -17,6 +19,7 @@ from pienv import dag
 from pienv.errors import ConcurrentUpdate, PienvError, UsageError
 from pienv.model import JsonResult, parse_time, short
 from pienv.ops import pushscan
+from pienv.ops.commits import flatten_image
 from pienv.ops.context import Context
 from pienv.ops.remote import (
     RECORD_GRACE,
@@ -28,6 +31,7 @@ from pienv.ops.remote import (
     engine_auth,
     pick,
     read,
+    withdrawn,
 )
 from pienv.ops.remotelayout import (
     Descriptor,
@@ -35,6 +39,7 @@ from pienv.ops.remotelayout import (
     RemoteRef,
     build_index,
     commit_tag,
+    notes_of,
     parse_index,
     parse_record,
     record_body,
@@ -44,6 +49,9 @@ from pienv.ops.remotelayout import (
 from pienv.ops.tracking import load, save
 from pienv.registry import INDEX, Client, Location, escape
 from pienv.store import who
+
+# How long a push waits for a rival push from the same remote head to give way.
+CLAIM_WAIT = 30.0
 
 Outcome = Literal["pushed", "created", "forced", "up to date"]
 
@@ -87,11 +95,15 @@ def push(
     all_refs: bool = False,
     force: bool = False,
     on_progress: OnProgress = None,
+    squash: bool = False,
 ) -> PushResult:
     name, location = pick(ctx, remote)
     client = Client(location)
     view = read(client)
     targets = _targets(ctx, names or [], all_refs, view)
+    if squash:
+        for t in targets:
+            _squash(ctx, t, force)
     _refuse_non_fast_forward(name, targets, force)
     known = _remote_commits(client, view, {c for t in targets for c in t.history})
     missing = sorted(
@@ -140,6 +152,28 @@ def _targets(ctx: Context, names: list[str], all_refs: bool, view: RemoteView) -
         ctx.commit(head)  # an unindexed head: one clear line
         out.append(Target(kind, n, head, heads[head], view.refs.get((kind, n))))
     return out
+
+
+def _squash(ctx: Context, t: Target, force: bool) -> None:
+    """Replace ``t``'s head by a one-layer copy with no parents (files deleted on the way
+    are not in it; nothing of the history travels). A remote head that is an earlier squash
+    of this line (its flattened-from is in our history) counts as an ancestor; a squash of
+    the very same head is reused, so pushing again sends nothing."""
+    commits = ctx.store.commits()
+    r = t.remote
+    old = commits.get(r.head) if r else None
+    if old is not None and not old.parents and old.flattened_from == t.head:
+        t.head, t.history = old.id, {old.id}
+        return
+    if r is not None and not force and (old is None or old.flattened_from not in t.history):
+        raise UsageError(
+            f"the remote {t.kind} {t.name!r} ({short(r.head)}) is not a squash of this "
+            f"{t.kind}'s history: nothing was pushed",
+            hint="`push --squash --force` replaces it",
+        )
+    flat = flatten_image(ctx, t.head, None, keep_parent=False)
+    t.history = {flat.id} | ({r.head} if r is not None else set())
+    t.head = flat.id
 
 
 def _refuse_non_fast_forward(remote: str, targets: list[Target], force: bool) -> None:
@@ -191,7 +225,7 @@ def _check_secrets(ctx: Context, missing: list[str], force: bool, on_progress: O
         )
     if on_progress:
         on_progress(Progress("scan", 0, len(missing)))
-    found = pushscan.scan(ctx.engine(), missing)
+    found = pushscan.scan(ctx.engine(), commits)
     if found:
         f = found[0]
         more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
@@ -266,52 +300,63 @@ def _with_parents(d: Descriptor, parents: tuple[str, ...]) -> Descriptor:
 
 
 def _claim(client: Client, t: Target, head: Descriptor, old: str | None) -> None:
-    """Write this push's record, then refuse if another live push started from the same
-    remote head for another head: of two pushes that overlap, at least the later one to list
-    the tags sees the other's record, so at most one moves the branch (both may refuse;
-    their records are withdrawn, and a retry goes through)."""
-    mine = record_tag(t.head, t.name)
-    client.put_manifest(mine, record_body(head, t.name, old, who()), INDEX)
-    tags = client.tags()
-    esc = escape(t.name)
-    withdrawn = {(h, e) for h, e, x in filter(None, map(parse_record, tags)) if x}
-    for tag in tags:
-        rec = parse_record(tag)
-        if rec is None or rec[2] or rec[1] != esc or tag == mine or (rec[0], rec[1]) in withdrawn:
-            continue
-        if any(c.startswith(rec[0]) for c in t.history):
-            continue  # an earlier push of our own history
-        got = client.manifest(tag)
-        notes = _annotations(got[2]) if got else {}
-        pushed = notes.get("dev.pienv.pushed", "")
-        fresh = bool(pushed) and _age(pushed) < RECORD_GRACE
-        if fresh and notes.get("dev.pienv.old", "") == (old or ""):
+    """Write this push's record, then make sure no other live push from the same remote
+    head for another head goes ahead too. Of two overlapping pushes, at least the later one
+    to list the tags sees the other's record. One that sees a rival with a smaller head id
+    withdraws and refuses; one that sees a larger one waits until that rival withdraws (then
+    goes on) or the branch moves (then refuses). A push only writes the branch when no live
+    rival is left, and withdraws before it refuses, so at most one of them moves it."""
+    attempt = os.urandom(6).hex()
+    client.put_manifest(
+        record_tag(t.head, t.name), record_body(head, t.name, old, who(), attempt), INDEX
+    )
+    deadline = time.monotonic() + CLAIM_WAIT
+    while (rival := _rival(client, t, old)) is not None:
+        head12, by = rival
+        moved = _remote_head(client, t) != old
+        if moved or short(t.head) < head12 or time.monotonic() > deadline:
             client.put_manifest(
                 record_tag(t.head, t.name, withdrawn=True),
-                record_body(head, t.name, old, who()),
+                record_body(head, t.name, old, who(), attempt),
                 INDEX,
             )
             raise ConcurrentUpdate(
                 f"another push to {t.kind} {t.name!r} started from the same remote head "
-                f"(by {notes.get('dev.pienv.by') or 'someone'}, commit {rec[0]}); nothing "
-                "was overwritten",
+                f"(by {by or 'someone'}, commit {head12}); nothing was overwritten",
                 hint="`pienv fetch`, then pull or push again",
             )
+        time.sleep(0.3)
 
 
-def _annotations(body: bytes) -> dict[str, str]:
-    import json
+def _rival(client: Client, t: Target, old: str | None) -> tuple[str, str] | None:
+    """(head12, by) of a live push record for ``t`` from the same remote head; None."""
+    tags = client.tags()
+    present = set(tags)
+    esc = escape(t.name)
+    for tag in tags:
+        rec = parse_record(tag)
+        if rec is None or rec[2] or rec[1] != esc or rec[0] == short(t.head):
+            continue
+        if any(c.startswith(rec[0]) for c in t.history):
+            continue  # an earlier push of our own history
+        got = client.manifest(tag)
+        notes = notes_of(got[2]) if got else {}
+        pushed = notes.get("dev.pienv.pushed", "")
+        if not pushed or _age(pushed) >= RECORD_GRACE or notes.get("dev.pienv.old") != (old or ""):
+            continue
+        if withdrawn(client, tag, present, notes):
+            continue
+        return rec[0], notes.get("dev.pienv.by", "")
+    return None
 
-    try:
-        notes = json.loads(body).get("annotations") or {}
-    except (ValueError, AttributeError):
-        return {}
-    return {str(k): str(v) for k, v in notes.items()}
+
+def _remote_head(client: Client, t: Target) -> str | None:
+    got = client.manifest(ref_tag(t.kind, t.name))
+    ref = parse_index(got[2], got[0]) if got else None
+    return ref.head if ref else None
 
 
 def _age(stamp: str) -> float:
-    import time
-
     try:
         return time.time() - parse_time(stamp).timestamp()
     except ValueError:

@@ -110,11 +110,66 @@ def classify(path: str, body: bytes | None) -> str | None:
     return None
 
 
-def scan(engine: Engine, commits: Sequence[str]) -> list[Finding]:
-    """Every credential file in any layer of ``commits``, named with the commit that added
-    the layer (the first of ``commits``, oldest first, whose image holds it)."""
+def scan(engine: Engine, commits: Sequence[Commit]) -> list[Finding]:
+    """Every credential file in any layer of ``commits`` (oldest first) that the remote lacks,
+    named with the commit that added the layer. On a local overlay2 engine only the layers a
+    commit adds to its parent are read, from their directories (a commit whose parent is on
+    the remote was scanned when the parent was pushed); elsewhere from one engine export."""
     if not commits:
         return []
+    dirs = {c.id: engine.layer_dirs(c.id) for c in commits}
+    if all(d is not None for d in dirs.values()):
+        return _scan_dirs(engine, commits, dirs)
+    return _scan_export(engine, [c.id for c in commits])
+
+
+def _scan_dirs(
+    engine: Engine, commits: Sequence[Commit], dirs: dict[str, list[str] | None]
+) -> list[Finding]:
+    found: list[Finding] = []
+    seen: set[str] = set()
+    for c in commits:
+        parent = c.parents[0] if c.parents else None
+        below = set(dirs.get(parent) or engine.layer_dirs(parent) or []) if parent else set()
+        for top in dirs[c.id] or []:
+            if top in below or top in seen:
+                continue
+            seen.add(top)
+            for path, body in _files(top):
+                what = classify(path, body)
+                if what is not None:
+                    found.append(Finding(c.id, path, what))
+    return found
+
+
+def _files(top: str) -> list[tuple[str, bytes | None]]:
+    """(path in the image, content if wanted) of the non-empty regular files under ``top``."""
+    import os
+    import stat
+
+    out: list[tuple[str, bytes | None]] = []
+    for root, _, names in os.walk(top):
+        for name in names:
+            full = os.path.join(root, name)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode) or not st.st_size:
+                continue  # whiteouts (0/0 devices), links, empty files: nothing to leak
+            path = "/" + os.path.relpath(full, top)
+            body = None
+            if _wanted(path, st.st_size):
+                try:
+                    with open(full, "rb") as fh:
+                        body = fh.read(READ_LIMIT)
+                except OSError:
+                    body = None
+            out.append((path, body))
+    return out
+
+
+def _scan_export(engine: Engine, commits: list[str]) -> list[Finding]:
     order, layers = engine.saved_layers(list(commits), _wanted)
     owner: dict[str, str] = {}
     for cid in sorted(commits, key=lambda c: len(order.get(c, []))):

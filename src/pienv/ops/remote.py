@@ -9,7 +9,6 @@ atomically under the store lock. Tracked commits are indexed and tagged like loc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pienv import dag, locks, registry
 from pienv.errors import ConcurrentUpdate, StoreError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, parse_time, short
 from pienv.ops.context import Context
-from pienv.ops.remotelayout import PREFIX, RemoteRef, parse_index, parse_record
+from pienv.ops.remotelayout import PREFIX, RemoteRef, notes_of, parse_index, parse_record
 from pienv.ops.tracking import load, save
 from pienv.registry import Client, Location, escape, parse_location
 
@@ -136,29 +135,37 @@ def lost_updates(
     client: Client, tags: list[str], refs: dict[tuple[str, str], RemoteRef]
 ) -> list[Lost]:
     by_escape = {escape(r.name): r for (kind, _), r in refs.items() if kind == "branch"}
-    withdrawn = {(h, e) for h, e, x in filter(None, map(parse_record, tags)) if x}
+    present = set(tags)
     out = []
     for tag in tags:
         rec = parse_record(tag)
-        if rec is None or rec[2] or (rec[0], rec[1]) in withdrawn:
+        if rec is None or rec[2]:
             continue
         head12, esc, _ = rec
         ref = by_escape.get(esc)
         if ref is not None and any(c.startswith(head12) for c in ref.commits):
             continue
         got = client.manifest(tag)
-        notes: dict[str, Any] = {}
-        if got:
-            try:
-                notes = json.loads(got[2]).get("annotations") or {}
-            except (ValueError, AttributeError):
-                notes = {}
-        pushed = str(notes.get("dev.pienv.pushed", ""))
+        notes = notes_of(got[2]) if got else {}
+        if withdrawn(client, tag, present, notes):
+            continue
+        pushed = notes.get("dev.pienv.pushed", "")
         if pushed and time.time() - parse_time(pushed).timestamp() < RECORD_GRACE:
             continue  # a push still under way
-        name = str(notes.get("dev.pienv.name", esc))
-        out.append(Lost(name, head12, pushed, str(notes.get("dev.pienv.by", ""))))
+        name = notes.get("dev.pienv.name", esc)
+        out.append(Lost(name, head12, pushed, notes.get("dev.pienv.by", "")))
     return out
+
+
+def withdrawn(client: Client, tag: str, present: set[str], notes: dict[str, str]) -> bool:
+    """Whether the push record ``tag`` (annotations ``notes``) was withdrawn: its ``x-`` twin
+    exists and names the same attempt (a retry of the same head rewrites the record)."""
+    twin = "x" + tag[1:]
+    if twin not in present:
+        return False
+    got = client.manifest(twin)
+    attempt = notes_of(got[2]).get("dev.pienv.attempt") if got else None
+    return attempt is not None and attempt == notes.get("dev.pienv.attempt")
 
 
 def bring(
@@ -308,7 +315,6 @@ def fetch(ctx: Context, name: str | None = None, on_progress: OnProgress = None)
         old_b, old_t = dict(r.branches(name)), dict(r.tags(name))
         r.tracking[name] = {"branches": remote_branches, "tags": remote_tags}
         save(ctx.store, r)
-    ctx.store._index = None  # re-read: the transaction appended commits
     return FetchResult(
         name,
         str(location),

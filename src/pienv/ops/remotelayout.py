@@ -124,11 +124,21 @@ def parse_index(body: bytes, digest: str) -> RemoteRef | None:
     return ref
 
 
-def record_body(head: Descriptor, name: str, old: str | None, by: str) -> bytes:
-    """A push record: an index naming the pushed head (so its commits stay alive) and the
-    head it replaced."""
+def record_body(head: Descriptor, name: str, old: str | None, by: str, attempt: str) -> bytes:
+    """A push record: an index naming the pushed head (so its commits stay alive), the head
+    it replaced, and the attempt (a random id: a withdrawal names the attempt it withdraws,
+    as a retry of the same head writes the same record tag again)."""
     ref = RemoteRef("branch", name, head.id, {head.id: head}, by=by)
-    return build_index(ref, [head.id], {A + "record": "push", A + "old": old or ""})
+    notes = {A + "record": "push", A + "old": old or "", A + "attempt": attempt}
+    return build_index(ref, [head.id], notes)
+
+
+def notes_of(body: bytes) -> dict[str, str]:
+    try:
+        notes = json.loads(body).get("annotations") or {}
+    except (ValueError, AttributeError):
+        return {}
+    return {str(k): str(v) for k, v in notes.items()}
 
 
 def parse_record(tag: str) -> tuple[str, str, bool] | None:
