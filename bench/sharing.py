@@ -113,6 +113,9 @@ def make_branch(work: Path, base: str, location: str) -> tuple[dict[str, str], l
     pienv = [sys.executable, "-m", "pienv"]
     ws = work / "ws"
     ws.mkdir()
+    # Each run's commit before the next command (timing the push, not a background commit).
+    (work / "store").mkdir()
+    (work / "store" / "config.toml").write_text('[run]\ncommit = "foreground"\n')
     runs = [
         "mkdir -p /opt/tool && head -c 30000000 /dev/urandom > /opt/tool/bin",
         "mkdir -p /opt/many && cd /opt/many && i=0; while [ $i -lt 3000 ]; do "

@@ -16,6 +16,9 @@ mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
 sock="$dir/podman.sock"
 export CONTAINERS_CONF="$dir/containers.conf" CONTAINERS_STORAGE_CONF="$dir/storage.conf"
+# Registries on 127.0.0.1 (any port: the location is a prefix) over plain HTTP, as Docker
+# allows them without configuration (tests/test_sharing.py's registry).
+export CONTAINERS_REGISTRIES_CONF="$dir/registries.conf"
 # Run as a non-root user, the service is rootless Podman: it keeps its runtime state under
 # XDG_RUNTIME_DIR, which only a login session provides (tests/test_rootless.py).
 if [ "$(id -u)" != 0 ] && [ -z "${XDG_RUNTIME_DIR:-}" ]; then
@@ -34,6 +37,11 @@ cgroup_manager = "cgroupfs"
 events_logger = "file"
 lock_type = "file"
 tmp_dir = "$dir/tmp"
+CONF
+  cat >"$CONTAINERS_REGISTRIES_CONF" <<CONF
+[[registry]]
+location = "127.0.0.1"
+insecure = true
 CONF
   cat >"$CONTAINERS_STORAGE_CONF" <<CONF
 [storage]

@@ -129,6 +129,12 @@ def push(
 
 def _targets(ctx: Context, names: list[str], all_refs: bool, view: RemoteView) -> list[Target]:
     refs = ctx.refs()
+    # A run that just returned may still be committing in the background: push what it
+    # commits, not the head before it (as every revision naming the branch waits).
+    pushed = list(refs.branches) if all_refs else [n for n in names if n in refs.branches]
+    settled = [ctx.settle(b, refs) for b in pushed or ([] if names else ["HEAD"])]
+    if any(settled):
+        refs = ctx.refs()
     chosen: list[tuple[RefKind, str, str]] = []
     if all_refs:
         chosen += [("branch", b, c) for b, c in sorted(refs.branches.items())]
@@ -257,13 +263,13 @@ def _send(
         cid, str(location), commit_tag(cid), engine_auth(location), event
     )
     meter.next_image()
-    got = client.head_manifest(digest)
+    got = client.head_manifest(digest or commit_tag(cid))
     if got is None:
         raise ConcurrentUpdate(f"the registry lost commit {short(cid)} right after its push")
     if on_progress:
         on_progress(Progress("push", n, total, "", meter.total))
     commit = ctx.commit(cid)
-    return Descriptor(cid, digest, got[1], got[2], commit.parents)
+    return Descriptor(cid, digest or got[0], got[1], got[2], commit.parents)
 
 
 def _write_ref(
