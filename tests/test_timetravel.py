@@ -8,7 +8,7 @@ import math
 import time
 
 import pytest
-from conftest import Pienv, git
+from conftest import BASE_TAG, Pienv, git
 
 from pienv.errors import UsageError
 from pienv.ops import bisect, export, rebase
@@ -153,7 +153,9 @@ def test_export_dockerfile_builds_the_branch(pienv: Pienv) -> None:
     ctx = ctx_of(pienv)
     out = export.dockerfile(ctx, None)
     assert out.replayed == 2 and out.by_hand == 0
-    assert out.dockerfile.count("\nRUN ") == 2
+    # FROM the base, pienv's root layer inline, then one RUN per run
+    assert f"ARG PIENV_BASE={BASE_TAG}\nFROM ${{PIENV_BASE}}\n" in out.dockerfile
+    assert out.dockerfile.count("\nRUN ") == 3
     client = docker.from_env()
     image, _ = client.images.build(fileobj=io.BytesIO(out.dockerfile.encode()), rm=True)
     try:
@@ -263,6 +265,7 @@ def test_realistic_export_builds_and_rebase_moves_an_install_branch(
     client = docker.from_env()
 
     text = p("export", "--dockerfile").out
+    assert "FROM ${PIENV_BASE}" in text and realistic_image in text
     image, _ = client.images.build(fileobj=io.BytesIO(text.encode()), rm=True)
     try:
         diff, _ = fsdiff.package_diff(engine, head, image.id, {})

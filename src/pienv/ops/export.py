@@ -3,16 +3,18 @@
 directory and wrapper (so PATH, HOME and npm's prefix are what the run had), interactive
 sessions listed as comments to redo by hand.
 
-It starts from the branch's root commit (the base plus pienv's small layer for the host
-user: passwd entry, home, sudo rule, mount points), named by a build argument so a team can
-point it at a registry copy."""
+It starts from the branch's base (a build argument, so a team can point it at a registry
+copy) with pienv's small root layer unpacked on it (the host user's passwd entry, home, sudo
+rule, mount points: a gzipped tar inline, a few KiB); where that layer cannot be carried so,
+from the root commit itself."""
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 
-from pienv.model import JsonResult, short
+from pienv.model import Commit, JsonResult, short
 from pienv.ops import probe, replay
 from pienv.ops.commits import host_ids
 from pienv.ops.context import Context
@@ -44,6 +46,69 @@ def run_line(command: tuple[str, ...], env: dict[str, str], exit_code: int | Non
     return "RUN " + json.dumps(["env", *pairs, *argv])
 
 
+def root_layer(ctx: Context, root: str) -> bytes | None:
+    """The root commit's own layer (pienv's files for the host user, the mount points) as a
+    gzipped tar, or None when it holds what a tar cannot carry over (a whiteout, a device).
+    Headers come from the engine's layer (owners, modes, times as committed), file contents
+    from a never-started container of the root."""
+    import copy
+    import gzip
+    import io
+    import tarfile
+
+    engine = ctx.engine()
+    headers = engine.image_layers(root)[-1]
+    if any(".wh." in h.name or not (h.isfile() or h.isdir() or h.issym()) for h in headers):
+        return None
+    cid = engine.create_stopped(root)
+    buf = io.BytesIO()
+    try:
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:
+            for h in headers:
+                entry = copy.copy(h)
+                if not h.isfile():
+                    out.addfile(entry)
+                    continue
+                data = engine.read_archive(cid, "/" + h.name.removeprefix("./"))
+                with tarfile.open(fileobj=io.BytesIO(data or b""), mode="r:") as one:
+                    member = one.next()
+                    fh = one.extractfile(member) if member is not None else None
+                    content = fh.read() if fh is not None else b""
+                entry.size = len(content)
+                out.addfile(entry, io.BytesIO(content))
+    finally:
+        engine.remove_container(cid, force=True)
+    return gzip.compress(buf.getvalue(), mtime=0)
+
+
+# A RUN argument stays well under the kernel's 128 KiB limit for one argument.
+INLINE_MAX = 96 << 10
+
+
+def _from_lines(ctx: Context, root: Commit, base: str) -> list[str]:
+    """FROM the base with pienv's root layer unpacked on it; else FROM the root commit."""
+    layer = root_layer(ctx, root.id) if base else None
+    encoded = base64.b64encode(layer).decode() if layer else ""
+    if not encoded or len(encoded) > INLINE_MAX:
+        return [
+            f"# The root commit {root.short}: base {base or '?'} plus pienv's layer for the "
+            "host user.",
+            f"ARG PIENV_ROOT={ctx.repository()}:{root.short}",
+            "FROM ${PIENV_ROOT}",
+        ]
+    unpack = 'echo "$0" | base64 -d | tar -xzpf - -C /'
+    return [
+        f"ARG PIENV_BASE={base}",
+        "FROM ${PIENV_BASE}",
+        _comment(
+            f"pienv's root layer ({root.short}): the host user's passwd/group entry, its home "
+            "/home/agent,\nthe sudo rule when the base has sudo, the mount points of a run."
+        ),
+        "USER 0:0",
+        "RUN " + json.dumps(["/bin/sh", "-c", unpack, encoded]),
+    ]
+
+
 def dockerfile(ctx: Context, rev: str | None) -> Exported:
     refs = ctx.refs()
     head = ctx.resolve(rev or "HEAD", refs)
@@ -53,11 +118,10 @@ def dockerfile(ctx: Context, rev: str | None) -> Exported:
     lines = [
         f"# pienv export of {rev or 'HEAD'} ({short(head)}): its runs, replayed.",
         "# Build: docker build -t NAME - < Dockerfile",
-        f"# The root commit {root.short}: base {base or '?'} plus pienv's layer for the host user.",
-        f"ARG PIENV_ROOT={ctx.repository()}:{root.short}",
-        "FROM ${PIENV_ROOT}",
+        *_from_lines(ctx, root, base if root.message.startswith("root: base ") else ""),
     ]
-    user = workdir = ""
+    user = "0:0" if lines[-1].startswith("RUN ") else ""
+    workdir = ""
     replayed = by_hand = 0
     for item in items:
         c = item.commit
