@@ -10,6 +10,7 @@
     install = "npm install -g ..."       # its own committed step, once per install command
     state = [".pi/agent"]                # dirs under the home kept in per-store volumes
     passthrough = ["ANTHROPIC_API_KEY"]  # host variables handed to the agent
+    inject_keys = false                  # provider keys stay with the egress proxy (network.md)
 
     [run]
     env = ["MY_SETTING"]                 # more host variables to pass
@@ -254,6 +255,9 @@ class Config:
     protect_git: bool = True
     caches: bool = True
     commit: str = "background"  # COMMIT_MODES; sessions (`shell`, the agent) always foreground
+    # The agent gets placeholders for its providers' keys; pienv's egress proxy adds the real
+    # ones on requests to the provider's host only (docs/network.md).
+    inject_keys: bool = False
     agent: Agent = field(default_factory=lambda: resolve_agent(None))
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -388,6 +392,7 @@ def load(path: Path) -> Config:
         flatten_at=r.get("run", "flatten_at", int, DEFAULT_FLATTEN_AT),
         protect_git=r.get("run", "protect_git", bool, True),
         commit=r.get("run", "commit", str, "background"),
+        inject_keys=r.get("agent", "inject_keys", bool, False),
         source=str(path),
     )
     r.check_unknown()

@@ -635,6 +635,8 @@ class Engine:
         network: str = "bridge",
         hostname: str | None = None,
         name: str | None = None,
+        dns: tuple[str, ...] = (),
+        cap_drop: tuple[str, ...] = (),
     ) -> str:
         if self.is_podman:
             for host in binds or {}:
@@ -680,6 +682,10 @@ class Engine:
             config["WorkingDir"] = workdir
         if hostname:
             config["Hostname"] = hostname
+        if dns:  # the egress proxy, the only resolver (it answers nothing): docs/network.md
+            config["HostConfig"]["Dns"] = list(dns)
+        if cap_drop:
+            config["HostConfig"]["CapDrop"] = list(cap_drop)
         return self._create(config, name)
 
     def _create(self, config: dict[str, Any], name: str | None = None) -> str:

@@ -255,10 +255,14 @@ class RunInfo:
     workspace: str
     command: tuple[str, ...]
     message: str
+    egress: str = ""  # the egress policy's hash; "": open
+    egress_audit: str = ""  # the run's registration with the proxy (its audit's name)
 
     def labels(self) -> dict[str, str]:
         # Keys shared with COMMIT_KEYS on purpose: the commit overwrites every one of them.
         return {
+            LABEL + "egress": self.egress,
+            LABEL + "egress-audit": self.egress_audit,
             LABEL + "schema": str(SCHEMA),
             LABEL + "role": "run",
             LABEL + "store": self.store,
@@ -290,6 +294,8 @@ class RunInfo:
             workspace=get("workspace"),
             command=tuple(json.loads(command)) if command else (),
             message=get("message"),
+            egress=get("egress"),
+            egress_audit=get("egress-audit"),
         )
 
 

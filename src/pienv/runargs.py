@@ -35,6 +35,7 @@ VALUED = {
         "--env": "env",
         "-e": "env",
         "--agent": "agent",
+        "--egress": "egress",
     },
     "shell": {"--branch": "branch", "-b": "branch", "--workdir": "workdir", "-w": "workdir"},
 }
@@ -96,6 +97,7 @@ def build(
     wait: str | float | None = None,
     envs: list[str] | None = None,
     agent: str | None = None,
+    egress: str | None = None,
 ) -> RunRequest | None:
     """The one place a RunRequest is made from command-line values (both parsers use it)."""
     from pienv.ops.run import RunRequest
@@ -118,6 +120,7 @@ def build(
         wait=wait,
         env_names=tuple(envs or ()),
         agent=agent,
+        egress=egress,
     )
 
 

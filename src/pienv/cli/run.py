@@ -44,6 +44,15 @@ def run(
             help="Run this agent preset instead of the configured one (`pienv agent list`).",
         ),
     ] = None,
+    egress: Annotated[
+        str | None,
+        typer.Option(
+            "--egress",
+            metavar="MODE",
+            help="This run's network: observe (open, every connection recorded), "
+            "allow-list, none, open (default: the branch's `pienv egress` policy).",
+        ),
+    ] = None,
 ) -> None:
     """Run the agent (or CMD) in the env branch's container.
 
@@ -65,6 +74,7 @@ def run(
         wait=wait,
         envs=env,
         agent=agent,
+        egress=egress,
     )
 
 

@@ -34,20 +34,21 @@ def _store(ctx: Context) -> PolicyStore:
     return PolicyStore(ctx.store.home)
 
 
-def _head_policy_hash(ctx: Context) -> str:
-    head = ctx.refs().head_commit()
+def _head_policy_hash(ctx: Context, head: str | None) -> str:
     if not head:
         return ""
     commit = ctx.store.commits().get(head)
     return commit.egress if commit else ""
 
 
-def current(ctx: Context) -> tuple[str | None, Policy, str]:
-    """(branch, its policy, where the policy came from) for ctx's HEAD (rule 11 applied)."""
+def current(ctx: Context, run_branch: str | None = "") -> tuple[str | None, Policy, str]:
+    """(branch, its policy, where the policy came from) for ctx's HEAD (rule 11 applied), or
+    for ``run_branch`` (a run's branch; None: a detached run)."""
     refs = ctx.refs()
-    branch = refs.head_branch
+    branch = refs.head_branch if run_branch == "" else run_branch
+    head = refs.branches.get(branch) if branch else refs.head_commit()
     store = _store(ctx)
-    head_hash = _head_policy_hash(ctx)
+    head_hash = _head_policy_hash(ctx, head)
     if branch and store.has_branch(branch):
         return branch, store.of_branch(branch), "branch"
     if head_hash:

@@ -89,6 +89,8 @@ def finalize(
         if info.workspace
         else ("", "")
     )
+    if info.egress_audit:
+        _keep_audit(ctx, info, result.notes)
     draft = Commit.draft(
         info.branch,
         summary,
@@ -103,6 +105,8 @@ def finalize(
         run_host=info.host,
         run_pid=info.pid,
         run_started=info.started,
+        egress=info.egress,
+        egress_audit=info.egress_audit,
     )
     try:
         commit = commit_container(ctx, cid, draft, parent_image, index=False)
@@ -118,6 +122,20 @@ def finalize(
     result.branch = _settle(ctx, cid, commit, None, info, what, recovering, result.notes)
     engine.remove_container(cid, force=True)
     return result
+
+
+def _keep_audit(ctx: Context, info: RunInfo, notes: list[str]) -> None:
+    """The run's egress audit into the store, before its commit names it; what was refused
+    is said (the agent saw the message, the user may not have)."""
+    from pienv.ops import egressrun
+
+    try:
+        attempts = egressrun.keep_audit(ctx, info.egress_audit, egressrun.proxy_of_store(ctx))
+    except PienvError as exc:
+        notes.append(f"the run's egress audit is lost: {exc}")
+        return
+    if said := egressrun.denied_note(attempts):
+        notes.append(said)
 
 
 def _made_from(ctx: Context, cid: str) -> Commit | None:

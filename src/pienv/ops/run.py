@@ -67,6 +67,7 @@ class RunRequest:
     wait: float | None = None
     env_names: tuple[str, ...] = ()
     agent: str | None = None  # a preset name (`--agent`); None: the configured agent
+    egress: str | None = None  # `--egress MODE` for this run; None: the branch's policy
 
 
 def ensure_root(ctx: Context, branch: str | None, notes: list[str]) -> str:
@@ -189,6 +190,15 @@ def run(
         token = os.urandom(6).hex()
         env_path = env_file_path = env_file(ctx.store.runs_dir, token)
         env_names = (*req.env_names, *agent.env)
+        # The network boundary (ops/egressrun.py): None for an open run, else the run is
+        # registered with the store's proxy and gets its network, resolver and variables
+        # (which replace the agent's real keys with placeholders when they are injected).
+        from pienv.ops import egressrun
+
+        boundary = egressrun.prepare(
+            ctx, branch, req.egress, agent, environ, ctx.config.inject_keys
+        )
+        notes.extend(boundary.notes if boundary else ())
         write_env_file(
             env_path,
             container_env(
@@ -198,7 +208,8 @@ def run(
                 branch,
                 agent_ops.agent_env(agent, ctx.config.caches),
             )
-            | ({"PIENV_SUBDIR": ws.subdir} if ws.subdir else {}),
+            | ({"PIENV_SUBDIR": ws.subdir} if ws.subdir else {})
+            | dict(boundary.env if boundary else {}),
         )
         dropped = ctx.config.dropped_env(dict(environ), env_names)
         if dropped:
@@ -256,6 +267,8 @@ def run(
                 command=recorded,
                 # A shell's command is pienv's login-shell wrapper: call the commit what it was.
                 message=recorded_message or ("shell" if req.shell else ""),
+                egress=boundary.policy_hash if boundary else "",
+                egress_audit=boundary.audit_id if boundary else "",
             )
             cid = engine.create(
                 parent,
@@ -266,8 +279,10 @@ def run(
                 labels=info.labels(),
                 tty=req.interactive,
                 stdin=req.interactive or forward_stdin,
-                network=ctx.config.network,
+                network=boundary.network if boundary else ctx.config.network,
                 name=run_name(refs.store_id, token),
+                dns=boundary.dns if boundary else (),
+                cap_drop=boundary.cap_drop if boundary else (),
             )
             return cid, info
 

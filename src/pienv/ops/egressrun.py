@@ -1,0 +1,129 @@
+"""A run's side of the network boundary: which network it gets, its registration with the
+store's proxy before it starts, its audit kept when it ends.
+
+Modes: ``open`` (the default, today's behaviour: the configured network, no proxy, nothing
+recorded), ``allow-list`` (only the branch's hosts, through the proxy), ``observe`` (`run
+--egress observe`: every host, through the proxy, recorded for `pienv egress learn`), ``none``
+(no network at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from pienv import egress, egressaudit
+from pienv.config import Agent
+from pienv.errors import UsageError
+from pienv.ops.context import Context
+
+# Raw sockets and interface changes would let root in the container (or sudo) spoof or
+# sniff the internal network it shares with other runs of the store; no run needs them.
+CAP_DROP = ("NET_RAW", "NET_ADMIN")
+
+
+@dataclass(frozen=True)
+class EgressRun:
+    mode: str  # allow-list | observe | none
+    policy_hash: str  # recorded in the commit's label ("" for observe: no policy applied)
+    network: str
+    dns: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)  # overrides of the env file
+    audit_id: str = ""  # the proxy token; the store keeps the audit under it
+    proxy: str = ""  # the proxy container
+    cap_drop: tuple[str, ...] = CAP_DROP
+    notes: tuple[str, ...] = ()
+
+
+def effective_mode(ctx: Context, branch: str | None, requested: str | None) -> egress.Policy:
+    """The policy a run on ``branch`` gets (``requested``: `run --egress MODE`)."""
+    if requested is not None and requested not in egress.RUN_MODES:
+        raise UsageError(
+            f"unknown --egress mode {requested!r}", hint=f"one of {', '.join(egress.RUN_MODES)}"
+        )
+    from pienv.ops.egress import current
+
+    _, policy, _ = current(ctx, branch)
+    if requested is None or requested == policy.mode:
+        return policy
+    if requested == "observe":
+        return egress.Policy("open", (), policy.deny)  # open but recorded; denies still hold
+    if requested == "allow-list" and not policy.allow:
+        raise UsageError(
+            "--egress allow-list with nothing allowed: every connection would be refused",
+            hint="`pienv egress allow HOST ...` first",
+        )
+    return egress.Policy(requested, policy.allow, policy.deny)
+
+
+def injected_keys(agent: Agent, environ: Mapping[str, str]) -> dict[str, str]:
+    """provider -> the real key, for the agent's providers whose key is set on the host and
+    which the proxy can inject (a base-URL variable the agent reads)."""
+    out = {}
+    for need in egress.PRESET_NEEDS.get(agent.preset, ()):
+        spec = egress.PROVIDERS.get(need)
+        if spec and spec.base_env and environ.get(spec.key_env):
+            out[need] = environ[spec.key_env]
+    return out
+
+
+def prepare(
+    ctx: Context,
+    branch: str | None,
+    requested: str | None,
+    agent: Agent,
+    environ: Mapping[str, str],
+    inject: bool,
+) -> EgressRun | None:
+    """None for an open run (nothing changes); else the run's network and registration."""
+    policy = effective_mode(ctx, branch, requested)
+    observe = requested == "observe"
+    if policy.mode == "open" and not observe:
+        return None
+    store = egress.PolicyStore(ctx.store.home)
+    digest = store.save(policy) if not observe else ""
+    if policy.mode == "none":
+        return EgressRun("none", digest, "none", env={})
+    from pienv import egressnet
+
+    engine = ctx.engine()
+    proxy = egressnet.ensure_proxy(engine, ctx.store_id)
+    keys = injected_keys(agent, environ) if inject else {}
+    net = egressnet.register(engine, proxy, policy, branch or "", keys)
+    notes = []
+    if keys:
+        notes.append(f"keys of {', '.join(sorted(keys))} stay with pienv's proxy (placeholders)")
+    return EgressRun(
+        "observe" if observe else policy.mode,
+        digest,
+        net.network,
+        net.dns,
+        net.env,
+        net.token,
+        proxy.container,
+        notes=tuple(notes),
+    )
+
+
+def keep_audit(ctx: Context, audit_id: str, proxy: str) -> list[egressaudit.Attempt]:
+    """Copy a finished run's audit out of the proxy into the store; its attempts."""
+    from pienv import egressnet
+
+    engine = ctx.engine()
+    found = egressnet.Proxy(proxy, "", "")
+    raw = egressnet.collect(engine, found, audit_id)
+    egressaudit.save(ctx.store.home, audit_id, raw)
+    return egressaudit.parse(raw.splitlines())
+
+
+def denied_note(attempts: list[egressaudit.Attempt]) -> str | None:
+    hosts = egressaudit.denied_hosts(attempts)
+    if not hosts:
+        return None
+    return f"egress refused {', '.join(hosts)}; to allow: pienv egress allow {' '.join(hosts)}"
+
+
+def proxy_of_store(ctx: Context) -> str:
+    from pienv import egressnet
+
+    return egressnet.names(ctx.store_id)
