@@ -14,6 +14,7 @@ import base64
 import json
 from dataclasses import dataclass
 
+from pienv.engine import INIT_MOUNTS
 from pienv.model import Commit, JsonResult, short
 from pienv.ops import probe, replay
 from pienv.ops.commits import host_ids
@@ -46,18 +47,28 @@ def run_line(command: tuple[str, ...], env: dict[str, str], exit_code: int | Non
     return "RUN " + json.dumps(["env", *pairs, *argv])
 
 
-def root_layer(ctx: Context, root: str) -> bytes | None:
-    """The root commit's own layer (pienv's files for the host user, the mount points) as a
-    gzipped tar, or None when it holds what a tar cannot carry over (a whiteout, a device).
-    Headers come from the engine's layer (owners, modes, times as committed), file contents
-    from a never-started container of the root."""
+def root_layer(ctx: Context, root: str, base: str) -> bytes | None:
+    """The root commit's own layers (pienv's files for the host user, the mount points: what
+    it holds beyond ``base``) as a gzipped tar, or None when the base is gone or they hold
+    what a tar cannot carry over (a whiteout, a device). Headers come from the engine's
+    layers (owners, modes, times as committed), file contents from a never-started
+    container of the root."""
     import copy
     import gzip
     import io
     import tarfile
 
     engine = ctx.engine()
-    headers = engine.image_layers(root)[-1]
+    base_info = engine.inspect_image(base)
+    if base_info is None:
+        return None
+    # (Podman may add an empty layer to a commit: every layer past the base's counts.)
+    own = engine.image_layers(root)[len(base_info.layers) :]
+    latest = {h.name: h for layer in own for h in layer}
+    # The engine's own paths (init, /etc/hosts, Podman's /run/.containerenv and /etc/mtab):
+    # every engine makes them again, and a build's RUN has them mounted (busy to tar).
+    ours = {p.strip("/") for p in (*INIT_MOUNTS, *(p for p, _ in engine.made_paths()))}
+    headers = [h for n, h in latest.items() if n.removeprefix("./").strip("/") not in ours]
     if any(".wh." in h.name or not (h.isfile() or h.isdir() or h.issym()) for h in headers):
         return None
     cid = engine.create_stopped(root)
@@ -87,7 +98,7 @@ INLINE_MAX = 96 << 10
 
 def _from_lines(ctx: Context, root: Commit, base: str) -> list[str]:
     """FROM the base with pienv's root layer unpacked on it; else FROM the root commit."""
-    layer = root_layer(ctx, root.id) if base else None
+    layer = root_layer(ctx, root.id, base) if base else None
     encoded = base64.b64encode(layer).decode() if layer else ""
     if not encoded or len(encoded) > INLINE_MAX:
         return [
