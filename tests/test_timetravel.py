@@ -11,7 +11,7 @@ import pytest
 from conftest import BASE_TAG, Pienv, git
 
 from pienv.errors import UsageError
-from pienv.ops import bisect, export, rebase
+from pienv.ops import bisect, export, probe, rebase
 from pienv.ops.context import Context
 from pienv.store import Store
 
@@ -68,6 +68,11 @@ def test_bisect_by_hand_with_skip_and_an_aborting_command(pienv: Pienv) -> None:
     out = bisect.run(ctx, ("sh", "-c", "test ! -e /t2"), pienv.repo)
     assert out.step.first_bad is not None or out.step.ambiguous
     bisect.reset(ctx)
+    # probes run the branch's environment, so they get its network boundary
+    routes = ("sh", "-c", "wc -l < /proc/net/route")
+    assert probe.run(ctx, pienv.head(), routes, None, "main").output.strip() != "1"
+    pienv("egress", "mode", "none")
+    assert probe.run(ctx, pienv.head(), routes, None, "main").output.strip() == "1"
 
 
 def second_base(base: str) -> str:

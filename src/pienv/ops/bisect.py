@@ -210,10 +210,12 @@ def run(ctx: Context, command: tuple[str, ...], workspace: Path) -> RunOutcome:
     state = load(ctx)
     commits = ctx.store.commits()
     probed: list[Probed] = []
+    # The egress policy of HEAD's branch holds for the probes (they run its environment).
+    branch = ctx.refs().head_branch
     step = next_step(state)
     while step.next is not None:
         cid = step.next
-        result = _probe(ctx, cid, commits.get(cid), command, workspace, state.with_code)
+        result = _probe(ctx, cid, commits.get(cid), command, workspace, state.with_code, branch)
         state.probes += 1
         decided = verdict(result.exit_code)
         probed.append(Probed(cid, result.exit_code, decided))
@@ -234,16 +236,17 @@ def _probe(
     command: tuple[str, ...],
     workspace: Path,
     with_code: bool,
+    branch: str | None,
 ) -> probe.ProbeResult:
     if not with_code:
-        return probe.run(ctx, cid, command, workspace)
+        return probe.run(ctx, cid, command, workspace, branch)
     head = commit.git_head if commit is not None else ""
     code = commit.code if commit is not None else ""
     if not head and not code:
         # No code recorded with this commit: git's skip (it cannot be tested as asked).
         return probe.ProbeResult(125, "no code recorded with this commit")
     with probe.recorded_code(workspace, head, code) as tree:
-        return probe.run(ctx, cid, command, tree)
+        return probe.run(ctx, cid, command, tree, branch)
 
 
 def log(ctx: Context) -> list[str]:

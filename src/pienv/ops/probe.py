@@ -57,13 +57,21 @@ def container(
     role: str,
     user: str = "",
     workdir: str = "",
+    branch: str | None = None,
 ) -> Iterator[str]:
-    """A created (not started) container running ``command`` the way a run does (the same
-    wrapper, env file and run user), removed on the way out."""
+    """A created (not started) container running ``command`` the way a run on ``branch``
+    does (the same wrapper, env file, run user, and the branch's egress policy: a probe or a
+    replay runs the agent's environment, so it gets the agent's network boundary), removed
+    on the way out."""
+    from pienv.ops import egressrun
+
     token = os.urandom(6).hex()
     env_path = env_file(ctx.store.runs_dir, token)
     ctx.store.runs_dir.mkdir(parents=True, exist_ok=True)
-    write_env_file(env_path, replay_env(ctx, None))
+    agent = ctx.config.agent_named(None)
+    boundary = egressrun.prepare(ctx, branch, None, agent, {}, False)
+    env = replay_env(ctx, branch) | dict(boundary.env if boundary else {})
+    write_env_file(env_path, env)
     binds = {str(env_path): {"bind": ENV_FILE, "mode": "ro"}}
     if workspace:
         binds[str(workspace)] = {"bind": WORKSPACE, "mode": "rw"}
@@ -76,13 +84,19 @@ def container(
             workdir=workdir or WORKSPACE,
             binds=binds,
             labels=probe_labels(ctx, role),
-            network=ctx.config.network,
+            network=boundary.network if boundary else ctx.config.network,
+            dns=boundary.dns if boundary else (),
+            cap_drop=boundary.cap_drop if boundary else (),
             name=run_name(ctx.store_id, token) + f"-{role}",
         )
         yield cid
     finally:
         if cid:
             ctx.engine().remove_container(cid, force=True)
+        if boundary is not None and boundary.audit_id:
+            # Kept as a run's is (`pienv egress log` shows what a probe reached).
+            with contextlib.suppress(Exception):
+                egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
         with contextlib.suppress(OSError):
             env_path.unlink()
 
@@ -100,9 +114,15 @@ def start(ctx: Context, cid: str) -> ProbeResult:
     return ProbeResult(code, out.decode(errors="replace"))
 
 
-def run(ctx: Context, image: str, command: tuple[str, ...], workspace: Path | None) -> ProbeResult:
+def run(
+    ctx: Context,
+    image: str,
+    command: tuple[str, ...],
+    workspace: Path | None,
+    branch: str | None = None,
+) -> ProbeResult:
     """``command`` in a throwaway container from ``image``; the container is removed."""
-    with container(ctx, image, command, workspace, "probe") as cid:
+    with container(ctx, image, command, workspace, "probe", branch=branch) as cid:
         return start(ctx, cid)
 
 

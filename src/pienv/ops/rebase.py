@@ -154,7 +154,7 @@ def _replay_one(ctx: Context, state: State, item: replay.Item) -> tuple[str, str
     if parent_image is None:
         raise EngineError(f"the image of commit {short(state.tip)} is gone from the engine")
     with probe.container(
-        ctx, state.tip, old.command, None, "rebase", old.user, item.workdir
+        ctx, state.tip, old.command, None, "rebase", old.user, item.workdir, state.branch
     ) as cid:
         result = probe.start(ctx, cid)
         if result.exit_code not in (0, old.exit_code):
