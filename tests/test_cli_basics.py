@@ -85,11 +85,11 @@ def test_errors_say_what_to_do_next(pienv: Pienv) -> None:
     assert "pienv: no-such-tool: command not found in this environment; install it" in r.err
     assert "exec: line" not in r.err
     # the default agent's install needs npm, which this base lacks: one line naming the
-    # install command and the config key, and nothing committed
+    # install command and the real cause, and nothing committed
     r = pienv("run", check=False)
     assert r.code == 1
     assert "pienv: error: installing pi 1.5.2 failed (exit 127): `npm install -g" in r.err
-    assert "nothing was committed: change [agent] version in" in r.err
+    assert "nothing was committed: npm is missing in this environment" in r.err
     pienv("run", "--", "touch", "/a")
     pienv("run", "--", "touch", "/b")
     r = pienv("show", "HEAD~99", check=False)

@@ -97,6 +97,9 @@ class ImageInfo:
     labels: Mapping[str, str]
     tags: tuple[str, ...] = ()
     config: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # Where an overlay storage driver keeps each layer's files (base first), as the engine
+    # reports them: readable only on the engine's own host. Empty for other drivers.
+    layer_dirs: tuple[str, ...] = ()
 
     @property
     def depth(self) -> int:
@@ -119,7 +122,19 @@ class ImageInfo:
             labels=dict(config.get("Labels") or {}),
             tags=_familiar(data.get("RepoTags")),
             config=config,
+            layer_dirs=_layer_dirs(data.get("GraphDriver") or {}),
         )
+
+
+def _layer_dirs(driver: Mapping[str, Any]) -> tuple[str, ...]:
+    """overlay2 (Docker) / overlay (Podman): LowerDir lists the lower layers top first,
+    UpperDir is the top layer."""
+    if driver.get("Name") not in ("overlay2", "overlay"):
+        return ()
+    data = driver.get("Data") or {}
+    upper = str(data.get("UpperDir") or "")
+    lower = [d for d in str(data.get("LowerDir") or "").split(":") if d]
+    return (*reversed(lower), upper) if upper else ()
 
 
 @dataclass(frozen=True)

@@ -156,8 +156,34 @@ def layer_changes(
     only as the parent of other changes is not listed; one that holds nothing else changed
     its own metadata (``M``), unless its mode or owner changed (``C``)."""
     mounts = set(mount_points)
-    tree: dict[str, tarfile.TarInfo] = {}
-    before: dict[str, tarfile.TarInfo] = {}
+    before, tree, touched = apply_layers(layers, since)
+    out = LayerChanges()
+    listed = {p for p in touched if p != "/" and not is_noise(p, mounts)}
+    holds_more = {parent for p in touched for parent in _ancestors(p)}
+    for path in sorted(listed):
+        old, new = before.get(path), tree.get(path)
+        if old is None and new is None:
+            continue  # made and removed again within the layers
+        if old is None:
+            out.added.append(path)
+        elif new is None:
+            out.deleted.append(path)
+        elif old.isdir() and new.isdir() and _meta(old) == _meta(new):
+            if path not in holds_more:
+                out.metadata.append(path)
+        else:
+            out.changed.append(path)
+    return out
+
+
+Tree = dict[str, tarfile.TarInfo]
+
+
+def apply_layers(layers: list[list[tarfile.TarInfo]], since: int) -> tuple[Tree, Tree, set[str]]:
+    """The path trees ``layers[:since]`` and all ``layers`` make, and the paths
+    ``layers[since:]`` touch (added, changed or deleted)."""
+    tree: Tree = {}
+    before: Tree = {}
     touched: set[str] = set()
     for i, layer in enumerate(layers):
         if i == since:
@@ -188,22 +214,47 @@ def layer_changes(
                 if record:
                     touched.add(path)
     if since >= len(layers):
-        before = tree
+        before = dict(tree)
+    return before, tree, touched
+
+
+def _state(member: tarfile.TarInfo) -> tuple[Any, ...]:
+    """What compare_files compares of a path (a directory's size and time say nothing)."""
+    plain = not member.isdir()
+    return (
+        member.type,
+        member.size if plain else 0,
+        int(member.mtime) if plain else 0,
+        member.mode,
+        member.uid,
+        member.gid,
+        member.linkname,
+    )
+
+
+def compare_layers(
+    a: list[list[tarfile.TarInfo]],
+    b: list[list[tarfile.TarInfo]],
+    common: int,
+    mount_points: Iterable[str] = (),
+) -> LayerChanges:
+    """Paths from image ``a`` to image ``b``, two images sharing their first ``common``
+    layers: only what their own layers touch can differ (compared as compare_files does)."""
+    mounts = set(mount_points)
+    _, tree_a, touched_a = apply_layers(a, common)
+    _, tree_b, touched_b = apply_layers(b, common)
     out = LayerChanges()
-    listed = {p for p in touched if p != "/" and not is_noise(p, mounts)}
-    holds_more = {parent for p in touched for parent in _ancestors(p)}
-    for path in sorted(listed):
-        old, new = before.get(path), tree.get(path)
+    for path in sorted(touched_a | touched_b):
+        if path == "/" or is_noise(path, mounts):
+            continue
+        old, new = tree_a.get(path), tree_b.get(path)
         if old is None and new is None:
-            continue  # made and removed again within the layers
+            continue
         if old is None:
             out.added.append(path)
         elif new is None:
             out.deleted.append(path)
-        elif old.isdir() and new.isdir() and _meta(old) == _meta(new):
-            if path not in holds_more:
-                out.metadata.append(path)
-        else:
+        elif _state(old) != _state(new):
             out.changed.append(path)
     return out
 

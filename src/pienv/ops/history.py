@@ -15,6 +15,7 @@ from pienv.ops.tracking import tracking_refs
 from pienv.store import ReflogEntry, Refs
 
 if TYPE_CHECKING:
+    from pienv.engine import ImageInfo
     from pienv.ops import fsdiff
 
 # -- decorations ------------------------------------------------------------------------------
@@ -276,6 +277,9 @@ def _path_changes(
     if a is not None and b is not None:
         if a.layers == b.layers:
             return fsdiff.LayerChanges()
+        fast = _overlay_changes(a, b, mounts)
+        if fast is not None:
+            return fast
         if b.layers[: len(a.layers)] == a.layers:
             step(f"reading the layers of {short(new)}")
             return fsdiff.layer_changes(engine.image_layers(new), len(a.layers), mounts)
@@ -289,6 +293,36 @@ def _path_changes(
     step("comparing")
     added, changed, deleted = fsdiff.compare_files(before, after)
     return fsdiff.LayerChanges(added, changed, deleted)
+
+
+def _overlay_changes(a: ImageInfo, b: ImageInfo, mounts: set[str]) -> fsdiff.LayerChanges | None:
+    """The paths from ``a`` to ``b`` read from the storage driver's layer directories when
+    this host can read them (ops/overlay.py): only the layers above what the two share."""
+    from pienv.ops import fsdiff, overlay
+
+    if len(a.layer_dirs) != len(a.layers) or len(b.layer_dirs) != len(b.layers):
+        return None
+    common = 0
+    while common < min(len(a.layers), len(b.layers)) and a.layers[common] == b.layers[common]:
+        common += 1
+    if common == len(a.layers):  # b is a plus layers: what those layers hold
+        layers = overlay.read(b.layer_dirs, common)
+        return None if layers is None else fsdiff.layer_changes(layers, common, mounts)
+    if common == len(b.layers):
+        layers = overlay.read(a.layer_dirs, common)
+        if layers is None:
+            return None
+        return fsdiff.layer_changes(layers, common, mounts).reversed()
+    layers_a = overlay.read(a.layer_dirs, common)
+    if layers_a is None:
+        return None
+    also, also_trees = overlay.touched(layers_a[common:])
+    layers_b = overlay.read(b.layer_dirs, common, also, also_trees)
+    if layers_b is None:
+        return None
+    # The base layers as b's read saw them: every path either side touches.
+    base = layers_b[:common]
+    return fsdiff.compare_layers([*base, *layers_a[common:]], layers_b, common, mounts)
 
 
 # -- branches ---------------------------------------------------------------------------------
