@@ -27,8 +27,8 @@ def read(
     dirs: Sequence[str], since: int, also: Iterable[str] = (), also_trees: Iterable[str] = ()
 ) -> list[Layer] | None:
     """The layers whose directories are ``dirs`` (base first): ``dirs[since:]`` in full,
-    the others only for the paths those (and ``also``, ``also_trees``) touch. None when a directory cannot
-    be read here (another host's engine, another user's storage)."""
+    the others only for the paths those (and ``also``, ``also_trees``) touch. None when a
+    directory cannot be read here (another host's engine, another user's storage)."""
     try:
         upper = [_walk(d) for d in dirs[since:]]
         needed, trees = touched(upper)
