@@ -106,3 +106,20 @@ def test_mode_none_has_no_network(
         timeout=300,
     )
     assert "rc=0" not in r.out and r.out.strip().endswith("1"), r.out  # only the header line
+
+
+def test_doctor_says_and_prune_removes_the_unused_proxy(
+    nonroot_realistic: NonrootPienv, registries: dict[str, tuple[str, ...]]
+) -> None:
+    p = nonroot_realistic
+    p("egress", "allow", "--no-agent", registries["npm"][0])
+    p("run", "--", "true", timeout=300)
+    store_id = json.loads(p("status", "--json").out)["store_id"]
+    name = f"pienv-egress-{store_id[:12]}"
+    checks = {c["name"]: c for c in json.loads(p("doctor", "--json", check=False).out)}
+    assert (
+        name in checks["egress proxy"]["detail"] and "running" in checks["egress proxy"]["detail"]
+    )
+    p("prune")
+    checks = {c["name"]: c for c in json.loads(p("doctor", "--json", check=False).out)}
+    assert "not running" in checks["egress proxy"]["detail"]

@@ -28,9 +28,10 @@ import io
 import json
 import secrets
 import tarfile
+import threading
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ class Proxy:
         return f"http://{self.address}:{PORT}/_pienv/{token}/{provider}"
 
 
-@dataclass(frozen=True)
+@dataclass
 class RunNetwork:
     """What a run's container gets: the internal network, the proxy as its only resolver
     (which answers nothing), and the proxy variables."""
@@ -67,6 +68,18 @@ class RunNetwork:
     network: str
     dns: tuple[str, ...]
     env: dict[str, str]
+    # The registration's write, in flight (register(..., background=True)): join() it
+    # before the agent starts. The proxy holds a connection whose run it does not know yet
+    # for up to a second, then refuses it (fail closed).
+    pending: threading.Thread | None = None
+    failure: list[BaseException] = field(default_factory=list)
+
+    def registered(self) -> None:
+        """Wait for the registration; raise what it failed with."""
+        if self.pending is not None:
+            self.pending.join()
+        if self.failure:
+            raise self.failure[0]
 
 
 def names(store_id: str) -> str:
@@ -75,9 +88,10 @@ def names(store_id: str) -> str:
 
 def ensure_image(engine: Engine) -> str:
     """The proxy image's tag, built from this machine's Python if the engine lacks it."""
+    tag = proxy_image.quick_tag()
+    if engine.inspect_image(tag) is not None:
+        return tag
     recipe = proxy_image.recipe()
-    if engine.inspect_image(recipe.tag) is not None:
-        return recipe.tag
     arch = str((engine._call("GET", "/version") or {}).get("Arch", ""))
     if arch and not proxy_image.engine_arch_ok(arch):
         raise EngineError(
@@ -85,8 +99,8 @@ def ensure_image(engine: Engine) -> str:
             hint="run pienv on the engine's machine, or use --egress open",
         )
     with proxy_image.temporary_context(recipe) as tmp:
-        engine.build(Path(tmp), recipe.tag, {})
-    return recipe.tag
+        engine.build(Path(tmp), tag, {})
+    return tag
 
 
 def _inspect(engine: Engine, kind: str, name: str) -> dict[str, Any] | None:
@@ -228,6 +242,7 @@ def register(
     branch: str,
     keys: Mapping[str, str] | None = None,
     providers: Mapping[str, Provider] = PROVIDERS,
+    background: bool = False,
 ) -> RunNetwork:
     """Register a run with the proxy before it starts; ``keys``: provider name -> the real
     key (injection), which only the proxy's tmpfs ever holds."""
@@ -251,10 +266,37 @@ def register(
         for var in spec.base_env:
             env[var] = proxy.route_url(token, provider)
     body = {"policy": policy.to_json(), "branch": branch, "routes": routes}
-    engine.write_archive(
-        proxy.container, MOUNT, _tar({f"runs/{token}.json": json.dumps(body).encode()})
+    tar = _tar({f"runs/{token}.json": json.dumps(body).encode()})
+    net = RunNetwork(token, proxy.network, (proxy.address,), env)
+    if not background:
+        _put(engine, proxy.container, tar)
+        return net
+
+    def put() -> None:
+        # The archive call costs ~70 ms (the engine mounts the container's filesystem): it
+        # overlaps the agent container's create instead of adding to the run.
+        try:
+            _put(engine, proxy.container, tar)
+        except BaseException as exc:  # handed to registered()
+            net.failure.append(exc)
+
+    net.pending = threading.Thread(target=put, name="pienv-egress-register", daemon=True)
+    net.pending.start()
+    return net
+
+
+def _put(engine: Engine, container: str, tar: bytes) -> None:
+    """Extract ``tar`` into the proxy's volume: one raw call on a local socket (the SDK's
+    put_archive would import docker-py, ~60 ms, on every run), the SDK elsewhere."""
+    http = engine._http
+    if http is None:
+        engine.write_archive(container, MOUNT, tar)
+        return
+    status, _, raw = http.request(
+        "PUT", f"/containers/{container}/archive?path={MOUNT}", tar, engine.timeout
     )
-    return RunNetwork(token, proxy.network, (proxy.address,), env)
+    if status >= 400:
+        raise EngineError(f"cannot register the run with the egress proxy: {raw[:200]!r}")
 
 
 def collect(engine: Engine, proxy: Proxy, token: str) -> bytes:
@@ -268,9 +310,7 @@ def collect(engine: Engine, proxy: Proxy, token: str) -> bytes:
                 if f is not None:
                     data = f.read()
     with contextlib.suppress(EngineError, HTTPError):
-        engine.write_archive(
-            proxy.container, MOUNT, _tar({f"runs/{token}.json": b'{"revoked": true}'})
-        )
+        _put(engine, proxy.container, _tar({f"runs/{token}.json": b'{"revoked": true}'}))
     return data
 
 
@@ -288,6 +328,22 @@ def remove(engine: Engine, store_id: str) -> bool:
         engine._request("DELETE", f"/networks/{name}")
     engine.remove_volume(name)
     return True
+
+
+def state(engine: Engine, store_id: str) -> str | None:
+    """What `pienv doctor` says of the store's proxy; None when there is none."""
+    name = names(store_id)
+    found = _inspect(engine, "containers", name)
+    if found is None:
+        return None
+    net = _inspect(engine, "networks", name) or {}
+    runs = [c for c in (net.get("Containers") or {}) if c != found.get("Id")]
+    status = "running" if (found.get("State") or {}).get("Running") else "stopped"
+    image = str((found.get("Config") or {}).get("Image", ""))
+    return (
+        f"{name} {status} ({image}), {len(runs)} run(s) on its network; "
+        "`pienv prune` removes it when unused"
+    )
 
 
 def _is_proxy(engine: Engine, cid: str, name: str) -> bool:

@@ -65,6 +65,18 @@ class ProxyImage:
         return h.hexdigest()
 
 
+def quick_tag() -> str:
+    """The image's tag without assembling it (asked on every run with a policy, so no child
+    interpreter and no ldd): the proxy's source, the interpreter's path, size, mtime and
+    version. A new Python (or a pienv with another proxy) gets a new image; the files an
+    image was made of are in its recipe (ProxyImage.key, a label)."""
+    python = interpreter()
+    st = os.stat(python)
+    h = hashlib.sha256(PROXY_SOURCE.read_bytes())
+    h.update(f"{python}\0{st.st_size}\0{st.st_mtime_ns}\0{sys.version}".encode())
+    return f"{REPOSITORY}:{h.hexdigest()[:16]}"
+
+
 def interpreter() -> str:
     """The base interpreter's binary: a venv's python is a link to (or copy of) it, and only
     the base installation has the stdlib beside it."""

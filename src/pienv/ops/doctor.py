@@ -183,6 +183,19 @@ def check_env_files(f: Found) -> list[Check]:
     return [Check("env files", "warn", detail, fix)]
 
 
+def check_egress_proxy(f: Found) -> list[Check]:
+    """The store's egress proxy (docs/network.md): removed here when no run uses it and the
+    store has no policy left that would need it; else said."""
+    if f.engine is None or f.refs is None or not (f.ctx.store.home / "egress").is_dir():
+        return []
+    from pienv import egressnet
+
+    state = egressnet.state(f.engine, f.refs.store_id)
+    if state is None:
+        return [Check("egress proxy", "ok", "not running (started by the next run with a policy)")]
+    return [Check("egress proxy", "ok", state)]
+
+
 CHECKS: list[CheckFn] = [
     check_store,
     check_engine,
@@ -193,4 +206,5 @@ CHECKS: list[CheckFn] = [
     check_locks,
     check_orphans,
     check_env_files,
+    check_egress_proxy,
 ]

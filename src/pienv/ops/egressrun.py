@@ -11,11 +11,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from pienv import egress, egressaudit
 from pienv.config import Agent
 from pienv.errors import UsageError
 from pienv.ops.context import Context
+
+if TYPE_CHECKING:
+    from pienv.egressnet import RunNetwork
 
 # Raw sockets and interface changes would let root in the container (or sudo) spoof or
 # sniff the internal network it shares with other runs of the store; no run needs them.
@@ -33,6 +37,12 @@ class EgressRun:
     proxy: str = ""  # the proxy container
     cap_drop: tuple[str, ...] = CAP_DROP
     notes: tuple[str, ...] = ()
+    registration: RunNetwork | None = None
+
+    def registered(self) -> None:
+        """Before the agent starts: its registration with the proxy has landed."""
+        if self.registration is not None:
+            self.registration.registered()
 
 
 def effective_mode(ctx: Context, branch: str | None, requested: str | None) -> egress.Policy:
@@ -89,7 +99,7 @@ def prepare(
     engine = ctx.engine()
     proxy = egressnet.ensure_proxy(engine, ctx.store_id)
     keys = injected_keys(agent, environ) if inject else {}
-    net = egressnet.register(engine, proxy, policy, branch or "", keys)
+    net = egressnet.register(engine, proxy, policy, branch or "", keys, background=True)
     notes = []
     if keys:
         notes.append(f"keys of {', '.join(sorted(keys))} stay with pienv's proxy (placeholders)")
@@ -102,6 +112,7 @@ def prepare(
         net.token,
         proxy.container,
         notes=tuple(notes),
+        registration=net,
     )
 
 

@@ -85,6 +85,12 @@ def prune(
             ctx.store.rewrite_index(list(commits.values()))
             if result.reflog_expired:
                 ctx.store.rewrite_reflog(kept_entries)
+    if not dry_run and (ctx.store.home / "egress").is_dir():
+        # The store's egress proxy, its network and volume go when no run is using them (the
+        # next run with a policy starts them again, in about a second).
+        from pienv import egressnet
+
+        egressnet.remove(engine, refs.store_id)
     return result
 
 

@@ -193,11 +193,14 @@ def run(
         # The network boundary (ops/egressrun.py): None for an open run, else the run is
         # registered with the store's proxy and gets its network, resolver and variables
         # (which replace the agent's real keys with placeholders when they are injected).
-        from pienv.ops import egressrun
+        boundary = None
+        if req.egress is not None or (ctx.store.home / "egress").is_dir():
+            # (A store that never had a policy pays nothing, not even the imports.)
+            from pienv.ops import egressrun
 
-        boundary = egressrun.prepare(
-            ctx, branch, req.egress, agent, environ, ctx.config.inject_keys
-        )
+            boundary = egressrun.prepare(
+                ctx, branch, req.egress, agent, environ, ctx.config.inject_keys
+            )
         notes.extend(boundary.notes if boundary else ())
         write_env_file(
             env_path,
@@ -307,6 +310,8 @@ def run(
             notes.append(f"{prepared.message} ({prepared.short})")
             parent = prepared.id
         cid, info = create(parent)
+        if boundary is not None:
+            boundary.registered()  # its write overlapped the create
         store_home = ctx.store.home
 
         background = report is not None and commits_in_background(ctx, req)
