@@ -34,6 +34,7 @@ CORE = {
     "registry",
     "report",
     "secrets",
+    "limits",
     # the network boundary (issue 23): policy, audit, the proxy and its engine side
     "egress",
     "egressaudit",
