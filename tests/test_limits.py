@@ -62,8 +62,7 @@ def test_gpu_request_shape_the_engine_receives() -> None:
 
 def test_killed_for_memory_says_so() -> None:
     assert killed_for_memory(137, oom=True, memory=2**30) == (
-        "the command was killed for using more than its 1.0 GiB of memory "
-        "(--memory, [run] memory)"
+        "the command was killed for using more than its 1.0 GiB of memory (--memory, [run] memory)"
     )
     assert killed_for_memory(137, oom=False, memory=2**30) is None
     assert killed_for_memory(0, oom=True, memory=2**30) is None
