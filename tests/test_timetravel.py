@@ -289,3 +289,20 @@ def test_realistic_export_builds_and_rebase_moves_an_install_branch(
     diff, _ = fsdiff.package_diff(engine, head, p.head(), {})
     assert all(not any(v.values()) for v in diff.values()), diff
     assert p("run", "--", "sh", "-c", "test -e /base2 && jq --version").code == 0
+
+
+def test_prune_releases_the_code_snapshots_of_removed_commits(pienv: Pienv) -> None:
+    repo = pienv.repo
+    pienv("run", "--", "touch", "/kept")
+    (repo / "README").write_text("dirty\n")
+    pienv("run", "--", "touch", "/dropped")
+    code = ctx_of(pienv).commit(pienv.head()).code
+    assert git(repo, "for-each-ref", "--format=%(refname)", "refs/pienv/code/").split() == [
+        f"refs/pienv/code/{code}"
+    ]
+    pienv("reset", "HEAD~1")
+    time.sleep(1.1)  # the reflog entry that still reaches it must be older than 1s
+    r = pienv("prune", "--older-than", "1s")
+    assert "released 1 code snapshot" in r.err
+    assert git(repo, "for-each-ref", "refs/pienv/code/") == ""
+    assert (repo / "README").read_text() == "dirty\n"  # the user's tree is never touched

@@ -402,3 +402,16 @@ def record_code(root: Path, message: str) -> tuple[str, str]:
         head = head_commit(root)
         return head, ""
     return snap.head, snap.code
+
+
+def drop_code_ref(root: Path, code: str) -> bool:
+    """Delete ``refs/pienv/code/<code>`` in the repository at ``root`` (True when it was
+    there); a repository that is gone or broken is left alone."""
+    info = find(root)
+    if info is None or info.link_problem or not has_git():
+        return False
+    ref = CODE_REF_PREFIX + code
+    if not _git(root, "rev-parse", "-q", "--verify", ref, check=False):
+        return False
+    _git(root, "update-ref", "-d", ref, check=False)
+    return True

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pienv import dag, locks
@@ -79,9 +80,9 @@ def prune(
         kept_entries = _expire(ctx.store.reflog(), protected, g, keep, cutoff, result)
         victims = [c for c in dag.log_order(known, list(known)) if c not in protected]
         _remove(ctx, victims, known, labelled, refs.base, dry_run, result)
-        for cid in result.removed:
-            commits.pop(cid, None)
+        gone = [commits.pop(cid) for cid in result.removed if cid in commits]
         if not dry_run:
+            _release_code(ctx, gone, commits)
             ctx.store.rewrite_index(list(commits.values()))
             if result.reflog_expired:
                 ctx.store.rewrite_reflog(kept_entries)
@@ -139,6 +140,21 @@ def _expire(
         if keep is None:
             protected |= dag.reachable(g, [v for v in (e.old, e.new) if v])
     return kept_entries
+
+
+def _release_code(ctx: Context, gone: list[Commit], kept: dict[str, Commit]) -> None:
+    """Delete the `refs/pienv/code/` refs of the code snapshots only removed commits recorded,
+    so git can collect them (docs/time-travel.md)."""
+    from pienv import gitrepo
+
+    still = {c.code for c in kept.values()}
+    released = 0
+    for c in gone:
+        if c.code and c.code != c.git_head and c.code not in still and c.workspace:
+            released += gitrepo.drop_code_ref(Path(c.workspace), c.code)
+            still.add(c.code)
+    if released:
+        ctx.report.note(f"released {released} code snapshot(s) (refs/pienv/code/) in workspaces")
 
 
 def _remove(
