@@ -123,7 +123,7 @@ def _from_lines(ctx: Context, root: Commit, base: str) -> list[str]:
 def dockerfile(ctx: Context, rev: str | None) -> Exported:
     refs = ctx.refs()
     head = ctx.resolve(rev or "HEAD", refs)
-    root, items = replay.plan(ctx.store.commits(), head, (ctx.config.agent.command,))
+    root, items = replay.plan(ctx.store.commits(), head, replay.session_commands(ctx.config))
     env = probe.replay_env(ctx, None)
     base = root.message.removeprefix("root: base ").split(" (")[0] if root.message else ""
     lines = [

@@ -95,7 +95,7 @@ def start(ctx: Context, onto: str, branch: str | None = None) -> Outcome:
         raise UsageError(f"no env branch {name!r}")
     _refuse_busy(ctx, name)
     old_head = refs.branches[name]
-    agents = (ctx.config.agent.command,)
+    agents = replay.session_commands(ctx.config)
     _root, items = replay.plan(ctx.store.commits(), old_head, agents)
     tip = _onto(ctx, onto, name)
     state = State(
@@ -128,7 +128,7 @@ def _refuse_busy(ctx: Context, name: str) -> None:
 
 def _proceed(ctx: Context, state: State) -> Outcome:
     commits = ctx.store.commits()
-    agents = (ctx.config.agent.command,)
+    agents = replay.session_commands(ctx.config)
     while state.todo:
         old = commits[state.todo[0]]
         item = replay.classify(old, agents)
@@ -222,7 +222,7 @@ def continue_(ctx: Context) -> Outcome:
         state.done.append([state.stopped, head])
         state.tip = head
         state.todo.remove(state.stopped)
-    elif replay.classify(ctx.commit(state.stopped), (ctx.config.agent.command,)).action != (
+    elif replay.classify(ctx.commit(state.stopped), replay.session_commands(ctx.config)).action != (
         "replay"
     ):
         raise UsageError(

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from pienv.config import PRESETS, Config
 from pienv.errors import UsageError
 from pienv.model import Commit, short
 from pienv.ops.sandbox import LOGIN_SHELL, WORKSPACE
@@ -30,6 +31,12 @@ class Item:
     @property
     def workdir(self) -> str:
         return self.commit.workdir or WORKSPACE
+
+
+def session_commands(config: Config) -> tuple[tuple[str, ...], ...]:
+    """Commands that start an agent session: the configured agent's and every preset's (a
+    session recorded before the config changed agents is still one)."""
+    return (config.agent.command, *(p.command for p in PRESETS.values()))
 
 
 def first_parent_line(commits: Mapping[str, Commit], head: str) -> list[Commit]:
