@@ -1,6 +1,6 @@
 """Limits, ports and GPUs of a run, as values: what a user writes (`--memory 2g`,
-`[run] cpus = 2`, `-p 3000`, `--gpus all`) -> what the engine is asked for. Pure: the run's
-container plan takes these values as fields (docs/agents.md, "Limits, ports and GPUs").
+`[run] cpus = 2`, `-p 3000`, `--gpus all`) -> what the engine is asked for. Pure, so the
+run's container plan can take these values as fields; not wired to the command line yet.
 
 Defaults keep the host usable when an agent's build runs away: all cores but one, three
 quarters of the memory, 4,096 processes. `0` (or "none") lifts a limit.
