@@ -106,9 +106,10 @@ class PrivateEngine:
         subprocess.run(["ip", "link", "del", BRIDGE], capture_output=True)
 
 
-def make_branch(work: Path, base: str, location: str) -> tuple[dict[str, str], list[str]]:
-    """A store on the shared engine with three runs on ``base``, pushed; (env, digests)."""
+def make_branch(work: Path, base: str, location: str) -> dict[str, str]:
+    """A store on the shared engine with three runs on ``base``, pushed; its environment."""
     env = {**os.environ, "PIENV_HOME": str(work / "store"), "PIENV_BASE_IMAGE": base}
+    env["BENCH_WS"] = str(work / "ws")  # a plain directory: no worktree mount point commit
     env["NO_COLOR"] = "1"
     pienv = [sys.executable, "-m", "pienv"]
     ws = work / "ws"
@@ -127,18 +128,22 @@ def make_branch(work: Path, base: str, location: str) -> tuple[dict[str, str], l
     sh(*pienv, "remote", "add", "origin", location, env=env)
     t = timed(*pienv, "push", env=env)
     print(f"first push (base + 3 runs, {len(runs) + 1} commits): {t:.1f} s")
+    return env
+
+
+def branch_digests(location: str) -> list[str]:
+    """The manifests of every commit of the remote's main, head first (its index)."""
     from pienv.registry import Client, parse_location
 
-    client = Client(parse_location(location))
-    got = client.manifest("b-main")
+    got = Client(parse_location(location)).manifest("b-main")
     assert got is not None
-    digests = [m["digest"] for m in json.loads(got[2])["manifests"]]
-    return env, digests
+    return [m["digest"] for m in json.loads(got[2])["manifests"]]
 
 
 def one_more_run(env: dict[str, str], reg: Registry) -> None:
     pienv = [sys.executable, "-m", "pienv"]
-    sh(*pienv, "run", "--", "sh", "-c", "head -c 2000000 /dev/urandom > /etc/more", env=env)
+    cmd = "head -c 2000000 /dev/urandom > /etc/more"
+    subprocess.run([*pienv, "run", "--", "sh", "-c", cmd], env=env, cwd=env["BENCH_WS"], check=True)
     before = du(reg.root / "data")
     t = time.monotonic()
     out = json.loads(sh(*pienv, "push", "--json", env=env))
@@ -162,8 +167,9 @@ def main() -> None:
     location = f"{reg.address}/bench/env"
     env: dict[str, str] = {}
     try:
-        env, digests = make_branch(work, base, location)
+        env = make_branch(work, base, location)
         one_more_run(env, reg)
+        digests = branch_digests(location)  # what a clone brings: every commit
         engine.start()
         private = {k: v for k, v in os.environ.items() if not k.startswith("PIENV_")}
         private |= {"DOCKER_HOST": engine.host, "NO_COLOR": "1"}

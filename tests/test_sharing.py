@@ -70,7 +70,7 @@ def test_push_then_clone_elsewhere_brings_every_commit_and_runs(
     client = docker.from_env()
     for cid in history:
         with pytest.raises(docker.errors.ImageNotFound):
-            client.images.get(cid)
+            client.images.get("sha256:" + cid)
 
     cloned = json.loads(clone_store("clone", remote(reg, "roundtrip"), "--json").out)
     assert cloned["branch"] == "main" and cloned["head"] == history[0]
@@ -150,7 +150,7 @@ def test_two_stores_pushing_at_once_one_wins_the_other_loses_nothing(
     # The loser's branch and commit are untouched; the remote has the winner's head and
     # reports no lost update.
     assert loser.head() == lost
-    assert docker.from_env().images.get(lost)
+    assert docker.from_env().images.get("sha256:" + lost)
     fetched = json.loads(loser("fetch", "--json").out)
     assert fetched["lost"] == []
     assert json.loads(loser("remote", "list", "--json").out)[0]["branches"]["main"] == won

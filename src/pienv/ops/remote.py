@@ -181,7 +181,10 @@ def bring(
     todo = [c for c in wanted if c not in have]
     out: list[Commit] = []
     meter = Meter()
-    for n, cid in enumerate(sorted(todo, key=lambda c: _depth(c, wanted)), 1):
+    # Heads first: the deepest image brings most layers in one pull, downloaded in parallel
+    # by the engine; its ancestors then need little more than their manifests and configs.
+    order = sorted(todo, key=lambda c: _depth(c, wanted), reverse=True)
+    for n, cid in enumerate(order, 1):
         d = wanted[cid]
         info = engine.inspect_image(cid)
         if info is None:
@@ -289,12 +292,17 @@ class FetchResult(JsonResult):
     lost: list[Lost]
 
 
-def fetch(ctx: Context, name: str | None = None, on_progress: OnProgress = None) -> FetchResult:
+def fetch(
+    ctx: Context,
+    name: str | None = None,
+    on_progress: OnProgress = None,
+    view: RemoteView | None = None,
+) -> FetchResult:
     """Read the remote's refs, pull every commit they reach that this store lacks, and move
     the remote-tracking refs (branches gone from the remote are dropped, as `fetch --prune`);
     remote tags become local tags unless a local tag of that name differs."""
     name, location = pick(ctx, name)
-    view = read(Client(location))
+    view = view or read(Client(location))
     wanted: dict[str, Any] = {}
     for ref in view.refs.values():
         wanted.update(ref.commits)
@@ -414,7 +422,7 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
         raise UsageError(f"{location} holds no pienv branches or tags")
     ctx.store.init()
     add(ctx, "origin", str(location))
-    fetched = fetch(ctx, "origin", on_progress)
+    fetched = fetch(ctx, "origin", on_progress, view)
     branches = load(ctx.store).branches("origin")
     default = "main" if "main" in branches else (sorted(branches)[0] if branches else None)
     head = branches.get(default) if default else None
