@@ -93,3 +93,33 @@ def running(root: Path, htpasswd: str | None = None):  # type: ignore[no-untyped
         yield reg
     finally:
         reg.stop()
+
+
+def plant_lost_update(address: str, repository: str, branch: str = "main") -> str:
+    """A push record whose head is not on ``branch`` and is past its grace time: what a push
+    that another one overwrote unnoticed leaves behind. Its head id (12 hex) is made up; the
+    record lists the branch's head manifest (a registry checks that an index's manifests
+    exist). Returns that 12-hex head."""
+    import json as _json
+
+    from pienv import registry as reg
+    from pienv.ops.remotelayout import Descriptor, escape, parse_index, record_body
+
+    client = reg.Client(reg.parse_location(f"{address}/{repository}"))
+    got = client.manifest("b-" + escape(branch))
+    ref = parse_index(got[2], got[0]) if got else None
+    assert ref is not None, f"no branch {branch} on {address}/{repository}"
+    head = ref.commits[ref.head]
+    fake = "dead" + head.id[4:12]
+    body = _json.loads(
+        record_body(
+            Descriptor(fake * 5 + fake[:4], head.digest, head.media_type, head.size),
+            branch,
+            ref.head,
+            "someone@else",
+            "x",
+        )
+    )
+    body["annotations"]["dev.pienv.pushed"] = "2026-01-01T00:00:00Z"
+    client.put_manifest(f"p-{fake}-{escape(branch)}", _json.dumps(body).encode(), reg.INDEX)
+    return fake

@@ -13,7 +13,8 @@ from typing import Any
 
 import docker
 import pytest
-from conftest import Pienv
+from conftest import Pienv, _cleanup
+from registry import Registry, plant_lost_update, running
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
 
@@ -171,6 +172,8 @@ def test_every_json_output_has_the_documented_keys(pienv: Pienv, tmp_path: Path)
     )
     client.api.create_container(side, command=["true"], labels=info.labels())
     outputs: dict[str, Any] = {}
+    with running(tmp_path / "registry") as reg:
+        _remote_outputs(pienv, tmp_path, reg, outputs)
     lock, _ = locks.acquire(pienv.home / "locks", "main", str(pienv.repo))
     try:
         outputs["status"] = json.loads(pienv("status", "--json").out)
@@ -198,3 +201,27 @@ def test_every_json_output_has_the_documented_keys(pienv: Pienv, tmp_path: Path)
         check(outputs[cmd], shape, cmd, seen)
         missing += sorted(shape_paths(shape, cmd) - seen)
     assert not missing, f"no data to check at {missing}: make the test produce some"
+
+
+def _remote_outputs(pienv: Pienv, tmp_path: Path, reg: Registry, outputs: dict[str, Any]) -> None:
+    """remote list, push, fetch, pull and clone, each with data in every list it has: a
+    lost update planted on the remote, and refs a second store adds between fetches."""
+    url = f"{reg.address}/t/json"
+    pienv("remote", "add", "origin", url)
+    pienv("push", "--all")
+    plant_lost_update(reg.address, "t/json")
+    outputs["push"] = json.loads(pienv("push", "--all", "--json").out)
+    other = Pienv(tmp_path / "clone", pienv.repo, None)
+    try:
+        outputs["clone"] = json.loads(other("clone", url, "--json").out)
+        for tag, branch in (("v2", "moved"), ("v3", "moved-again")):
+            other("tag", tag)
+            other("branch", branch)
+            other("push", "origin", tag, branch)
+            cmd = "fetch" if tag == "v2" else "pull"
+            outputs[cmd] = json.loads(
+                pienv(cmd, *(["origin", "main"] if tag == "v3" else []), "--json").out
+            )
+    finally:
+        _cleanup(other)
+    outputs["remote list"] = json.loads(pienv("remote", "list", "--json").out)

@@ -113,7 +113,11 @@ def push(
     _check_secrets(ctx, missing, force, on_progress)
     meter = Meter()
     for n, cid in enumerate(missing, 1):
-        known[cid] = _send(ctx, location, client, cid, meter, on_progress, (n, len(missing)))
+        parent = ctx.commit(cid).parents[:1]
+        below = known[parent[0]].digest if parent and parent[0] in known else None
+        known[cid] = _send(
+            ctx, location, client, (cid, below), meter, on_progress, (n, len(missing))
+        )
     results = []
     for t in targets:
         if t.remote is not None and t.remote.head == t.head:
@@ -246,12 +250,16 @@ def _send(
     ctx: Context,
     location: Location,
     client: Client,
-    cid: str,
+    commit_and_parent: tuple[str, str | None],
     meter: Meter,
     on_progress: OnProgress,
     count: tuple[int, int],
 ) -> Descriptor:
+    """Push one commit; ``commit_and_parent``: its id and its parent's manifest digest on the
+    remote (None: no parent there)."""
     n, total = count
+    cid, below = commit_and_parent
+    before = meter.total
 
     def event(e: Any) -> None:
         moved = meter.feed(e)
@@ -266,6 +274,8 @@ def _send(
     got = client.head_manifest(digest or commit_tag(cid))
     if got is None:
         raise ConcurrentUpdate(f"the registry lost commit {short(cid)} right after its push")
+    if meter.total == before:  # the engine reported no byte counts (Podman): the layers
+        meter.base += _new_layer_bytes(client, digest or got[0], below)  # over the parent's
     if on_progress:
         on_progress(Progress("push", n, total, "", meter.total))
     commit = ctx.commit(cid)
@@ -367,3 +377,19 @@ def _age(stamp: str) -> float:
         return time.time() - parse_time(stamp).timestamp()
     except ValueError:
         return float("inf")
+
+
+def _new_layer_bytes(client: Client, digest: str, below: str | None) -> int:
+    """Bytes of the layers of manifest ``digest`` that manifest ``below`` lacks."""
+    import json
+
+    def layers(ref: str | None) -> dict[str, int]:
+        got = client.manifest(ref) if ref else None
+        try:
+            data = json.loads(got[2]) if got else {}
+            return {str(x["digest"]): int(x["size"]) for x in data.get("layers") or []}
+        except (ValueError, KeyError, TypeError, AttributeError):
+            return {}
+
+    old = layers(below)
+    return sum(size for d, size in layers(digest).items() if d not in old)
