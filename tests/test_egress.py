@@ -58,7 +58,7 @@ def proxy(
 ) -> tuple[Engine, egressnet.Proxy]:
     """The proxy, where an agent on the internal network can reach it."""
     engine, px = engine_proxy
-    if engine.is_podman and not engine.rootless:
+    if engine.dialect.name == "Podman" and not engine.rootless:
         net = egressnet.RunNetwork("x" * 32, px.network, (px.address,), {})
         _, out = run_agent(realistic_image, net, f"curl -sS -m 5 http://{px.address}:3128/ 2>&1")
         if "timed out" in out:
@@ -224,7 +224,7 @@ echo "== route"; awk 'NR>1 && $2=="00000000"' /proc/net/route | wc -l
     sections = dict(s.split("\n", 1) for s in out.split("== ")[1:])
     assert "rc=2" in sections["dns"], out
     assert "rc=0" not in sections["direct"] and "rc=0" not in sections["denied"], out
-    if engine.is_podman:
+    if engine.dialect.name == "Podman":
         assert sections["route"].strip() == "0", out  # Podman's internal network: no route
 
 

@@ -1,4 +1,4 @@
-"""enginehttp.py, the HTTP client engine.py uses on a unix socket, against a scripted server
+"""engine/http.py, the HTTP client the engine uses on a unix socket, against a scripted server
 (no engine needed): the framings Docker's Go server uses, and the failures a real engine shows."""
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ from urllib.parse import parse_qs
 
 import pytest
 
-from pienv.engine import Engine, ImageInfo
-from pienv.enginehttp import HTTPError
+from pienv.engine import Engine, HTTPError, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 
 
@@ -139,7 +138,7 @@ def test_podman_is_told_by_its_headers(serve: Serve) -> None:
         answer("201 Created", b'{"Id": "sha256:' + b"b" * 64 + b'"}'),
     )
     engine = Engine()
-    assert engine.is_podman
+    assert engine.dialect.name == "Podman"
     engine.create("a" * 64, entrypoint=["/w"], user="1:1")
     assert server.requests[1].startswith(b"GET /images/sha256:" + b"a" * 64 + b"/json ")
     config = json.loads(server.requests[2].partition(b"\r\n\r\n")[2])

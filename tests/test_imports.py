@@ -24,7 +24,6 @@ TOP = {"__main__", "entry", "runargs", "cli", "ui"}
 CORE = {
     "store",
     "engine",
-    "enginehttp",
     "gitrepo",
     "dag",
     "model",
@@ -43,8 +42,16 @@ CORE = {
     "netproxy.image",
     "netproxy.proxy",
 }
-# Only these libraries, and only in these modules (design: "only engine.py knows Docker").
-PRIVATE_LIBRARIES = {"docker": {"engine", "enginehttp"}, "dulwich": {"gitrepo"}}
+# The HTTP transport stands alone: it speaks HTTP on a socket without docker-py, so that the
+# run loop's JSON calls import nothing of it.
+ENGINE_HTTP = "engine.http"
+# Only these libraries, and only in these modules (design: "only the engine package knows
+# Docker"; its HTTP transport imports none of docker-py).
+PRIVATE_LIBRARIES = {
+    "docker": lambda name: name.startswith("engine.") and name != ENGINE_HTTP,
+    "requests": lambda name: name.startswith("engine.") and name != ENGINE_HTTP,
+    "dulwich": lambda name: name == "gitrepo",
+}
 
 
 def modules() -> dict[str, Path]:
@@ -166,7 +173,24 @@ def test_docker_and_dulwich_stay_in_their_modules() -> None:
     for name, path in mods.items():
         _, libs = imports_of(path, set(mods))
         for lib, allowed in PRIVATE_LIBRARIES.items():
-            assert lib not in libs or name in allowed, f"pienv.{name} imports {lib}"
+            assert lib not in libs or allowed(name), f"pienv.{name} imports {lib}"
+
+
+def test_engine_http_transport_stands_alone() -> None:
+    """engine.http imports no other engine module (nor docker-py: see above)."""
+    ours, _ = imports_of(modules()[ENGINE_HTTP], set(modules()))
+    assert ours <= {"errors"}, f"pienv.engine.http imports {sorted(ours)}"
+
+
+def test_only_dialects_ask_which_engine() -> None:
+    """What differs between engines is a dialect's (engine/dialects/): no module outside
+    them asks which engine it talks to."""
+    asking = [
+        str(path.relative_to(SRC))
+        for name, path in modules().items()
+        if not name.startswith("engine.dialects") and "is_podman" in path.read_text()
+    ]
+    assert not asking, f"modules outside engine/dialects ask is_podman: {asking}"
 
 
 def test_the_checker_sees_function_level_imports_and_cycles() -> None:

@@ -116,7 +116,7 @@ def _inspect(engine: Engine, kind: str, name: str) -> dict[str, Any] | None:
 
 
 def _outside_network(engine: Engine) -> str:
-    return "podman" if engine.is_podman else "bridge"
+    return engine.dialect.default_network
 
 
 def _ensure_network(engine: Engine, name: str, store_id: str) -> dict[str, Any]:
@@ -129,8 +129,8 @@ def _ensure_network(engine: Engine, name: str, store_id: str) -> dict[str, Any]:
         "CheckDuplicate": True,
         "Labels": {"dev.pienv.store": store_id, LABEL: "network"},
     }
-    if not engine.is_podman:
-        body["Options"] = {"com.docker.network.bridge.inhibit_ipv4": "true"}
+    if engine.dialect.internal_network_options:
+        body["Options"] = dict(engine.dialect.internal_network_options)
     with contextlib.suppress(HTTPError):  # 409: a concurrent run made it first
         engine._call("POST", "/networks/create", body=body)
     found = _inspect(engine, "networks", name)
@@ -143,12 +143,11 @@ def _ensure_volume(engine: Engine, name: str, store_id: str) -> None:
     body = {
         "Name": name,
         "Driver": "local",
-        # Podman refuses size= on a tmpfs volume ("Filesystem does not support Project
-        # Quota"): its tmpfs takes the kernel's default size there.
+        # Its size where the engine takes one (dialects: Podman refuses size= here).
         "DriverOpts": {
             "type": "tmpfs",
             "device": "tmpfs",
-            "o": "mode=0700" if engine.is_podman else "size=64m,mode=0700",
+            "o": engine.dialect.tmpfs_volume_options,
         },
         "Labels": {"dev.pienv.store": store_id, LABEL: "volume"},
     }

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from pienv.config import CACHES
-from pienv.engine import EMPTY_LAYER, INIT_MOUNTS, Engine, ImageInfo
+from pienv.engine import EMPTY_LAYER, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import LABEL, Commit, CommitKind, short
 from pienv.ops.context import Context
@@ -25,9 +25,6 @@ from pienv.store import crashpoint
 # Progress of a long copy: (bytes done, bytes expected); the expected total is an estimate
 # (an image's size; the tar stream runs a little over it).
 ProgressFn = Callable[[int, int], None]
-
-# Every engine's init path: Docker creates whichever it uses as a mount point.
-ENGINE_MOUNTS = INIT_MOUNTS
 
 
 @dataclass(frozen=True)
@@ -48,20 +45,6 @@ def run_mount_points(engine: Engine) -> tuple[MountPoint, ...]:
         MountPoint(engine.init_path(), directory=False),
         *(MountPoint(path, directory=False, link=link) for path, link in engine.made_paths()),
     )
-
-
-def mount_filter(changes: list[tuple[str, str]], mounts: Sequence[str]) -> list[tuple[str, str]]:
-    """Drop the paths Docker creates as mount points (and their parent dirs), and the
-    per-container files of its init layer: not changes (for listings, never for deciding)."""
-    mounts = [*mounts, *ENGINE_MOUNTS]
-    out = []
-    for kind, path in changes:
-        if any(path == m or path.startswith(m + "/") for m in mounts):
-            continue
-        if kind != "D" and any(m.startswith(path.rstrip("/") + "/") for m in mounts):
-            continue
-        out.append((kind, path))
-    return out
 
 
 def prepare(engine: Engine, cid: str, extra: Sequence[MountPoint] = ()) -> list[str]:

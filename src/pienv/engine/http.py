@@ -1,4 +1,5 @@
-"""HTTP/1.1 on a local unix socket: the transport `engine.Engine` uses for JSON calls there.
+"""HTTP/1.1 on a local unix socket: the transport `Engine` uses for JSON calls and the attach
+stream there. Imports nothing of docker-py (tests/test_imports.py holds it to that).
 
 Importing docker-py and requests costs about 60 ms per command, a quarter of a no-op
 `docker run`, so on a unix socket pienv speaks HTTP itself. Hand-written rather than
