@@ -306,3 +306,19 @@ def test_prune_releases_the_code_snapshots_of_removed_commits(pienv: Pienv) -> N
     assert "released 1 code snapshot" in r.err
     assert git(repo, "for-each-ref", "refs/pienv/code/") == ""
     assert (repo / "README").read_text() == "dirty\n"  # the user's tree is never touched
+
+
+def test_rebase_replays_the_agent_install_once(pienv: Pienv, base_image: str) -> None:
+    install = "mkdir -p ~/.local/bin && printf '#!/bin/sh\\necho hi\\n' > ~/.local/bin/myagent"
+    install += " && chmod +x ~/.local/bin/myagent"
+    pienv.home.mkdir(parents=True, exist_ok=True)
+    (pienv.home / "config.toml").write_text(
+        f'[agent]\ncommand = ["myagent"]\ninstall = "{install}"\n'
+    )
+    assert pienv("run").out == "hi\n"  # the install, then the agent (a session: by hand)
+    pienv("run", "--", "touch", "/after")
+    out = rebase.start(ctx_of(pienv), second_base(base_image))
+    assert not out.stopped_at, out.reason
+    r = pienv("run")
+    assert r.out == "hi\n" and "installing" not in r.err
+    assert pienv("run", "--", "ls", "/after", "/base2").code == 0

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from pienv import dag, locks
+from pienv.engine import ImageInfo
 from pienv.errors import EngineError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops import probe, replay
-from pienv.ops.commits import commit_container, make_root
+from pienv.ops.commits import commit_container, finish, make_root
 from pienv.ops.context import Context
 from pienv.store import write_atomic
 
@@ -174,8 +175,22 @@ def _replay_one(ctx: Context, state: State, item: replay.Item) -> tuple[str, str
             user=old.user,
             workdir=old.workdir,
         )
+        if old.kind == "install":
+            return _commit_install(ctx, cid, draft, parent_image), ""
         made = commit_container(ctx, cid, draft, parent_image)
         return (made.id if made else ""), ""
+
+
+def _commit_install(ctx: Context, cid: str, draft: Commit, parent: ImageInfo) -> str:
+    """An agent install's replay, labelled as installed (as ops.agent.install labels it):
+    the next run of that agent on the rebased branch does not install it again."""
+    from pienv.ops.agent import INSTALLED_LABEL
+
+    engine = ctx.engine()
+    labels = draft.labels(ctx.store_id)
+    labels[INSTALLED_LABEL] = draft.command[-1]  # recorded as ("sh", "-c", INSTALL)
+    image_id = engine.commit(cid, parent, labels)
+    return finish(ctx, engine, image_id, draft, None, parent).id
 
 
 def _stop(ctx: Context, state: State, at: Commit, reason: str) -> Outcome:
