@@ -117,6 +117,8 @@ def install(
     err: Sink,
     network: str,
     name: str,
+    dns: tuple[str, ...] = (),
+    cap_drop: tuple[str, ...] = (),
 ) -> Commit:
     """Run the agent's install in its own container on ``parent``; commit it as "install
     <agent> <version>" and move the branch there. A failed install commits nothing."""
@@ -137,6 +139,10 @@ def install(
         },
         network=network,
         name=name,
+        # A branch with an egress policy installs through its boundary too (ops/egressrun.py):
+        # code the agent left in the image must not get an open network from the install.
+        dns=dns,
+        cap_drop=cap_drop,
     )
     try:
         err(f"pienv: installing {agent.label}: {agent.install}\n".encode())

@@ -232,6 +232,8 @@ def run(
             and not req.shell
             and not agent_ops.installed(parent_image.labels, agent)
         ):
+            if boundary is not None:
+                boundary.registered()
             installed = agent_ops.install(
                 ctx,
                 parent,
@@ -239,8 +241,10 @@ def run(
                 agent,
                 {**env_bind, **volumes},
                 err,
-                ctx.config.network,
+                boundary.network if boundary else ctx.config.network,
                 run_name(refs.store_id, token) + "-install",
+                dns=boundary.dns if boundary else (),
+                cap_drop=boundary.cap_drop if boundary else (),
             )
             notes.append(f"installed {agent.label} as {installed.short}")
             parent = installed.id
