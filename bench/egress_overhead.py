@@ -48,6 +48,19 @@ def main() -> None:
                 policy_s.ws,
             )
             policy_s.pienv(policy_s.noop)  # starts the proxy (and builds its image): untimed
+            # The same container on the proxy's network as plain Docker runs it: what the
+            # engine itself costs for an internal network with a resolver set.
+            net, address = proxy_network(policy_s.home)
+            policy_s.docker_internal = [  # type: ignore[attr-defined]
+                *policy_s.docker[:3],
+                "--network",
+                net,
+                "--dns",
+                address,
+                "--cap-drop",
+                "NET_RAW",
+                *policy_s.docker[3:],
+            ]
             pairs.append((name, open_s, policy_s))
         times: dict[tuple[str, str], list[float]] = {}
         load = os.getloadavg()
@@ -56,6 +69,9 @@ def main() -> None:
                 for name, open_s, policy_s in pairs:
                     times.setdefault((name, "docker"), []).append(
                         timed(policy_s.docker, policy_s.env, policy_s.ws)
+                    )
+                    times.setdefault((name, "docker-int"), []).append(
+                        timed(policy_s.docker_internal, policy_s.env, policy_s.ws)  # type: ignore[attr-defined]
                     )
                     times.setdefault((name, "open"), []).append(open_s.pienv(open_s.noop))
                     times.setdefault((name, "policy"), []).append(policy_s.pienv(policy_s.noop))
@@ -66,16 +82,34 @@ def main() -> None:
             )
             med = {k: statistics.median(v) for k, v in times.items()}
             print(f"medians of {args.rounds} interleaved rounds")
-            print(f"{'base':<10} {'docker run':>10} {'open':>8} {'ratio':>6} {'policy':>8} {'ratio':>6}")
+            print(
+                f"{'base':<10} {'docker run':>10} {'open':>8} {'ratio':>6} {'policy':>8} {'ratio':>6}"
+                f" {'docker run --network internal':>30} {'policy ratio to it':>19}"
+            )
             for name, _, _ in pairs:
                 if (name, "policy") not in med:
                     continue
                 d, o, p = med[(name, "docker")], med[(name, "open")], med[(name, "policy")]
-                print(f"{name:<10} {d:>8.3f} s {o:>6.3f} s {o / d:>6.2f} {p:>6.3f} s {p / d:>6.2f}")
+                di = med[(name, "docker-int")]
+                print(
+                    f"{name:<10} {d:>8.3f} s {o:>6.3f} s {o / d:>6.2f} {p:>6.3f} s {p / d:>6.2f}"
+                    f" {di:>28.3f} s {p / di:>19.2f}"
+                )
             for _, open_s, policy_s in pairs:
                 drop_proxy(policy_s.home)
                 _store.drop(open_s.home)
                 _store.drop(policy_s.home)
+
+
+def proxy_network(home: Path) -> tuple[str, str]:
+    import json
+
+    from pienv import egressnet
+    from pienv.engine import Engine
+
+    store_id = json.loads((home / "refs.json").read_text())["store_id"]
+    proxy = egressnet.ensure_proxy(Engine(), store_id)
+    return proxy.network, proxy.address
 
 
 def drop_proxy(home: Path) -> None:
