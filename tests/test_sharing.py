@@ -94,9 +94,9 @@ def test_pull_fast_forwards_and_refuses_diverged_heads_naming_both(
     pienv("push")
     clone_store("clone", remote(reg, "pull"))
     clone_store("run", "--", "touch", "/etc/b")
-    clone_store("push")
+    clone_store("push", "main")  # `push BRANCH`: the default remote
     theirs = clone_store.head()
-    r = json.loads(pienv("pull", "--json").out)
+    r = json.loads(pienv("pull", "main", "--json").out)  # a branch, for the default remote
     assert (r["outcome"], r["new"]) == ("fast-forward", theirs)
     assert pienv.head() == theirs
     assert "(up to date" in pienv("pull").out

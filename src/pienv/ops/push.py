@@ -31,6 +31,7 @@ from pienv.ops.remote import (
     engine_auth,
     pick,
     read,
+    split_args,
     withdrawn,
 )
 from pienv.ops.remotelayout import (
@@ -97,10 +98,11 @@ def push(
     on_progress: OnProgress = None,
     squash: bool = False,
 ) -> PushResult:
+    remote, names = split_args(ctx, remote, names or [])
     name, location = pick(ctx, remote)
     client = Client(location)
     view = read(client)
-    targets = _targets(ctx, names or [], all_refs, view)
+    targets = _targets(ctx, names, all_refs, view)
     if squash:
         for t in targets:
             _squash(ctx, t, force)

@@ -82,6 +82,17 @@ def listing(ctx: Context) -> list[RemoteRow]:
     return [RemoteRow(n, u, r.branches(n), r.tags(n)) for n, u in sorted(r.urls.items())]
 
 
+def split_args(ctx: Context, remote: str | None, names: list[str]) -> tuple[str | None, list[str]]:
+    """`push main` / `pull main`: a first argument that names no remote but a branch or tag
+    is that ref, for the default remote (git would take it for a remote and fail)."""
+    if remote is None or remote in load(ctx.store).urls:
+        return remote, names
+    refs = ctx.refs()
+    if remote in refs.branches or remote in refs.tags:
+        return None, [remote, *names]
+    return remote, names
+
+
 def pick(ctx: Context, name: str | None) -> tuple[str, Location]:
     """The remote ``name`` (default: origin, or the only one) and its location."""
     r = load(ctx.store)
@@ -357,6 +368,9 @@ def pull(
 ) -> PullResult:
     """Fetch, then fast-forward ``branch`` (default: the current one) to the remote's head;
     refuse, naming both heads, when they have diverged."""
+    if branch is None:
+        name, given = split_args(ctx, name, [])
+        branch = given[0] if given else None
     fetched = fetch(ctx, name, on_progress)
     remote = fetched.remote
     refs = ctx.refs()
