@@ -6,6 +6,7 @@ pushed commit, and a missing login is one line."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -43,6 +44,13 @@ def tags(reg: Registry, repo: str) -> list[str]:
     return regmod.Client(regmod.parse_location(remote(reg, repo))).tags()
 
 
+def pushed_digest(reg: Registry, repo: str, cid: str) -> str:
+    """The hex of the manifest digest commit ``cid`` has on the remote."""
+    got = regmod.Client(regmod.parse_location(remote(reg, repo))).head_manifest(f"c-{cid[:12]}")
+    assert got is not None
+    return got[0].removeprefix("sha256:")
+
+
 def ids(p: Pienv) -> list[str]:
     return [c["id"] for c in json.loads(p("log", "--json").out)]
 
@@ -71,6 +79,17 @@ def test_push_then_clone_elsewhere_brings_every_commit_and_runs(
     for cid in history:
         with pytest.raises(docker.errors.ImageNotFound):
             client.images.get("sha256:" + cid)
+
+    # A clone that fails half-way (the registry loses a commit's manifest) leaves nothing.
+    broken = Pienv(clone_store.home.parent / "broken", clone_store.repo, None)
+    data = reg.root / "data/docker/registry/v2/repositories/t/roundtrip/_manifests/revisions"
+    shutil.copytree(data, reg.root / "saved-revisions")
+    shutil.rmtree(data / "sha256" / f"{pushed_digest(reg, 'roundtrip', history[0])}")
+    r = broken("clone", remote(reg, "roundtrip"), check=False)
+    assert r.code == 1 and r.err.count("\n") == 1, r.err
+    assert not broken.home.exists()
+    shutil.rmtree(data)
+    shutil.copytree(reg.root / "saved-revisions", data)
 
     cloned = json.loads(clone_store("clone", remote(reg, "roundtrip"), "--json").out)
     assert cloned["branch"] == "main" and cloned["head"] == history[0]

@@ -434,9 +434,17 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
     view = read(Client(location))
     if not view.refs:
         raise UsageError(f"{location} holds no pienv branches or tags")
+    fresh = not home.exists() or not any(home.iterdir())
     ctx.store.init()
-    add(ctx, "origin", str(location))
-    fetched = fetch(ctx, "origin", on_progress, view)
+    try:
+        add(ctx, "origin", str(location))
+        fetched = fetch(ctx, "origin", on_progress, view)
+    except BaseException:
+        # Nothing half-made: a failed (or interrupted) clone leaves no store to trip over,
+        # and no image tagged for it.
+        if fresh:
+            _undo_clone(ctx)
+        raise
     branches = load(ctx.store).branches("origin")
     default = "main" if "main" in branches else (sorted(branches)[0] if branches else None)
     head = branches.get(default) if default else None
@@ -445,3 +453,16 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
             txn.move_branch(default, None, head)
             txn.checkout(default)
     return CloneResult(str(home), str(location), default, head, fetched)
+
+
+def _undo_clone(ctx: Context) -> None:
+    import contextlib
+    import shutil
+
+    with contextlib.suppress(Exception):
+        engine = ctx.engine()
+        for row in engine.images_in(ctx.repository()):
+            for tag in row.tags:
+                if tag.startswith(ctx.repository() + ":"):
+                    engine.untag(tag)
+    shutil.rmtree(ctx.store.home, ignore_errors=True)
