@@ -12,16 +12,13 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import ipaddress
 import json
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pienv.errors import UsageError
 
@@ -50,7 +47,7 @@ class Provider:
 
     @property
     def host(self) -> str:
-        return urlsplit(self.upstream).hostname or ""
+        return self.upstream.split("://", 1)[-1].split("/", 1)[0]
 
 
 PROVIDERS: dict[str, Provider] = {
@@ -113,6 +110,8 @@ def check_rule(rule: str) -> str:
     ok = bool(_NAME.match(name))
     if not ok:
         try:
+            import ipaddress  # (imports on the run path cost: only for what is no name)
+
             ipaddress.ip_address(name.strip("[]"))
             ok = True
         except ValueError:
@@ -219,6 +218,8 @@ def preset_rules(preset: str, registries: Mapping[str, tuple[str, ...]]) -> list
 
 
 def _run(argv: list[str]) -> str:
+    import subprocess
+
     try:
         return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
@@ -228,6 +229,8 @@ def _run(argv: list[str]) -> str:
 def registry_hosts() -> dict[str, tuple[str, ...]]:
     """The package registries this machine's own tools use, by kind, from their own
     configuration (npm's registry; pip's index and the host PyPI serves files from)."""
+    from urllib.parse import urlsplit
+
     out: dict[str, tuple[str, ...]] = {}
     npm = urlsplit(_run(["npm", "config", "get", "registry"])).hostname
     if npm:
