@@ -186,7 +186,7 @@ def rebase(
     the detached HEAD, then --continue (or --skip, --abort)."""
     from pienv.ops import rebase as ops
 
-    ctx = context()
+    ctx = selected()  # BRANCH's default: the branch rule 11 chooses here
     chosen = [
         name for name, on in (("--continue", cont), ("--skip", skip), ("--abort", abort)) if on
     ]

@@ -96,6 +96,7 @@ def start(ctx: Context, onto: str, branch: str | None = None) -> Outcome:
         raise UsageError(f"no env branch {name!r}")
     _refuse_busy(ctx, name)
     old_head = refs.branches[name]
+    stored = ctx.store.load_refs()
     agents = replay.session_commands(ctx.config)
     _root, items = replay.plan(ctx.store.commits(), old_head, agents)
     tip = _onto(ctx, onto, name)
@@ -105,7 +106,8 @@ def start(ctx: Context, onto: str, branch: str | None = None) -> Outcome:
         onto=onto,
         tip=tip,
         todo=[i.commit.id for i in items if i.action != "skip"],
-        head_before={"branch": refs.head_branch, "detached": refs.head_detached},
+        # refs.json's own HEAD (ctx.refs() may name the branch rule 11 chose here instead).
+        head_before={"branch": stored.head_branch, "detached": stored.head_detached},
     )
     _save(ctx, state)
     return _proceed(ctx, state)
