@@ -60,11 +60,21 @@ def touched(layers: Iterable[Layer]) -> tuple[set[str], set[str]]:
     return paths, trees
 
 
+def _readable(top: str) -> None:
+    """OSError unless ``top`` is a directory this process can list: a lookup that fails in
+    an unreadable one must never pass for a path that is not there."""
+    with os.scandir(top):
+        pass
+
+
+def _raise(exc: OSError) -> None:
+    raise exc
+
+
 def _walk(top: str) -> Layer:
-    if not os.path.isdir(top):
-        raise FileNotFoundError(top)
+    _readable(top)
     out: Layer = []
-    for root, dirnames, filenames in os.walk(top):
+    for root, dirnames, filenames in os.walk(top, onerror=_raise):
         for name in dirnames + filenames:
             full = os.path.join(root, name)
             out.extend(_entries(full, "/" + os.path.relpath(full, top)))
@@ -72,8 +82,7 @@ def _walk(top: str) -> Layer:
 
 
 def _sparse(top: str, paths: set[str], trees: set[str]) -> Layer:
-    if not os.path.isdir(top):
-        raise FileNotFoundError(top)
+    _readable(top)
     out: Layer = []
     seen_dirs: set[str] = set()
     for path in sorted(paths):
