@@ -187,3 +187,15 @@ def test_export_run_line_is_exec_form_through_the_wrapper() -> None:
     ]
     kept = json.loads(export.run_line(("false",), {}, 1).removeprefix("RUN "))
     assert "[ $c -eq 1 ]" in kept[3]
+
+
+def test_code_snapshot_leaves_out_huge_untracked_files(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gitrepo, "UNTRACKED_CAP", 1000)
+    (repo / "README").write_text("edited\n")
+    (repo / "build.bin").write_bytes(b"x" * 5000)  # a build tree nobody ignored
+    snap = gitrepo.snapshot_code(repo)
+    assert snap is not None
+    assert git(repo, "ls-tree", "-r", "--name-only", snap.code).split() == ["README"]
+    assert "untracked files left out" in git(repo, "log", "-1", "--format=%s", snap.code)

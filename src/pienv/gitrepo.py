@@ -275,7 +275,13 @@ class CodeSnapshot:
     code: str  # a commit of HEAD + everything uncommitted and untracked; == head when clean
 
 
-def _git(root: Path, *args: str, env: dict[str, str] | None = None, check: bool = True) -> str:
+def _git(
+    root: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    check: bool = True,
+    timeout: float | None = None,
+) -> str:
     import subprocess
 
     proc = subprocess.run(
@@ -284,6 +290,7 @@ def _git(root: Path, *args: str, env: dict[str, str] | None = None, check: bool 
         env={**os.environ, "GIT_TERMINAL_PROMPT": "0", **(env or {})},
         capture_output=True,
         text=True,
+        timeout=timeout,
     )
     if check and proc.returncode != 0:
         raise UsageError(
@@ -320,7 +327,8 @@ def snapshot_code(root: Path, message: str = "pienv: code snapshot") -> CodeSnap
         # Untracked files go in unless they are huge (a build tree nobody ignored): hashing
         # gigabytes into the user's object store is no snapshot's business.
         tracked_only = _untracked_bytes(root, UNTRACKED_CAP) > UNTRACKED_CAP
-        _git(root, "add", "-u" if tracked_only else "-A", "--", ".", env=env)
+        # Bounded: a commit waits for it (record_code falls back to HEAD alone).
+        _git(root, "add", "-u" if tracked_only else "-A", "--", ".", env=env, timeout=SNAPSHOT_WAIT)
         tree = _git(root, "write-tree", env=env)
         if tracked_only:
             message += f" (untracked files left out: over {UNTRACKED_CAP >> 20} MiB)"
@@ -331,6 +339,7 @@ def snapshot_code(root: Path, message: str = "pienv: code snapshot") -> CodeSnap
     return CodeSnapshot(head=head, code=code)
 
 
+SNAPSHOT_WAIT = 120.0  # seconds a snapshot's `git add` may take before it is given up
 UNTRACKED_CAP = 64 << 20  # bytes of untracked (not ignored) files a snapshot takes in
 
 
