@@ -175,6 +175,12 @@ def test_two_stores_pushing_at_once_one_wins_the_other_loses_nothing(
     assert json.loads(loser("remote", "list", "--json").out)[0]["branches"]["main"] == won
     assert loser("push", check=False).code == 1  # now plainly not a fast-forward
     assert winner.head() == won
+    # Different branches at once: separate objects on the remote, both go through.
+    loser("branch", "mine")
+    winner("branch", "theirs")
+    procs = [loser.popen("push", "origin", "mine"), winner.popen("push", "origin", "theirs")]
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    assert {"b-mine", "b-theirs"} <= set(tags(reg, "race"))
 
 
 def test_a_lost_update_shows_at_the_next_fetch(pienv: Pienv, reg: Registry) -> None:

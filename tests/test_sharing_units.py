@@ -154,3 +154,16 @@ def test_commits_from_before_logins_moved_out_are_legacy() -> None:
     old = Commit(**{**old.__dict__, "id": "a" * 64, "created": "2026-11-20T00:00:00Z"})
     new = Commit(**{**old.__dict__, "id": "b" * 64, "created": "2026-12-01T00:00:00Z"})
     assert legacy([old, new]) == [old]
+
+
+def test_remote_names_complete_from_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pienv.ops.names import remote_names
+
+    monkeypatch.setenv("PIENV_HOME", str(tmp_path))
+    assert remote_names() == []
+    (tmp_path / "remotes.json").write_text(
+        json.dumps({"schema": 1, "remotes": {"origin": "a.example/x", "backup": "b.example/y"}})
+    )
+    assert remote_names() == ["backup", "origin"]
