@@ -28,8 +28,8 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update({"PIENV_HOME": f"{tmp}/store", "PIENV_BASE_IMAGE": args.image})
+        from pienv.context import Context
         from pienv.ops import run as runmod
-        from pienv.ops.context import Context
         from pienv.store import Store
 
         ws = Path(tmp) / "ws"

@@ -284,7 +284,7 @@ def test_install_without_pip_says_the_real_cause(pienv: Pienv) -> None:
     ],
 )
 def test_install_failure_cause_from_its_output(output: str, cause: str | None) -> None:
-    from pienv.ops.agent import failure_cause
+    from pienv.runloop.install import failure_cause
 
     found = failure_cause(output)
     assert (found is None) if cause is None else (found is not None and cause in found)

@@ -154,7 +154,7 @@ def test_foreground_config_and_sessions_commit_before_returning(pienv: Pienv) ->
 
 def test_sessions_always_commit_in_the_foreground(tmp_path: Path) -> None:
     from pienv.config import Config
-    from pienv.ops.context import Context
+    from pienv.context import Context
     from pienv.ops.run import RunRequest, commits_in_background
     from pienv.store import Store
 

@@ -10,7 +10,7 @@ import json
 import pytest
 from conftest import Pienv
 
-from pienv.ops import baseimage as base
+from pienv.runloop import baseimage as base
 
 
 def test_dockerfile_parses_with_expected_parts() -> None:

@@ -27,8 +27,8 @@ def layers(image: str) -> list[str]:
 
 def run_in_process(p: Pienv, monkeypatch: pytest.MonkeyPatch, script: str):  # type: ignore[no-untyped-def]
     """One run without the interpreter start: back-to-back runs as tight as they get."""
+    from pienv.context import Context
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     for key, value in p.env.items():

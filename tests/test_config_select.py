@@ -9,8 +9,8 @@ import pytest
 
 from pienv import config
 from pienv.errors import UsageError
-from pienv.ops.sandbox import MountPolicy, validate_mount
 from pienv.ops.workspace import select_branch
+from pienv.runloop.sandbox import MountPolicy, validate_mount
 from pienv.store import Refs
 
 HOST = {
@@ -107,8 +107,10 @@ def test_mount_policy_store_config_and_boot(policy: MountPolicy, tmp_path: Path)
 
 def test_plain_mount_ok(policy: MountPolicy, tmp_path: Path) -> None:
     data = tmp_path / "home" / "src" / "p"
-    assert validate_mount(f"{data}:/data:ro", policy) == (str(data), "/data", "ro")
-    assert validate_mount("~/src/p:/p", policy) == (str(data), "/p", "rw")
+    ro = validate_mount(f"{data}:/data:ro", policy)
+    assert (ro.source, ro.target, ro.mode) == (str(data), "/data", "ro")
+    rw = validate_mount("~/src/p:/p", policy)
+    assert (rw.source, rw.target, rw.mode) == (str(data), "/p", "rw")
     with pytest.raises(UsageError, match="container path must be absolute"):
         validate_mount(f"{data}:data", policy)
 
@@ -147,7 +149,7 @@ def test_branch_precedence() -> None:
 
 
 def test_run_token_from_run_and_install_container_names() -> None:
-    from pienv.ops.sandbox import run_name, run_token
+    from pienv.runloop.sandbox import run_name, run_token
 
     name = run_name("4a62d409a0de", "0123456789ab")
     assert run_token(name) == run_token("/" + name) == "0123456789ab"

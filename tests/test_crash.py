@@ -126,8 +126,8 @@ def test_prune_during_a_finish_keeps_the_new_commit(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """prune runs between the commit and its branch move."""
+    from pienv.context import Context
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     pienv("run", "--", "true")

@@ -1,7 +1,9 @@
 """The module graph: every `import` in src/pienv, module-level and inside functions.
 
 Data flows one way (docs/architecture.md): the command line (entry, runargs, cli/, ui) calls
-ops/, which uses the core modules (store, engine, gitrepo, dag, model, config, locks, errors).
+ops/ (command families), which calls runloop/ (the run: its plan, session, finalizer, commits,
+sandbox), which uses the core modules (store, engine, gitrepo, dag, model, config, locks,
+errors, report, context). ops may import runloop; runloop never imports ops.
 No import may go up a layer, and none may close a circle, even one hidden inside a function
 (a circle there still couples the two modules: neither can be understood or tested alone).
 
@@ -41,6 +43,8 @@ CORE = {
     "netproxy",
     "netproxy.image",
     "netproxy.proxy",
+    "context",
+    "tracking",
 }
 # The HTTP transport stands alone: it speaks HTTP on a socket without docker-py, so that the
 # run loop's JSON calls import nothing of it.
@@ -65,10 +69,12 @@ def modules() -> dict[str, Path]:
 
 
 def layer(name: str) -> int:
-    """2 = the command line, 1 = ops, 0 = core."""
+    """3 = the command line, 2 = ops, 1 = runloop, 0 = core."""
     if name in TOP or name.startswith("cli."):
-        return 2
+        return 3
     if name == "ops" or name.startswith("ops."):
+        return 2
+    if name == "runloop" or name.startswith("runloop."):
         return 1
     if name.split(".")[0] in CORE or name == "__init__":
         return 0
@@ -141,7 +147,7 @@ def render(g: dict[str, set[str]]) -> str:
     """The graph as docs/architecture.md shows it: one line per module, layers top down."""
     width = max(len(n) for n in g) + 1
     lines = []
-    for lay in (2, 1, 0):
+    for lay in (3, 2, 1, 0):
         for name in sorted(n for n in g if layer(n) == lay and n != "__init__"):
             deps = ", ".join(sorted(g[name], key=lambda m: (-layer(m), m))) or "-"
             lines.append(f"{name:<{width}}-> {deps}")
@@ -155,12 +161,21 @@ BEGIN, END = "<!-- import-graph:begin -->\n```\n", "```\n<!-- import-graph:end -
 def test_no_import_goes_up_a_layer() -> None:
     g = graph()
     upward = [f"{a} -> {b}" for a, deps in g.items() for b in deps if layer(b) > layer(a)]
-    assert not upward, f"imports against the layers (cli -> ops -> core): {upward}"
+    assert not upward, f"imports against the layers (cli -> ops -> runloop -> core): {upward}"
 
 
-def test_ops_never_print() -> None:
+def test_ops_and_runloop_never_print() -> None:
     g = graph()
-    assert not [n for n in g if n.startswith("ops") and "ui" in g[n]], "ops import ui"
+    assert not [n for n in g if n.startswith(("ops", "runloop")) and "ui" in g[n]], "import ui"
+
+
+def test_the_run_plan_is_pure() -> None:
+    """runloop/plan.py and spec.py decide the container without an engine: they import no
+    engine, store, lock or session module (tests/test_plan.py runs them with none)."""
+    g = graph()
+    for name in ("runloop.plan", "runloop.spec"):
+        impure = g[name] & {"engine", "enginehttp", "store", "locks", "runloop.session"}
+        assert not impure, f"{name} imports {impure}"
 
 
 def test_no_import_cycle() -> None:

@@ -110,10 +110,10 @@ def test_clean_orphans_and_unlock(pienv: Pienv) -> None:
 def test_failed_commit_keeps_container_and_branch(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pienv.context import Context
     from pienv.engine import Engine
     from pienv.errors import EngineError
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     pienv("run", "--", "true")
@@ -145,9 +145,9 @@ def test_orphan_already_committed_is_removed_not_committed_again(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """pienv died after its commit but before removing the container."""
+    from pienv.context import Context
     from pienv.engine import Engine
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     pienv("run", "--", "true")
@@ -250,8 +250,8 @@ def test_runs_past_flatten_at_are_flattened_and_go_on(
 ) -> None:
     """Rule 2 in seconds: a low `flatten_at` makes the automatic flatten happen within a few
     runs (the stress test below goes past Docker's real limit)."""
+    from pienv.context import Context
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     for key, value in pienv.env.items():
@@ -274,8 +274,8 @@ def test_runs_past_flatten_at_are_flattened_and_go_on(
 def test_150_runs_on_one_branch_never_dead_end(
     pienv: Pienv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from pienv.context import Context
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     for key, value in pienv.env.items():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pienv.ops.context import Context
+from pienv.context import Context
 from pienv.report import Reporter
 from pienv.store import Store
 

@@ -160,14 +160,13 @@ def test_files_in_workspace_belong_to_host_user(
     # The container runs as the uid:gid of the user running pienv. Pretend to be uid 4321
     # (a second real user cannot import this root-owned install here) and look at the owner
     # of the file the agent created, on the host.
-    from pienv.ops import commits as commits_mod
+    from pienv.context import Context
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
+    from pienv.runloop import commits as commits_mod
     from pienv.store import Store
 
     monkeypatch.setattr(commits_mod.os, "getuid", lambda: 4321)
     monkeypatch.setattr(commits_mod.os, "getgid", lambda: 4322)
-    monkeypatch.setattr(runmod, "host_ids", commits_mod.host_ids)
     for key, value in pienv.env.items():
         monkeypatch.setenv(key, value)
     subprocess.run(["chown", "-R", "4321:4322", str(pienv.repo)], check=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import pytest
 
+from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, UsageError
 from pienv.model import Commit
-from pienv.ops.context import Context
 from pienv.store import Store
 from pienv.store.memory import Memory, MemoryStore
 

@@ -98,8 +98,8 @@ def test_fsck_repair_keeps_a_move_made_between_its_check_and_its_write(
 ) -> None:
     """fsck --repair wrote back the refs it read before checking the engine: a run that
     finished meanwhile had its branch moved back (its change off the branch)."""
+    from pienv.context import Context
     from pienv.ops import maint
-    from pienv.ops.context import Context
     from pienv.store import Store
 
     pienv("run", "--", "touch", "/a")

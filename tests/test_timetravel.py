@@ -10,9 +10,9 @@ import time
 import pytest
 from conftest import BASE_TAG, Pienv, git
 
+from pienv.context import Context
 from pienv.errors import UsageError
 from pienv.ops import bisect, export, probe, rebase
-from pienv.ops.context import Context
 from pienv.store import Store
 
 pytestmark = pytest.mark.engine

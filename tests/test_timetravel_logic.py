@@ -152,7 +152,7 @@ def test_code_snapshot_of_many_files_stays_fast(tmp_path: Path) -> None:
 
 def test_replay_plan_replays_commands_and_leaves_sessions_to_the_user() -> None:
     from pienv.ops import replay
-    from pienv.ops.sandbox import LOGIN_SHELL
+    from pienv.runloop.sandbox import LOGIN_SHELL
 
     def c(i: int, kind: str = "run", command: tuple[str, ...] = (), message: str = "") -> Commit:
         parents = (f"{i - 1:064x}",) if i else ()

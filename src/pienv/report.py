@@ -1,7 +1,7 @@
 """The one way an operation talks while it works: notes, warnings and progress.
 
 Core and ops code never prints (docs/architecture.md). What an operation has to say before it
-returns goes to ``ctx.report`` (ops/context.py): the command line hands in a Reporter that
+returns goes to ``ctx.report`` (context.py): the command line hands in a Reporter that
 shows it at once (cli/common.py), while the default one, used by tests, background processes
 and library callers, keeps what it is told in ``notes`` and ``warnings``. Results that a
 command prints or emits as JSON stay in the result dataclasses; a Reporter carries only what

@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pienv import ui
+from pienv.report import Reporter
 
 if TYPE_CHECKING:
-    from pienv.ops.finish import RunResult
     from pienv.ops.run import RunRequest
+    from pienv.runloop.finish import RunResult
 
 # option spelling -> RunRequest field; "env" collects repeats, the others keep the last.
 VALUED = {
@@ -133,8 +134,8 @@ def run_command(req: RunRequest) -> int:
     unless something went wrong or needs saying, since the prompt is already back."""
     import os
 
+    from pienv.context import Context
     from pienv.ops import run as runmod
-    from pienv.ops.context import Context
 
     def sink(stream: TextIO | None) -> Callable[[bytes], None]:
         def write(data: bytes) -> None:
@@ -146,14 +147,13 @@ def run_command(req: RunRequest) -> int:
 
     stdin_fd = None if sys.stdin is None or sys.stdin.closed else sys.stdin.fileno()
     result = runmod.run(
-        Context(),
+        Context(report=_Reporter()),
         req,
         Path.cwd(),
         os.environ,
         sink(sys.stdout),
         sink(sys.stderr),
         stdin_fd,
-        ui.note,
         report=lambda done, exc: _report_later(req, done, exc),
     )
     for line in result.notes:
@@ -161,6 +161,17 @@ def run_command(req: RunRequest) -> int:
     if not result.pending:
         _report(req, result)
     return result.exit_code
+
+
+class _Reporter(Reporter):
+    """What the run says while it works (a busy branch it waits for), shown at once. The
+    run path's own: cli/common.py's ConsoleReporter would bring typer onto the hot path."""
+
+    def note(self, text: str) -> None:
+        ui.note(text)
+
+    def warn(self, text: str) -> None:
+        ui.warn(text)
 
 
 def _report(req: RunRequest, result: RunResult) -> None:

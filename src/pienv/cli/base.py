@@ -29,7 +29,7 @@ def base_build(
 
     New stores start from it, and `pienv reset --system` / `--all` move a branch onto it.
     """
-    from pienv.ops import baseimage as base
+    from pienv.runloop import baseimage as base
 
     def show(line: str) -> None:
         # Docker's "Step 2/7 : RUN ..." lines stay; the output under them only passes by.

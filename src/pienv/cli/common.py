@@ -18,7 +18,7 @@ from pienv import ui
 from pienv.report import Reporter
 
 if TYPE_CHECKING:  # free at run time: ops modules load inside the commands that need them
-    from pienv.ops.context import Context
+    from pienv.context import Context
     from pienv.ops.workspace import Selection
 
 
@@ -119,7 +119,7 @@ class ConsoleReporter(Reporter):
 
 
 def context() -> Context:
-    from pienv.ops.context import Context
+    from pienv.context import Context
 
     return Context(report=ConsoleReporter())
 

@@ -10,7 +10,7 @@ from pienv import ui
 from pienv.cli.common import BranchOpt, JsonOpt, complete_rev, context, family, selected
 
 if TYPE_CHECKING:
-    from pienv.ops.context import Context
+    from pienv.context import Context
     from pienv.ops.egress import PolicyResult
 
 app = family(

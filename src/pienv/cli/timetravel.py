@@ -112,7 +112,7 @@ def bisect_run(
     anything else stops. No env commit is made and no branch moves."""
     from pienv.model import short
     from pienv.ops import bisect
-    from pienv.ops.workspace import find_workspace
+    from pienv.runloop.workspace import find_workspace
 
     ws = find_workspace(Path.cwd(), workdir)
     out = bisect.run(selected(), tuple(command), ws.path)

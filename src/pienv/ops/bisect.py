@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pienv import dag
+from pienv.context import Context
 from pienv.errors import UsageError
 from pienv.model import JsonResult, short
 from pienv.ops import probe
-from pienv.ops.context import Context
 from pienv.store import write_atomic
 
 Mark = Literal["good", "bad", "skip"]

@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pienv import gitrepo
+from pienv.context import Context
 from pienv.errors import UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops import history
-from pienv.ops.context import Context
 
 
 @dataclass(frozen=True)

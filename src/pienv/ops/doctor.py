@@ -13,11 +13,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from pienv import locks
+from pienv.context import Context
 from pienv.engine import MAX_DEPTH
 from pienv.errors import PienvError, StoreError
 from pienv.model import JsonResult, short
-from pienv.ops import baseimage as basemod
-from pienv.ops.context import Context
+from pienv.runloop import baseimage as basemod
 from pienv.store import Refs
 
 if TYPE_CHECKING:

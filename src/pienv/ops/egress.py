@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pienv import egress, egressaudit
-from pienv.egress import Policy, PolicyStore
+from pienv.context import Context
+from pienv.egress import Policy
 from pienv.errors import UsageError
 from pienv.model import JsonResult, short
-from pienv.ops.context import Context
+from pienv.runloop.egressrun import current, policy_store
 
 
 @dataclass
@@ -28,32 +29,6 @@ class PolicyResult(JsonResult):
         data = super().to_json()
         data.pop("notes", None)
         return data
-
-
-def _store(ctx: Context) -> PolicyStore:
-    return PolicyStore(ctx.store.home)
-
-
-def _head_policy_hash(ctx: Context, head: str | None) -> str:
-    if not head:
-        return ""
-    commit = ctx.store.commits().get(head)
-    return commit.egress if commit else ""
-
-
-def current(ctx: Context, run_branch: str | None = "") -> tuple[str | None, Policy, str]:
-    """(branch, its policy, where the policy came from) for ctx's HEAD (rule 11 applied), or
-    for ``run_branch`` (a run's branch; None: a detached run)."""
-    refs = ctx.refs()
-    branch = refs.head_branch if run_branch == "" else run_branch
-    head = refs.branches.get(branch) if branch else refs.head_commit()
-    store = _store(ctx)
-    head_hash = _head_policy_hash(ctx, head)
-    if branch and store.has_branch(branch):
-        return branch, store.of_branch(branch), "branch"
-    if head_hash:
-        return branch, store.of_branch(branch or "", {egress.LABEL: head_hash}), "head commit"
-    return branch, egress.DEFAULT, "default"
 
 
 def _result(
@@ -103,7 +78,7 @@ def allow(ctx: Context, rules: list[str], with_agent: bool = True) -> PolicyResu
     if policy.mode == "open" and with_agent:
         added = [r for r in agent_needs(ctx) if r not in checked]
     new = policy.allowing([*checked, *added])
-    _store(ctx).set_branch(name, new)
+    policy_store(ctx).set_branch(name, new)
     return _result(name, new, "branch", added)
 
 
@@ -111,7 +86,7 @@ def deny(ctx: Context, rules: list[str]) -> PolicyResult:
     branch, policy, _ = current(ctx)
     name = _branch_or_refuse(ctx, branch)
     new = policy.denying(rules)
-    _store(ctx).set_branch(name, new)
+    policy_store(ctx).set_branch(name, new)
     return _result(name, new, "branch")
 
 
@@ -127,7 +102,7 @@ def set_mode(ctx: Context, mode: str) -> PolicyResult:
     from dataclasses import replace
 
     new = replace(policy, mode=mode)
-    _store(ctx).set_branch(name, new)
+    policy_store(ctx).set_branch(name, new)
     return _result(name, new, "branch", added)
 
 
@@ -135,7 +110,7 @@ def reset(ctx: Context) -> PolicyResult:
     """Back to the default (open, nothing listed)."""
     branch, _, _ = current(ctx)
     name = _branch_or_refuse(ctx, branch)
-    _store(ctx).set_branch(name, egress.DEFAULT)
+    policy_store(ctx).set_branch(name, egress.DEFAULT)
     return _result(name, egress.DEFAULT, "branch")
 
 
@@ -193,7 +168,7 @@ def follow(ctx: Context, branch: str | None, cid: str) -> Policy | None:
     if branch is None:
         return None
     commit = ctx.store.commits().get(cid)
-    store = _store(ctx)
+    store = policy_store(ctx)
     digest = commit.egress if commit else ""
     if not digest and not store.has_branch(branch):
         return None

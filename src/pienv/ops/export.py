@@ -14,12 +14,12 @@ import base64
 import json
 from dataclasses import dataclass
 
+from pienv.context import Context
 from pienv.engine import INIT_MOUNTS
 from pienv.model import Commit, JsonResult, short
 from pienv.ops import probe, replay
-from pienv.ops.commits import host_ids
-from pienv.ops.context import Context
-from pienv.ops.sandbox import ENV_FILE, WRAPPER
+from pienv.runloop.commits import host_ids
+from pienv.runloop.sandbox import ENV_FILE, WRAPPER
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from pienv import dag
+from pienv.context import Context
 from pienv.errors import StoreError
 from pienv.locks import DETACHED
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, short
-from pienv.ops.context import Context
 from pienv.ops.prune import fetched
 from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
 

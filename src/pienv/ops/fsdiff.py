@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO, Any
 
 from pienv.engine import INIT_MOUNTS, ChunkReader, Engine
-from pienv.ops.sandbox import AGENT_HOME, ENV_FILE, WORKSPACE
+from pienv.runloop.sandbox import AGENT_HOME, ENV_FILE, WORKSPACE
 
 # What `packages` reads: a list the store kept from another version of it is read again.
 PACKAGES_VERSION = 1
@@ -40,7 +40,7 @@ PIP_VERSIONED = (
     AGENT_HOME + "/.local/lib/python3.{}/site-packages",
 )
 # Global npm packages: the image's prefix (Debian's node, /usr/local), and the agent's home,
-# where a run's `npm install -g` goes (ops/sandbox.py's wrapper sets NPM_CONFIG_PREFIX unless
+# where a run's `npm install -g` goes (runloop/sandbox.py's wrapper sets NPM_CONFIG_PREFIX unless
 # the image sets its own, which is read too).
 NPM_DIRS = (
     "/usr/local/lib/node_modules",

@@ -8,11 +8,11 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from pienv import dag, locks
+from pienv.context import Context
 from pienv.errors import UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
-from pienv.ops.context import Context
-from pienv.ops.tracking import tracking_refs
 from pienv.store import ReflogEntry, Refs
+from pienv.tracking import tracking_refs
 
 if TYPE_CHECKING:
     from pienv.engine import ImageInfo
@@ -265,7 +265,7 @@ def _path_changes(
     the two images' path metadata are compared, which cannot see a same-size rewrite that
     kept its mtime."""
     from pienv.ops import fsdiff
-    from pienv.ops.commits import known_mount_points
+    from pienv.runloop.commits import known_mount_points
 
     engine = ctx.engine()
     images = [engine.inspect_image(old), engine.inspect_image(new)]

@@ -12,16 +12,16 @@ import tarfile
 from dataclasses import dataclass
 
 from pienv import locks
+from pienv.context import Context
 from pienv.errors import UsageError
 from pienv.locks import name_of
 from pienv.model import Commit, short
-from pienv.ops import baseimage as basemod
-from pienv.ops.commits import flatten_image, make_root
-from pienv.ops.context import Context
 from pienv.ops.doctor import Check, doctor
 from pienv.ops.fsck import FsckResult, fsck
 from pienv.ops.prune import KeptInUse, PruneResult, prune
-from pienv.ops.sandbox import AGENT_HOME
+from pienv.runloop import baseimage as basemod
+from pienv.runloop.commits import flatten_image, make_root
+from pienv.runloop.sandbox import AGENT_HOME
 
 __all__ = [
     "BaseResetResult",

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pienv import gitrepo
+from pienv.context import Context
 from pienv.model import LABEL, SCHEMA
-from pienv.ops.commits import host_ids
-from pienv.ops.context import Context
-from pienv.ops.sandbox import (
+from pienv.runloop.commits import host_ids
+from pienv.runloop.sandbox import (
     ENV_FILE,
     WORKSPACE,
     WRAPPER,
@@ -63,7 +63,7 @@ def container(
     does (the same wrapper, env file, run user, and the branch's egress policy: a probe or a
     replay runs the agent's environment, so it gets the agent's network boundary), removed
     on the way out."""
-    from pienv.ops import egressrun
+    from pienv.runloop import egressrun
 
     token = os.urandom(6).hex()
     env_path = env_file(ctx.store.runs_dir, token)

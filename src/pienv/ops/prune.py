@@ -8,12 +8,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pienv import dag, locks
+from pienv.context import Context
 from pienv.engine import Engine, ImageRow
 from pienv.errors import UsageError
 from pienv.model import LABEL, Commit, JsonResult, parse_age, parse_time, short
-from pienv.ops.context import Context
-from pienv.ops.tracking import tracked_commits
 from pienv.store import ReflogEntry, Refs
+from pienv.tracking import tracked_commits
 
 if TYPE_CHECKING:
     import networkx as nx

@@ -16,11 +16,10 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pienv import dag
+from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, PienvError, UsageError
 from pienv.model import JsonResult, parse_time, short
 from pienv.ops import pushscan
-from pienv.ops.commits import flatten_image
-from pienv.ops.context import Context
 from pienv.ops.remote import (
     RECORD_GRACE,
     Lost,
@@ -47,9 +46,10 @@ from pienv.ops.remotelayout import (
     record_tag,
     ref_tag,
 )
-from pienv.ops.tracking import load, save
 from pienv.registry import INDEX, Client, Location, escape
+from pienv.runloop.commits import flatten_image
 from pienv.store import who
+from pienv.tracking import load, save
 
 # How long a push waits for a rival push from the same remote head to give way.
 CLAIM_WAIT = 30.0

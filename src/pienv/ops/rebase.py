@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pienv import dag, locks
+from pienv.context import Context
 from pienv.engine import ImageInfo
 from pienv.errors import EngineError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops import probe, replay
-from pienv.ops.commits import commit_container, finish, make_root
-from pienv.ops.context import Context
+from pienv.runloop.commits import commit_container, finish, make_root
 from pienv.store import write_atomic
 
 STATE = "rebase.json"
@@ -184,9 +184,9 @@ def _replay_one(ctx: Context, state: State, item: replay.Item) -> tuple[str, str
 
 
 def _commit_install(ctx: Context, cid: str, draft: Commit, parent: ImageInfo) -> str:
-    """An agent install's replay, labelled as installed (as ops.agent.install labels it):
+    """An agent install's replay, labelled as installed (as runloop.install labels it):
     the next run of that agent on the rebased branch does not install it again."""
-    from pienv.ops.agent import INSTALLED_LABEL
+    from pienv.runloop.agent import INSTALLED_LABEL
 
     engine = ctx.engine()
     labels = draft.labels(ctx.store_id)

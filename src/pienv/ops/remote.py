@@ -15,12 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from pienv import dag, locks, registry
+from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, StoreError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, parse_time, short
-from pienv.ops.context import Context
 from pienv.ops.remotelayout import PREFIX, RemoteRef, notes_of, parse_index, parse_record
-from pienv.ops.tracking import load, save
 from pienv.registry import Client, Location, escape, parse_location
+from pienv.tracking import load, save
 
 # A push record younger than this whose head is not on its branch is a push in progress, not
 # yet a lost update.

@@ -10,7 +10,7 @@ from typing import Literal
 from pienv.config import PRESETS, Config
 from pienv.errors import UsageError
 from pienv.model import Commit, short
-from pienv.ops.sandbox import LOGIN_SHELL, WORKSPACE
+from pienv.runloop.sandbox import LOGIN_SHELL, WORKSPACE
 
 # replay: run the recorded command again; manual: an interactive session (or anything whose
 # effect is not a recorded command), redone by hand; skip: pienv's own bookkeeping commits,

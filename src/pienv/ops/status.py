@@ -7,12 +7,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pienv import dag, locks
+from pienv.context import Context
 from pienv.errors import PienvError
 from pienv.model import Commit, JsonResult
-from pienv.ops.context import Context
-from pienv.ops.sandbox import MountPolicy
-from pienv.ops.tracking import tracking_refs
-from pienv.ops.workspace import Workspace, find_workspace, select_branch
+from pienv.runloop.sandbox import MountPolicy
+from pienv.runloop.workspace import Workspace, find_workspace, select_branch
+from pienv.tracking import tracking_refs
 
 
 @dataclass

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pienv import gitrepo, locks
+from pienv.context import Context
 from pienv.errors import UsageError
 from pienv.model import JsonResult, check_ref_name
-from pienv.ops.context import Context
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING
 
 from pienv import egress, egressaudit
 from pienv.config import Agent
+from pienv.context import Context
+from pienv.egress import Policy, PolicyStore
 from pienv.errors import UsageError
-from pienv.ops.context import Context
 
 if TYPE_CHECKING:
     from pienv.egressnet import RunNetwork
@@ -45,14 +46,38 @@ class EgressRun:
             self.registration.registered()
 
 
+def policy_store(ctx: Context) -> PolicyStore:
+    return PolicyStore(ctx.store.home)
+
+
+def _head_policy_hash(ctx: Context, head: str | None) -> str:
+    if not head:
+        return ""
+    commit = ctx.store.commits().get(head)
+    return commit.egress if commit else ""
+
+
+def current(ctx: Context, run_branch: str | None = "") -> tuple[str | None, Policy, str]:
+    """(branch, its policy, where the policy came from) for ctx's HEAD (rule 11 applied), or
+    for ``run_branch`` (a run's branch; None: a detached run)."""
+    refs = ctx.refs()
+    branch = refs.head_branch if run_branch == "" else run_branch
+    head = refs.branches.get(branch) if branch else refs.head_commit()
+    store = policy_store(ctx)
+    head_hash = _head_policy_hash(ctx, head)
+    if branch and store.has_branch(branch):
+        return branch, store.of_branch(branch), "branch"
+    if head_hash:
+        return branch, store.of_branch(branch or "", {egress.LABEL: head_hash}), "head commit"
+    return branch, egress.DEFAULT, "default"
+
+
 def effective_mode(ctx: Context, branch: str | None, requested: str | None) -> egress.Policy:
     """The policy a run on ``branch`` gets (``requested``: `run --egress MODE`)."""
     if requested is not None and requested not in egress.RUN_MODES:
         raise UsageError(
             f"unknown --egress mode {requested!r}", hint=f"one of {', '.join(egress.RUN_MODES)}"
         )
-    from pienv.ops.egress import current
-
     _, policy, _ = current(ctx, branch)
     if requested is None or requested == policy.mode:
         return policy

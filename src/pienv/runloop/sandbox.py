@@ -18,6 +18,7 @@ from pathlib import Path
 from pienv.config import Config
 from pienv.errors import UsageError
 from pienv.gitrepo import RepoInfo
+from pienv.runloop.spec import Mount
 
 WORKSPACE = "/workspace"
 ENV_FILE = "/run/pienv/env"
@@ -25,7 +26,7 @@ AGENT_HOME = "/home/agent"
 # The container's entry: load the env file (never container Env, which a commit would keep),
 # let `npm install -g` and `pip install --user` land in the home (the host user cannot write
 # /usr/local of a stock image; an image's own NPM_CONFIG_PREFIX wins), then become the command.
-# The agent's install is not here: it is its own committed step (ops/agent.py).
+# The agent's install is not here: it is its own committed step (runloop/install.py).
 WRAPPER = (
     'set -a; [ -r "$0" ] && . "$0"; set +a; '
     # Start where the user started (repo/sub -> /workspace/sub). Not the container's WorkingDir:
@@ -147,8 +148,8 @@ class MountPolicy:
         return ""
 
 
-def validate_mount(spec: str, policy: MountPolicy) -> tuple[str, str, str]:
-    """A `[run] mounts` entry HOST:CONTAINER[:ro|rw] -> (real host path, target, mode)."""
+def validate_mount(spec: str, policy: MountPolicy) -> Mount:
+    """A `[run] mounts` entry HOST:CONTAINER[:ro|rw] -> its mount of the real host path."""
     parts = spec.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1]:
         raise UsageError(f"bad mount {spec!r} in config: use HOST:CONTAINER[:ro|rw]")
@@ -158,10 +159,11 @@ def validate_mount(spec: str, policy: MountPolicy) -> tuple[str, str, str]:
     if not parts[1].startswith("/"):
         raise UsageError(f"bad mount {spec!r} in config: the container path must be absolute")
     host = policy.check(parts[0], f"mount {spec!r} in config")
-    return str(host), parts[1], mode
+    why = f"[run] mounts {spec!r}"
+    return Mount(str(host), parts[1], mode == "ro", why, directory=host.is_dir())
 
 
-Binds = dict[str, dict[str, str]]  # host path -> {"bind": container path, "mode": ro|rw}
+Binds = dict[str, Mount]  # host path -> its mount (one mount per host path)
 # What in a git dir makes git run code on the host (hooks, config: core.hooksPath,
 # core.fsmonitor, aliases, includes, filters; config.worktree with extensions.worktreeConfig;
 # worktrees/*/commondir, which redirects a linked worktree to another common dir).
@@ -191,17 +193,22 @@ def git_mounts(
     elif dotgit.is_symlink():
         notes.append(f"{dotgit} is a symlink: pienv does not make it read-only")
     elif dotgit.is_file():
-        binds[str(dotgit)] = {"bind": str(target), "mode": "ro"}
+        binds[str(dotgit)] = Mount(
+            str(dotgit), str(target), True, "git: the .git file", directory=False
+        )
         inner = _inner_gitdir(root, repo)
         if inner is not None:
             # `git init --separate-git-dir` into the tree: that git dir is the repo's, in
             # the writable workspace. A mount point of its own (it cannot be renamed and
             # replaced), with the same read-only files as a `.git` directory.
             inside = Path(WORKSPACE) / inner.relative_to(_real(root))
-            binds[str(inner)] = {"bind": str(inside), "mode": "rw"}
+            binds[str(inner)] = Mount(
+                str(inner), str(inside), False, "git: the repository's git dir"
+            )
             _protect_gitdir(inner, inside, binds, notes)
     elif repo.gitdir == _real(dotgit):
-        binds[str(dotgit)] = {"bind": str(target), "mode": "rw"}  # a mount point: stays put
+        # A mount point: it cannot be renamed or replaced from inside.
+        binds[str(dotgit)] = Mount(str(dotgit), str(target), False, "git: .git")
         _protect_gitdir(dotgit, target, binds, notes)
     if not repo.is_linked_worktree:
         return binds, notes
@@ -212,11 +219,12 @@ def git_mounts(
         return binds, notes
     # The worktree's .git file names host paths under the common dir: mount it at that same
     # path so git works inside.
-    binds[str(common)] = {"bind": str(common), "mode": "rw"}
+    binds[str(common)] = Mount(str(common), str(common), False, "git: the common git dir")
     if protect:
         _protect_gitdir(common, common, binds, notes)
         gitdir = repo.gitdir
-        binds[str(gitdir)] = {"bind": str(gitdir), "mode": "rw"}  # over read-only worktrees/
+        # Over the read-only worktrees/.
+        binds[str(gitdir)] = Mount(str(gitdir), str(gitdir), False, "git: this worktree's git dir")
         wtconfig = gitdir / "config.worktree"
         if (common / "config.worktree").exists() and not os.path.lexists(wtconfig):
             # extensions.worktreeConfig (see _protect_gitdir): git reads this one too.
@@ -375,7 +383,8 @@ def _read_only(host: Path, target: Path, binds: Binds, notes: list[str]) -> None
     if host.is_symlink():
         notes.append(f"{host} is a symlink: pienv does not make it read-only")
     elif host.exists():
-        binds[str(host)] = {"bind": str(target), "mode": "ro"}
+        why = f"git: {host.name}, read-only"
+        binds[str(host)] = Mount(str(host), str(target), True, why, directory=host.is_dir())
 
 
 def container_env(

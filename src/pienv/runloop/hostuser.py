@@ -96,6 +96,14 @@ def _free_name(wanted: str, taken: set[str]) -> str:
     return name
 
 
+def _name_for(entries: list[list[str]], num: int, fallback: str = "") -> tuple[str, bool]:
+    """(name, added): the name ``num`` has in passwd/group ``entries``, or a new one."""
+    found = [e for e in entries if len(e) >= 3 and e[2] == str(num)]
+    if found:
+        return found[0][0], False
+    return fallback or _free_name("agent", {e[0] for e in entries}), True
+
+
 def prepare_host_user(
     engine: Engine, cid: str, uid: int, gid: int, caches: bool, state: Iterable[str] = ()
 ) -> HostUser:
@@ -121,18 +129,8 @@ def prepare_host_user(
             tar.addfile(info, io.BytesIO(data))
         paths.append(path)
 
-    by_gid = [g for g in groups if len(g) >= 3 and g[2] == str(gid)]
-    added_group = not by_gid
-    group_name = (
-        by_gid[0][0]
-        if by_gid
-        else "root"
-        if gid == 0
-        else _free_name("agent", {g[0] for g in groups})
-    )
-    by_uid = [u for u in users if len(u) >= 3 and u[2] == str(uid)]
-    added_user = not by_uid
-    user_name = by_uid[0][0] if by_uid else _free_name("agent", {u[0] for u in users})
+    group_name, added_group = _name_for(groups, gid, "root" if gid == 0 else "")
+    user_name, added_user = _name_for(users, uid)
     shell = "/bin/bash" if engine_has(engine, cid, "/bin/bash") else "/bin/sh"
     sudo = engine_has(engine, cid, "/etc/sudoers")
     # PAM's account check (sudo) wants a shadow entry too; "*": no password, not locked.

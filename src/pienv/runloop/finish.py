@@ -9,17 +9,17 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pienv import gitrepo
+from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, EngineError, PienvError, StoreError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, RunInfo
-from pienv.ops.commits import (
+from pienv.runloop.commits import (
     adds_layer,
     captures_anything,
     commit_container,
     finish,
     host_ids,
 )
-from pienv.ops.context import Context
 from pienv.store import ReflogEntry, Transaction
 
 
@@ -81,33 +81,9 @@ def finalize(
         result.discarded = captures_anything(engine, cid, parent_image)
         engine.remove_container(cid, force=True)
         return result
-    # The code the environment ended up paired with (the agent may commit meanwhile): HEAD
-    # and a snapshot of what is uncommitted (~0.07 s at 10k files; in the finalizer for a
-    # background commit, so off the user's wait).
-    git_head, code = (
-        gitrepo.record_code(Path(info.workspace), f"pienv: code of run {summary[:60]}")
-        if info.workspace
-        else ("", "")
-    )
     if info.egress_audit:
         _keep_audit(ctx, info, result.notes)
-    draft = Commit.draft(
-        info.branch,
-        summary,
-        "run",
-        parents=(info.parent,),
-        command=info.command,
-        exit_code=exit_code,
-        workspace=info.workspace,
-        git_head=git_head,
-        code=code,
-        user=host_ids(),
-        run_host=info.host,
-        run_pid=info.pid,
-        run_started=info.started,
-        egress=info.egress,
-        egress_audit=info.egress_audit,
-    )
+    draft = _draft(info, exit_code, summary)
     try:
         commit = commit_container(ctx, cid, draft, parent_image, index=False)
     except PienvError as exc:
@@ -127,7 +103,7 @@ def finalize(
 def _keep_audit(ctx: Context, info: RunInfo, notes: list[str]) -> None:
     """The run's egress audit into the store, before its commit names it; what was refused
     is said (the agent saw the message, the user may not have)."""
-    from pienv.ops import egressrun
+    from pienv.runloop import egressrun
 
     try:
         attempts = egressrun.keep_audit(ctx, info.egress_audit, egressrun.proxy_of_store(ctx))
@@ -136,6 +112,35 @@ def _keep_audit(ctx: Context, info: RunInfo, notes: list[str]) -> None:
         return
     if said := egressrun.denied_note(attempts):
         notes.append(said)
+
+
+def _draft(info: RunInfo, exit_code: int, summary: str) -> Commit:
+    """The run's commit, before it is made."""
+    # The code the environment ended up paired with (the agent may commit meanwhile): HEAD
+    # and a snapshot of what is uncommitted (~0.07 s at 10k files; in the finalizer for a
+    # background commit, so off the user's wait).
+    git_head, code = (
+        gitrepo.record_code(Path(info.workspace), f"pienv: code of run {summary[:60]}")
+        if info.workspace
+        else ("", "")
+    )
+    return Commit.draft(
+        info.branch,
+        summary,
+        "run",
+        parents=(info.parent,),
+        command=info.command,
+        exit_code=exit_code,
+        workspace=info.workspace,
+        git_head=git_head,
+        code=code,
+        user=host_ids(),
+        run_host=info.host,
+        run_pid=info.pid,
+        run_started=info.started,
+        egress=info.egress,
+        egress_audit=info.egress_audit,
+    )
 
 
 def _made_from(ctx: Context, cid: str) -> Commit | None:

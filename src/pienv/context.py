@@ -141,7 +141,7 @@ class Context:
         if base in refs.tags:
             return refs.tags[base]
         if "/" in base:
-            from pienv.ops.tracking import resolve_tracking
+            from pienv.tracking import resolve_tracking
 
             tracked = resolve_tracking(self.store, base)  # origin/main: a remote-tracking ref
             if tracked is not None:

@@ -12,28 +12,20 @@ import json
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 from pienv.config import CACHES
+from pienv.context import Context
 from pienv.engine import EMPTY_LAYER, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import LABEL, Commit, CommitKind, short
-from pienv.ops.context import Context
-from pienv.ops.sandbox import ENV_FILE, WORKSPACE
+from pienv.runloop.sandbox import ENV_FILE, WORKSPACE
+from pienv.runloop.spec import MountPoint
 from pienv.store import crashpoint
 
 # Progress of a long copy: (bytes done, bytes expected); the expected total is an estimate
 # (an image's size; the tar stream runs a little over it).
 ProgressFn = Callable[[int, int], None]
-
-
-@dataclass(frozen=True)
-class MountPoint:
-    """A path a run bind-mounts over: a directory, or a file for a file mount."""
-
-    path: str
-    directory: bool = True
-    link: str = ""  # made as a symlink to this (what the engine itself makes, not a mount)
 
 
 def run_mount_points(engine: Engine) -> tuple[MountPoint, ...]:
@@ -145,7 +137,7 @@ def make_root(
     """The base image plus one small layer that prepares it for the host user (see
     ``ops.hostuser``) and holds the run's mount points (``prepare``), labelled for this store;
     ``fill`` may copy more in (reset --system's home) and returns the paths it wrote."""
-    from pienv.ops.hostuser import prepare_host_user
+    from pienv.runloop.hostuser import prepare_host_user
 
     engine = ctx.engine()
     base = engine.inspect_image(base_image)

@@ -7,8 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pienv.context import Context
 from pienv.errors import EngineError, UsageError
-from pienv.ops.context import Context
 
 BASE_TAG = "pienv-base:default"
 

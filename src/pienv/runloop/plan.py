@@ -1,0 +1,197 @@
+"""A run's container, decided: request + workspace + config + agent + parent image in, a
+`ContainerSpec` out. PURE: no engine, no filesystem, no clock (what the host says is read by
+the session and passed in: the checked mounts, the environment, the run's record), so every
+rule about what the container gets is unit-tested without an engine (tests/test_plan.py).
+
+Where to change what the container gets: here (and the records in spec.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pienv.config import Agent, Config
+from pienv.model import LABEL, RunInfo
+from pienv.runloop.agent import INSTALLED_LABEL, agent_env, volume_mounts
+from pienv.runloop.sandbox import (
+    AGENT_HOME,
+    ENV_FILE,
+    LOGIN_SHELL,
+    WORKSPACE,
+    WRAPPER,
+    container_env,
+)
+from pienv.runloop.spec import ContainerSpec, Mount, MountPoint
+from pienv.runloop.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    command: tuple[str, ...] = ()  # empty: the configured agent
+    branch: str | None = None
+    workdir: Path | None = None
+    message: str | None = None
+    no_commit: bool = False
+    interactive: bool = False
+    shell: bool = False
+    wait: float | None = None
+    env_names: tuple[str, ...] = ()
+    agent: str | None = None  # a preset name (`--agent`); None: the configured agent
+    egress: str | None = None  # `--egress MODE` for this run; None: the branch's policy
+
+
+@dataclass(frozen=True)
+class Parent:
+    """What the plan needs of the parent image."""
+
+    id: str
+    mount_points: frozenset[str] = frozenset()  # per-run mount points it already holds
+
+
+@dataclass(frozen=True)
+class Boundary:
+    """The run's network boundary (runloop/egressrun.py, docs/network.md), when it has one:
+    the proxy's network, the proxy as the only resolver, variables that override the env
+    file's, capabilities dropped."""
+
+    network: str
+    dns: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    cap_drop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    """What the session read from the host for this run (the plan reads nothing itself)."""
+
+    user: str  # "uid:gid" the agent runs as (rule 5)
+    environ: Mapping[str, str]
+    env_file: str  # where the session writes the run's variables
+    name: str  # the container's name (runloop.sandbox.run_name)
+    store_id: str
+    checked: tuple[Mount, ...] = ()  # git metadata and `[run] mounts`, through the policy
+    forward_stdin: bool = False
+    boundary: Boundary | None = None  # None: an open run (the configured network)
+
+
+def command_of(req: RunRequest, agent: Agent) -> tuple[str, ...]:
+    """What the run runs: the request's command, a login shell, or the agent."""
+    return tuple(req.command or (LOGIN_SHELL if req.shell else agent.command))
+
+
+def env_names(req: RunRequest, agent: Agent) -> tuple[str, ...]:
+    """The host variables asked for: `--env` names and the agent's own."""
+    return (*req.env_names, *agent.env)
+
+
+def run_env(
+    req: RunRequest,
+    ws: Workspace,
+    config: Config,
+    agent: Agent,
+    branch: str | None,
+    environ: Mapping[str, str],
+) -> dict[str, str]:
+    """The run's variables (written to the env file, never into the container's config)."""
+    env = container_env(
+        config, environ, env_names(req, agent), branch, agent_env(agent, config.caches)
+    )
+    if ws.subdir:
+        env["PIENV_SUBDIR"] = ws.subdir
+    return env
+
+
+def own_mounts(ws: Workspace, config: Config, agent: Agent, host: HostFacts) -> tuple[Mount, ...]:
+    """What every run mounts: the workspace, the env file, the agent's state and caches."""
+    return (
+        Mount(str(ws.path), WORKSPACE, False, "the workspace"),
+        Mount(host.env_file, ENV_FILE, True, "the run's variables", directory=False),
+        *volume_mounts(host.store_id, agent, config.caches),
+    )
+
+
+def mount_points(
+    mounts: Sequence[Mount], varying: Sequence[Mount], parent: Parent
+) -> tuple[MountPoint, ...]:
+    """The mount points of ``varying`` (git metadata, configured mounts) that ``parent`` lacks.
+    pienv's own commits hold those every run gets; a target inside another mount is made in
+    that mount, on the host, not in the image."""
+    targets = [m.target.rstrip("/") + "/" for m in mounts]
+    out: list[MountPoint] = []
+    for m in varying:
+        if m.target in parent.mount_points or any(m.target.startswith(t) for t in targets):
+            continue
+        if all(p.path != m.target for p in out):
+            out.append(MountPoint(m.target, directory=m.directory))
+    return tuple(out)
+
+
+def plan(
+    req: RunRequest,
+    ws: Workspace,
+    config: Config,
+    agent: Agent,
+    parent: Parent,
+    info: RunInfo,
+    host: HostFacts,
+    branch: str | None,
+) -> ContainerSpec:
+    """The run container: the wrapper entrypoint around the command, the host user, the
+    mounts (pienv's own first; a later mount of the same host path wins), the run's record
+    as labels, the configured network."""
+    mounts: dict[str, Mount] = {m.source: m for m in own_mounts(ws, config, agent, host)}
+    for m in host.checked:
+        mounts[m.source] = m
+    ordered = tuple(mounts.values())
+    boundary = host.boundary
+    env = run_env(req, ws, config, agent, branch, host.environ)
+    if boundary is not None:
+        env.update(boundary.env)
+    return ContainerSpec(
+        image=parent.id,
+        name=host.name,
+        entrypoint=("/bin/sh", "-c", WRAPPER, ENV_FILE, *command_of(req, agent)),
+        user=host.user,
+        workdir=WORKSPACE,  # the wrapper enters ws.subdir (PIENV_SUBDIR)
+        env=env,
+        env_file=host.env_file,
+        mounts=ordered,
+        info=info,
+        network=boundary.network if boundary else config.network,
+        dns=boundary.dns if boundary else (),
+        cap_drop=boundary.cap_drop if boundary else (),
+        tty=req.interactive,
+        stdin=req.interactive or host.forward_stdin,
+        prepare=mount_points(ordered, host.checked, parent),
+    )
+
+
+def install_spec(spec: ContainerSpec, agent: Agent, config: Config, store_id: str) -> ContainerSpec:
+    """The agent's install step: its own container on the run's parent, with the run's env
+    file and pienv's volumes (not the workspace), labelled as an install."""
+    kept = tuple(m for m in spec.mounts if m.volume or m.target == ENV_FILE)
+    return ContainerSpec(
+        image=spec.image,
+        name=spec.name + "-install",
+        entrypoint=("/bin/sh", "-c", WRAPPER, ENV_FILE, "sh", "-c", agent.install),
+        user=spec.user,
+        workdir=AGENT_HOME,
+        env=spec.env,
+        env_file=spec.env_file,
+        mounts=kept,
+        info=None,
+        # A branch with an egress policy installs through its boundary too (egressrun.py):
+        # code the agent left in the image must not get an open network from the install.
+        network=spec.network,
+        dns=spec.dns,
+        cap_drop=spec.cap_drop,
+        # The install command goes on the container too: it may hold line breaks, which an
+        # engine whose commit takes labels as text lines (Podman) keeps only from there.
+        extra_labels={
+            LABEL + "store": store_id,
+            LABEL + "role": "install",
+            INSTALLED_LABEL: agent.install,
+        },
+    )

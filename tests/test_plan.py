@@ -1,0 +1,122 @@
+"""What a run's container gets, decided by runloop.plan without an engine (pure unit tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pienv.config import Config
+from pienv.model import LABEL, RunInfo
+from pienv.runloop.plan import HostFacts, Parent, RunRequest, install_spec, plan
+from pienv.runloop.sandbox import ENV_FILE, WORKSPACE
+from pienv.runloop.spec import Mount
+from pienv.runloop.workspace import Workspace
+
+WS = Workspace(path=Path("/src/proj"), repo=None)
+INFO = RunInfo("s1", "main", "sha256:" + "a" * 64, "h", 1, "0", "t", "/src/proj", (), "")
+
+
+def host(**kw: object) -> HostFacts:
+    args: dict[str, object] = {
+        "user": "1000:1000",
+        "environ": {"TERM": "xterm", "AWS_SECRET_ACCESS_KEY": "x", "HOME": "/home/u"},
+        "env_file": "/store/runs/abc.env",
+        "name": "pienv-s1-abc",
+        "store_id": "s1",
+    }
+    args.update(kw)
+    return HostFacts(**args)  # type: ignore[arg-type]
+
+
+def make(req: RunRequest | None = None, config: Config | None = None, **kw: object):  # type: ignore[no-untyped-def]
+    config = config or Config()
+    parent = kw.pop("parent", Parent(INFO.parent))
+    assert isinstance(parent, Parent)
+    return plan(
+        req or RunRequest(command=("true",)),
+        kw.pop("ws", WS),  # type: ignore[arg-type]
+        config,
+        config.agent,
+        parent,
+        INFO,
+        host(**kw),
+        "main",
+    )
+
+
+def test_command_runs_through_the_wrapper_as_the_host_user_in_the_workspace() -> None:
+    spec = make(RunRequest(command=("echo", "hi")))
+    assert spec.entrypoint[:2] == ("/bin/sh", "-c")
+    assert spec.entrypoint[3:] == (ENV_FILE, "echo", "hi")
+    assert (spec.user, spec.workdir, spec.image) == ("1000:1000", WORKSPACE, INFO.parent)
+
+
+def test_no_command_runs_the_agent_and_a_shell_request_a_login_shell() -> None:
+    config = Config()
+    assert make(RunRequest(), config).entrypoint[4:] == tuple(config.agent.command)
+    assert make(RunRequest(shell=True)).entrypoint[4] == "sh"
+
+
+def test_mounts_are_typed_and_say_why() -> None:
+    spec = make()
+    by_target = {m.target: m for m in spec.mounts}
+    assert by_target[WORKSPACE] == Mount("/src/proj", WORKSPACE, False, "the workspace")
+    env = by_target[ENV_FILE]
+    assert (env.source, env.read_only, env.directory) == ("/store/runs/abc.env", True, False)
+    volumes = [m for m in spec.mounts if m.volume]
+    assert volumes and all(m.source.startswith("pienv-s1-") for m in volumes)
+    assert all(m.why for m in spec.mounts)
+
+
+def test_variables_go_to_the_env_file_never_the_allow_list_breakers() -> None:
+    spec = make()
+    assert spec.env["TERM"] == "xterm" and spec.env["HOME"] == "/home/agent"
+    assert "AWS_SECRET_ACCESS_KEY" not in spec.env
+    assert spec.env["GIT_CONFIG_VALUE_0"] == "false"  # commit.gpgsign
+
+
+def test_subdir_and_stdin_and_tty() -> None:
+    ws = Workspace(path=Path("/src/proj"), repo=None, subdir="pkg/a")
+    spec = make(RunRequest(command=("true",), interactive=True), ws=ws)
+    assert spec.env["PIENV_SUBDIR"] == "pkg/a" and spec.tty and spec.stdin
+    assert not make().stdin and make(forward_stdin=True).stdin
+
+
+def test_labels_are_the_run_record_and_move_with_the_image() -> None:
+    spec = make()
+    assert spec.labels[LABEL + "role"] == "run"
+    moved = spec.on_image("sha256:" + "b" * 64)
+    assert moved.labels[LABEL + "parents"] == "sha256:" + "b" * 64
+    assert moved.image == "sha256:" + "b" * 64 and not moved.prepare
+
+
+def test_checked_mounts_need_mount_points_the_parent_lacks() -> None:
+    git = Mount("/src/proj/.git/hooks", "/workspace/.git/hooks", True, "git: hooks, read-only")
+    data = Mount("/data", "/data", True, "[run] mounts '/data:/data:ro'")
+    wt = Mount("/src/main/.git", "/src/main/.git", False, "git: the common git dir")
+    spec = make(checked=(git, data, wt))
+    # Inside the workspace mount: made on the host, not in the image.
+    assert [p.path for p in spec.prepare] == ["/data", "/src/main/.git"]
+    known = Parent(INFO.parent, frozenset({"/data", "/src/main/.git"}))
+    assert make(checked=(git, data, wt), parent=known).prepare == ()
+
+
+def test_a_later_mount_of_the_same_host_path_wins() -> None:
+    again = Mount("/src/proj", "/elsewhere", True, "[run] mounts")
+    spec = make(checked=(again,))
+    assert [m.target for m in spec.mounts if m.source == "/src/proj"] == ["/elsewhere"]
+
+
+def test_network_and_no_privilege_fields_come_from_the_config() -> None:
+    spec = make(config=Config(network="none"))
+    assert spec.network == "none"
+    assert spec.limits.cpus is None and spec.ports == () and spec.tmpfs == ()
+
+
+def test_install_step_gets_env_file_and_volumes_not_the_workspace() -> None:
+    config = Config()
+    spec = make(config=config)
+    step = install_spec(spec, config.agent, config, "s1")
+    assert WORKSPACE not in {m.target for m in step.mounts}
+    assert ENV_FILE in {m.target for m in step.mounts}
+    assert step.labels[LABEL + "role"] == "install" and step.name.endswith("-install")
+    assert step.entrypoint[-1] == config.agent.install
