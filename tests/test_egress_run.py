@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Iterator
 
 import pytest
 from conftest import NonrootPienv, on_podman
@@ -25,6 +26,19 @@ def registries() -> dict[str, tuple[str, ...]]:
     if on_podman():
         pytest.skip("rootful Podman beside Docker drops internal-network traffic (test_egress.py)")
     return regs
+
+
+@pytest.fixture(autouse=True)
+def no_proxy_left(nonroot_realistic: NonrootPienv) -> Iterator[None]:
+    """The store's proxy, network and volume go with the test (conftest's cleanup removes the
+    store's containers, the proxy among them, but not its network and volume)."""
+    yield
+    refs = nonroot_realistic.home / "refs.json"
+    if refs.exists():
+        from pienv import egressnet
+        from pienv.engine import Engine
+
+        egressnet.remove(Engine(), json.loads(refs.read_text())["store_id"])
 
 
 def sections(out: str) -> dict[str, str]:
