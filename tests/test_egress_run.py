@@ -80,6 +80,7 @@ echo "== end"; touch /tmp/changed
     shown = json.loads(p("egress", "show", "--json").out)
     assert head["egress"] == shown["hash"] and head["egress_audit"]
     assert "egress:" in p("show", "HEAD").out
+    assert f"[egress {head['egress'][:8]}]" in p("log", "-n", "1").out
     audit = json.loads(p("egress", "log", "--json").out)
     seen = {(a["host"], a["allowed"]) for a in audit["attempts"]}
     assert (npm_host, True) in seen and (pip_host, False) in seen, audit

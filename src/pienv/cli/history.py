@@ -81,6 +81,8 @@ def log(
         c = e.commit
         prefix = f"{e.graph} " if graph else ""
         said = f" {_code_note(c)}" if code else ""
+        if c.egress:  # the run went through an egress policy (`pienv egress log` shows it)
+            said += f" [egress {c.egress[:8]}]"
         lines.append(
             f"{prefix}{c.short}{ui.decorate(e.refs)} {c.message}  ({ui.age(c.created)}){said}"
         )
