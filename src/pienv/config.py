@@ -367,8 +367,8 @@ def load(path: Path) -> Config:
 
     try:
         data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
-        raise UsageError(f"cannot read config {path}: {exc}") from exc
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise UsageError(f"cannot read config {path}: {str(exc)[:200]}") from exc
     r = _Reader(data, path)
     command = r.get("agent", "command", (str, list), None)
     if isinstance(command, str):

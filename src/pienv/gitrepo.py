@@ -217,6 +217,8 @@ def add_worktree(repo_root: Path, path: Path, branch: str) -> bool:
             wt = dulwich_add(repo, str(path), branch=branch.encode())
         except ValueError as exc:
             raise UsageError(f"cannot add worktree {path}: {exc}") from exc
+        except OSError as exc:  # /proc/x, a read-only or full disk: nothing was made
+            raise UsageError(f"cannot add worktree {path}: {exc.strerror}") from exc
         wt.close()
     return not existed
 

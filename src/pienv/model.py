@@ -5,8 +5,10 @@ Pure logic only (no Docker, no files), so it is unit-tested without an engine.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
@@ -169,7 +171,16 @@ class Commit:
         data["command"] = tuple(data.get("command", ()))
         data["branch"] = data.get("branch") or None  # index lines before 0.2 wrote ""
         known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in data.items() if k in known})
+        c = cls(**{k: v for k, v in data.items() if k in known})
+        c.check_types()
+        return c
+
+    def check_types(self) -> None:
+        """TypeError unless every field has its declared type (an index line written by hand
+        or by another tool is skipped, not taken in to fail a later command)."""
+        for name, good in _commit_checks():
+            if not good(getattr(self, name)):
+                raise TypeError(f"commit field {name} is of the wrong type")
 
     def labels(self, store_id: str) -> dict[str, str]:
         """The complete label set of this commit's image (see COMMIT_KEYS)."""
@@ -305,6 +316,35 @@ class RunInfo:
 _BAD_CHARS = re.compile(r"[\x00-\x20\x7f~^:?*\[\\]")
 
 
+MAX_REF_NAME = 200
+
+
+_CHECKS: list[tuple[str, Callable[[Any], bool]]] = []
+
+
+def _commit_checks() -> list[tuple[str, Callable[[Any], bool]]]:
+    """One type check per Commit field, from its annotation (made once)."""
+    if not _CHECKS:
+
+        def is_str(v: Any) -> bool:
+            return isinstance(v, str)
+
+        def is_int(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool)
+
+        def strs(v: Any) -> bool:
+            return all(isinstance(x, str) for x in v)
+
+        for f in dataclasses.fields(Commit):
+            kind = str(f.type)
+            base = kind.removesuffix("| None").strip()
+            check = strs if kind.startswith("tuple[str") else is_int if base == "int" else is_str
+            if kind.endswith("| None"):
+                check = (lambda c: lambda v: v is None or c(v))(check)
+            _CHECKS.append((f.name, check))
+    return _CHECKS
+
+
 def check_ref_name(name: str, what: str = "branch") -> str:
     """Return ``name`` if git would accept ``refs/heads/<name>``, else raise UsageError."""
     problem = None
@@ -325,8 +365,12 @@ def check_ref_name(name: str, what: str = "branch") -> str:
     elif re.fullmatch(r"[0-9a-f]{4,64}", name):
         # Would shadow commit-id prefixes in revisions.
         problem = "looks like a commit id"
+    elif len(name.encode()) > MAX_REF_NAME:
+        # Each name becomes a file name (locks/NAME.lock): longer ones could be created in
+        # refs.json but never listed, locked or deleted.
+        problem = f"is longer than {MAX_REF_NAME} bytes"
     if problem:
-        raise UsageError(f"invalid {what} name {name!r}: it {problem}")
+        raise UsageError(f"invalid {what} name {name[:60]!r}: it {problem}")
     return name
 
 
@@ -358,7 +402,7 @@ def parse_rev(text: str) -> Rev:
     reflog = None
     m = re.fullmatch(r"(.*)@\{(\d+)\}", head)
     if m:
-        head, reflog = m.group(1) or "HEAD", int(m.group(2))
+        head, reflog = m.group(1) or "HEAD", _bounded(m.group(2), text)
     if not head or "@{" in head:
         raise UsageError(f"bad revision {text!r}")
     steps: list[tuple[str, int]] = []
@@ -368,9 +412,20 @@ def parse_rev(text: str) -> Rev:
         if not sm:
             raise UsageError(f"bad revision {text!r}: cannot parse {tail[pos:]!r}")
         op, digits = sm.group(1), sm.group(2)
-        steps.append((op, int(digits) if digits else 1))
+        steps.append((op, _bounded(digits, text) if digits else 1))
         pos = sm.end()
     return Rev(base=head, reflog=reflog, steps=tuple(steps))
+
+
+# No history is deeper than this; a longer number (5,000 digits) passed Python's integer
+# conversion limit and ended in a traceback.
+MAX_REV_NUMBER = 10**9
+
+
+def _bounded(digits: str, text: str) -> int:
+    if len(digits) > 10 or int(digits) > MAX_REV_NUMBER:
+        raise UsageError(f"bad revision {text[:40]!r}: a number larger than {MAX_REV_NUMBER}")
+    return int(digits)
 
 
 def is_hex_prefix(text: str) -> bool:

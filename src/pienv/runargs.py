@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from pienv import ui
+from pienv.errors import UsageError
 from pienv.report import Reporter
 
 if TYPE_CHECKING:
@@ -108,6 +109,8 @@ def build(
             wait = float(wait)
         except ValueError:
             return None
+    if wait is not None and not 0 <= wait < 1e9:  # nan, inf and negatives too
+        raise UsageError("--wait takes a number of seconds, 0 or more (0: forever)")
     shell = name == "shell"
     return RunRequest(
         command=tuple(command or ()),

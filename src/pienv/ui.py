@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
@@ -40,6 +41,15 @@ def out(text: str = "") -> None:
     whole `pienv log` over 1,000 commits otherwise takes."""
     if sys.stdout is not None:  # None: started with stdout closed
         sys.stdout.write(text + "\n")
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """``text`` with terminal control characters shown escaped (a commit message is written
+    by whoever ran `-m`: an escape sequence in it must not reach the terminal as one)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def paint_out(text: str, sgr: str) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 from collections.abc import Iterator, MutableMapping
 from functools import cache
 from typing import Annotated, Any
@@ -255,6 +256,11 @@ def invoke(args: list[str]) -> int:
             return 0
     try:
         rc = app(args=args, standalone_mode=False, prog_name="pienv")
+    except SystemExit:
+        if type(sys.stdout).__name__ == "PacifyFlushWrapper":
+            # typer's answer to a reader gone (`pienv log | head`) is exit 1; git's is 0.
+            return 0
+        raise
     except typer.Exit as exc:
         return int(getattr(exc, "exit_code", getattr(exc, "code", 0)) or 0)
     except typer.Abort:

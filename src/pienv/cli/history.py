@@ -84,7 +84,8 @@ def log(
         if c.egress:  # the run went through an egress policy (`pienv egress log` shows it)
             said += f" [egress {c.egress[:8]}]"
         lines.append(
-            f"{prefix}{c.short}{ui.decorate(e.refs)} {c.message}  ({ui.age(c.created)}){said}"
+            f"{prefix}{c.short}{ui.decorate(e.refs)} {ui.printable(c.message)}  "
+            f"({ui.age(c.created)}){said}"
         )
         lines.extend(result.connectors.get(i, []))
     _print_log(lines, graph)
@@ -102,7 +103,7 @@ def _log_secrets(rev: str | None, all_refs: bool, as_json: bool) -> None:
         return
     for h in hits:
         c = h.commit
-        ui.out(f"{c.short} {c.message}  ({ui.age(c.created)})")
+        ui.out(f"{c.short} {ui.printable(c.message)}  ({ui.age(c.created)})")
         for p in h.paths:
             ui.out(f"    {p}")
     if hits:
@@ -190,7 +191,7 @@ def show(
     for key, value in fields:
         ui.out(f"{key + ':':<11} {value}")
     ui.out("")
-    ui.out(f"    {c.message}")
+    ui.out(f"    {ui.printable(c.message)}")
     ui.out("")
     if r.changes is None:
         ui.out("paths: not recorded (a commit without a parent in the index)")

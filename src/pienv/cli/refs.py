@@ -295,4 +295,6 @@ def reflog(
         return
     for r in rows:
         e = r.entry
-        ui.out(f"{str(e.new)[:12]} {r.selector}: {e.what}  ({e.who}, {ui.age(e.time)})")
+        ui.out(
+            f"{str(e.new)[:12]} {r.selector}: {ui.printable(e.what)}  ({e.who}, {ui.age(e.time)})"
+        )

@@ -31,7 +31,7 @@ def status(as_json: JsonOpt = False) -> None:
     if as_json:
         ui.emit_json(s.to_json())
         return
-    head = f"{s.head.short} {s.head.message}" if s.head else "(no commit yet)"
+    head = f"{s.head.short} {ui.printable(s.head.message)}" if s.head else "(no commit yet)"
     rows = [
         ("store", f"{s.store} ({s.store_id})"),
         ("engine", s.engine),

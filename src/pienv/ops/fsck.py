@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 from dataclasses import dataclass, field, replace
@@ -12,7 +13,9 @@ from pienv.context import Context
 from pienv.errors import StoreError
 from pienv.locks import DETACHED
 from pienv.model import LABEL, Commit, JsonResult, now_rfc3339, short
+from pienv.ops.integrity import commit_tag, survey
 from pienv.ops.prune import fetched
+from pienv.runloop import keeper
 from pienv.store import CHECKOUT, WORKTREE_BIND, WORKTREE_UNBIND, ReflogEntry, Refs
 
 
@@ -28,12 +31,16 @@ def _store_id(ctx: Context) -> str:
         return ctx.store_id
     except StoreError:
         pass
-    for c in ctx.store.commits().values():
-        info = ctx.engine().inspect_image(c.id)
-        if info:
-            return str(info.labels.get(LABEL + "store", ""))
+    # Any commit the index or the reflog names says, by its image's label, which store it
+    # belongs to (with refs.json and the index both gone the reflog still knows them).
+    known = [*ctx.store.commits(), *(e.new for e in reversed(ctx.store.reflog()) if e.new)]
+    for cid in dict.fromkeys(known):
+        info = ctx.engine().inspect_image(cid)
+        if info and info.labels.get(LABEL + "store"):
+            return str(info.labels[LABEL + "store"])
     raise StoreError(
-        f"cannot tell which store {ctx.store.home} was: refs.json and the commit index are gone"
+        f"cannot tell which store {ctx.store.home} was: refs.json and the commit index are "
+        "gone, and no commit the reflog names is left on the engine"
     )
 
 
@@ -46,6 +53,7 @@ class _Seen:
     store_id: str
     on_engine: dict[str, Commit]
     in_flight: set[str]
+    untagged: set[str] = field(default_factory=set)
 
 
 def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
@@ -57,11 +65,21 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
     ``allow_loss``; without it the repair keeps it and says so.
     """
     r = FsckResult()
-    seen = _check(ctx, r)
-    if repair and r.problems:
-        with ctx.store.locked():
+    # Everything read from the engine is read under the store lock, as is what the repair
+    # writes: a run that commits meanwhile waits for the lock to move its branch, so its
+    # commit is never taken for a lost one (and its branch never moved back).
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(ctx.store.locked())
+        except StoreError:
+            if repair:
+                raise
+            # A read-only store (nothing can write it, so nothing races the check): check it.
+        seen = _check(ctx, r)
+        if repair and r.problems:
             _repair(ctx, seen, allow_loss, r)
-        r.fixed.append(f"wrote {ctx.store.refs_path}")
+            r.fixed.append(f"wrote {ctx.store.refs_path}")
+            keeper.sync(ctx)
     return r
 
 
@@ -78,14 +96,22 @@ def _check(ctx: Context, r: FsckResult) -> _Seen:
     images = engine.images([f"{LABEL}store={store_id}", f"{LABEL}role=commit"])
     images += fetched(engine, store_id, images)
     running = {row.id for row in engine.containers([f"{LABEL}store={store_id}"])}
-    seen = _Seen(refs, store_id, {}, set())
-    for row in images:
-        c = Commit.from_labels(row.id, dict(row.labels))
-        seen.on_engine[c.id] = c
+    index = ctx.store.fresh_commits()
+    entries = ctx.store.reflog()
+    wanted = {*index, *(e.new for e in entries if e.new)}
+    if refs:
+        wanted |= {*refs.branches.values(), *refs.tags.values()}
+    found = survey(engine, store_id, images, wanted)
+    seen = _Seen(refs, store_id, found.present, set(), found.untagged)
+    for c in found.present.values():
         if c.container and c.container in running:
             seen.in_flight.add(c.id)  # its run (or its recovery) has not indexed it yet
     on_engine = seen.on_engine
-    index = ctx.store.commits()
+    for cid in sorted(found.untagged):
+        r.problems.append(
+            f"commit {short(cid)} lost its tag {commit_tag(store_id, cid)} (`docker rmi` or "
+            "`docker tag` over it?); plain `docker image prune` could delete it"
+        )
     for cid in index:
         if cid not in on_engine:
             r.problems.append(f"indexed commit {short(cid)} has no image")
@@ -154,6 +180,8 @@ def _repair(ctx: Context, seen: _Seen, allow_loss: bool, r: FsckResult) -> None:
     repo = f"pienv/{seen.store_id}"
     for cid in seen.on_engine:
         engine.tag(cid, repo, short(cid))
+    for cid in sorted(seen.untagged):
+        r.fixed.append(f"tagged {short(cid)} again as {commit_tag(seen.store_id, cid)}")
     ctx.store.write_refs_unchecked(new_refs, log)
 
 
@@ -185,10 +213,17 @@ def _save_store_files(ctx: Context) -> list[str]:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
     saved = []
     for path in (ctx.store.refs_path, ctx.store.reflog_path, ctx.store.index_path):
-        if path.exists():
-            copy = path.with_name(f"{path.name}.before-fsck-{stamp}")
-            shutil.copy2(path, copy)
-            saved.append(copy.name)
+        copy = path.with_name(f"{path.name}.before-fsck-{stamp}")
+        try:
+            if path.is_dir():  # a directory in its place: moved aside, the file rewritten
+                path.rename(copy)
+            elif path.exists():
+                shutil.copy2(path, copy)
+            else:
+                continue
+        except OSError as exc:
+            raise StoreError(f"cannot save {path} before repairing it: {exc.strerror}") from exc
+        saved.append(copy.name)
     return saved
 
 

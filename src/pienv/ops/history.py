@@ -9,8 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 from pienv import dag, locks
 from pienv.context import Context
-from pienv.errors import UsageError
+from pienv.errors import PienvError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
+from pienv.ops.integrity import require_image
+from pienv.runloop import keeper
 from pienv.store import ReflogEntry, Refs
 from pienv.tracking import tracking_refs
 
@@ -76,6 +78,8 @@ def log(
     """The commits from ``rev`` (or every ref), newest first. Without ``all_kinds`` the
     commits pienv makes for itself (``prepare``: a worktree's mount points) are left out,
     and the graph joins their children to their parents."""
+    if limit is not None and limit < 0:
+        raise UsageError(f"-n takes a number of commits, 0 or more (not {limit})")
     refs = ctx.refs()
     names = [locks.name_of(refs.head_branch)]
     if all_refs:
@@ -98,6 +102,7 @@ def log(
         # `log` waited for the commits it shows already (LOG_WAIT), and says what is pending.
         starts = [ctx.resolve(rev, refs, settle=False) if rev else head]  # type: ignore[list-item]
     order = dag.log_order(commits, starts)
+    _warn_missing(ctx, refs.store_id, starts)
     if not all_kinds:
         order = [c for c in order if commits[c].kind not in HIDDEN_KINDS or c in starts]
     if limit is not None:
@@ -132,6 +137,18 @@ def _shown(cid: str, commits: Mapping[str, Commit]) -> str:
     while cid in commits and commits[cid].kind in HIDDEN_KINDS and commits[cid].parents:
         cid = commits[cid].parents[0]
     return cid
+
+
+def _warn_missing(ctx: Context, store_id: str, starts: list[str]) -> None:
+    """Say what Docker deleted or untagged of the history shown (log works without an
+    engine: then it says nothing)."""
+    from pienv.ops.integrity import history_warnings
+
+    try:
+        for text in history_warnings(ctx, store_id, starts, "this history"):
+            ctx.report.warn(text)
+    except PienvError:
+        pass
 
 
 def await_commits(
@@ -375,8 +392,10 @@ def create_branch(ctx: Context, name: str, start: str | None) -> str:
         # A branch would shadow the tag of the same name in every revision.
         raise UsageError(f"{name!r} is a tag", hint="choose another branch name")
     cid = ctx.resolve(start or "HEAD", refs)
+    require_image(ctx, cid)
     with ctx.store.transaction(f"branch: created from {start or 'HEAD'}") as txn:
         txn.move_branch(name, None, cid)
+    keeper.sync(ctx)
     return cid
 
 
@@ -459,8 +478,10 @@ def checkout(ctx: Context, target: str, create: bool, start: str | None) -> Chec
         cid = refs.branches[target]
         return CheckoutResult(target, cid, False, _left_behind(ctx, refs, cid))
     cid = ctx.resolve(target, refs)
+    require_image(ctx, cid)
     with ctx.store.transaction(f"checkout: moving to {short(cid)}") as txn:
         txn.checkout(None, cid)
+    keeper.sync(ctx)
     return CheckoutResult(None, cid, False, _left_behind(ctx, refs, cid))
 
 
@@ -492,11 +513,13 @@ def reset(ctx: Context, rev: str, what: str | None = None) -> ResetResult:
     ctx.settle("HEAD", ctx.refs())
     refs = ctx.refs()
     new = ctx.resolve(rev, refs)
+    require_image(ctx, new)
     branch = refs.head_branch
     _refuse_busy(ctx, locks.name_of(branch))
     old = refs.head_commit()
     with ctx.store.transaction(what or f"reset: moving to {rev}") as txn:
         txn.move_head(branch, old, new)
+    keeper.sync(ctx)
     # The environment and the policy it ran under go back together (egress.py).
     from pienv.ops import egress
 
@@ -526,8 +549,10 @@ def tag(ctx: Context, name: str, rev: str | None) -> str:
         # A revision names the branch first: such a tag could never be reached by its name.
         raise UsageError(f"{name!r} is a branch", hint="choose another tag name")
     cid = ctx.resolve(rev or "HEAD", refs)
+    require_image(ctx, cid)
     with ctx.store.transaction(f"tag: {name}") as txn:
         txn.set_tag(name, cid)
+    keeper.sync(ctx)
     return cid
 
 

@@ -20,6 +20,7 @@ from pienv.ops.doctor import Check, doctor
 from pienv.ops.fsck import FsckResult, fsck
 from pienv.ops.prune import KeptInUse, PruneResult, prune
 from pienv.runloop import baseimage as basemod
+from pienv.runloop import keeper
 from pienv.runloop.commits import flatten_image, make_root
 from pienv.runloop.sandbox import AGENT_HOME
 
@@ -63,6 +64,7 @@ def flatten(ctx: Context, branch: str | None) -> FlattenResult:
         )
         with ctx.store.transaction(f"flatten: {old_depth} layers -> 1") as txn:
             txn.move_branch(name, head, flat.id)
+        keeper.sync(ctx)
     finally:
         lock.release()
     return FlattenResult(name, head, flat.id, old_depth)
@@ -103,6 +105,7 @@ def reset_base(ctx: Context, keep_home: bool) -> BaseResetResult:
         with ctx.store.transaction(what) as txn:
             txn.move_head(branch, old, new.id)
             txn.refs.base = base.image
+        keeper.sync(ctx)
     finally:
         lock.release()
     return BaseResetResult(branch, old, new.id, what)

@@ -12,6 +12,7 @@ from pienv.context import Context
 from pienv.engine import Engine, ImageRow
 from pienv.errors import UsageError
 from pienv.model import LABEL, Commit, JsonResult, parse_age, parse_time, short
+from pienv.runloop import keeper
 from pienv.store import ReflogEntry, Refs
 from pienv.tracking import tracked_commits
 
@@ -64,6 +65,7 @@ def prune(
     engine = ctx.engine()
     with ctx.store.locked():
         refs = ctx.refs()
+        keeper.sync(ctx, refs)  # a keeper of a deleted branch's head would keep it in use
         commits = dict(ctx.store.fresh_commits())
         # Commits the engine holds but the index does not: a run still finishing (indexed in
         # the transaction that moves its branch), or leftovers of an interrupted commit.
@@ -80,6 +82,11 @@ def prune(
         kept_entries = _expire(ctx.store.reflog(), protected, g, keep, cutoff, result)
         victims = [c for c in dag.log_order(known, list(known)) if c not in protected]
         _remove(ctx, victims, known, labelled, refs.base, dry_run, result)
+        # As `git reflog expire`: no entry may point at what was removed (undo onto it would
+        # move a branch onto a missing image).
+        removed = set(result.removed)
+        result.reflog_expired += sum(1 for e in kept_entries if e.new in removed)
+        kept_entries = [e for e in kept_entries if e.new not in removed]
         gone = [commits.pop(cid) for cid in result.removed if cid in commits]
         if not dry_run:
             _release_code(ctx, gone, commits)

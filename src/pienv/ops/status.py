@@ -132,6 +132,7 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
     try:
         result.engine = ctx.engine().describe()
         result.engine_ok = True
+        from pienv.ops.integrity import history_warnings
         from pienv.ops.recovery import orphans
 
         if head_id:
@@ -140,6 +141,9 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
             image = ctx.engine().inspect_image(head_id)
             if image is not None:
                 result.size = image.size
+        if head_id:
+            what = f"branch {branch}" if branch else "HEAD"
+            result.warnings += history_warnings(ctx, refs.store_id, [head_id], what)
         result.orphans = len(orphans(ctx, with_size=False))
         if result.orphans:
             result.warnings.append(f"{result.orphans} orphan run(s): see `pienv orphans`")

@@ -13,6 +13,7 @@ from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, EngineError, PienvError, StoreError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL, Commit, RunInfo
+from pienv.runloop import keeper
 from pienv.runloop.commits import (
     adds_layer,
     captures_anything,
@@ -97,6 +98,7 @@ def finalize(
     result.commit = commit
     result.branch = _settle(ctx, cid, commit, None, info, what, recovering, result.notes)
     engine.remove_container(cid, force=True)
+    keeper.sync(ctx)  # the new head is kept from `docker image prune -a` (runloop/keeper.py)
     return result
 
 

@@ -53,6 +53,18 @@ def os_error(exc: OSError, path: Path) -> StoreError:
     return StoreError(f"cannot write {path}: {exc.strerror or exc}")
 
 
+def lock_error(exc: OSError, path: Path) -> StoreError:
+    if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
+        return StoreError(
+            f"the store at {path.parent} is read-only here ({exc.strerror}): commands that "
+            "only read it (log, show, status, branch, reflog) work, others need it writable"
+        )
+    return StoreError(
+        f"cannot lock the store: {path} ({exc.strerror})",
+        hint=f"{path} must be a file pienv can create: move away what is there",
+    )
+
+
 def append_lines(path: Path, data: bytes) -> None:
     """Append whole lines or nothing (callers hold the store lock).
 
@@ -137,7 +149,11 @@ class Disk:
             finally:
                 _LOCK_DEPTH[key] -= 1
             return
-        fd = os.open(home / "refs.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        path = home / "refs.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise lock_error(exc, path) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             _LOCK_DEPTH[key] = 1

@@ -45,8 +45,8 @@ class IndexMixin:
             for data in self._read_jsonl(self.index_path):
                 try:
                     c = Commit.from_json(data)
-                except (TypeError, ValueError):
-                    continue
+                except (TypeError, ValueError, KeyError, AttributeError):
+                    continue  # a line of the wrong types is skipped, as a torn one is
                 index[c.id] = c
             self._index = index
         return self._index

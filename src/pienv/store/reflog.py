@@ -25,6 +25,13 @@ class ReflogEntry:
     who: str
     what: str
 
+    def valid(self) -> bool:
+        """Whether every field has the type pienv reads (a hand-edited line may not)."""
+        texts = (self.ref, self.time, self.who, self.what)
+        return all(isinstance(v, str) for v in texts) and all(
+            v is None or isinstance(v, str) for v in (self.old, self.new)
+        )
+
     def to_json(self) -> dict[str, Any]:
         return {
             "ref": self.ref,

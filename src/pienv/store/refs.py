@@ -41,6 +41,8 @@ class Refs:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Refs:
+        """Raises KeyError or TypeError (the store says which file is corrupt)."""
+        _check_types(data)
         head = data["head"]
         return cls(
             store_id=data["store_id"],
@@ -56,6 +58,25 @@ class Refs:
         if self.head_branch:
             return self.branches.get(self.head_branch)
         return self.head_detached
+
+
+def _check_types(data: dict[str, Any]) -> None:
+    """refs.json written by hand or by another tool: every value of the type pienv reads, or
+    TypeError naming the first that is not (no command may fail later on a wrong type)."""
+    if not isinstance(data["store_id"], str) or not isinstance(data["head"], dict):
+        raise TypeError("store_id or head of the wrong type")
+    head = data["head"]
+    for key in ("branch", "detached"):
+        if not isinstance(head.get(key), str | None):
+            raise TypeError(f"head.{key} is not a string")
+    for table in ("branches", "tags", "worktrees"):
+        value = data.get(table, {})
+        if not isinstance(value, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+        ):
+            raise TypeError(f"{table} is not a table of strings")
+    if not isinstance(data.get("base"), str | None):
+        raise TypeError("base is not a string")
 
 
 def pending_rename(last: dict[str, Any] | None, refs: Refs) -> tuple[str, str] | None:

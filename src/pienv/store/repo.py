@@ -99,8 +99,10 @@ class Store(IndexMixin):
             )
         try:
             return Refs.from_json(data)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except KeyError as exc:
             raise self._corrupt(f"missing {exc}") from exc
+        except (TypeError, AttributeError) as exc:
+            raise self._corrupt(str(exc)) from exc
 
     def _corrupt(self, why: str) -> StoreError:
         return StoreError(
@@ -181,6 +183,8 @@ class Store(IndexMixin):
                 entry = ReflogEntry(**data)  # type: ignore[arg-type]
             except TypeError:
                 continue
+            if not entry.valid():
+                continue  # a line of the wrong types is skipped, as a torn one is
             if ref is None or entry.ref == ref:
                 out.append(entry)
         return out

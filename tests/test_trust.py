@@ -1,0 +1,231 @@
+"""Data you can trust next to Docker: fsck never races a run, what Docker deletes or untags is
+seen at once and put back where the image still exists (shared engine, this store's images
+only; the prune tests that need a private engine are in test_trust_prune.py)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+
+import pytest
+from conftest import Pienv
+
+
+def _plant_gone_reflog_entry(p: Pienv) -> None:
+    """A problem fsck --repair sees every time (a reflog entry whose image was pruned), so
+    every loop below repairs, as the user's did."""
+    entry = {
+        "ref": "gone",
+        "old": None,
+        "new": "f" * 64,
+        "time": "2020-01-01T00:00:00Z",
+        "who": "t",
+        "what": "test",
+    }
+    with open(p.home / "reflog.jsonl", "a") as fh:
+        fh.write(json.dumps(entry) + "\n")
+
+
+def test_fsck_repair_next_to_runs_never_rolls_a_branch_back(pienv: Pienv) -> None:
+    """fsck listed the engine's images before taking the store lock: a run that committed in
+    between looked gone, and the repair dropped it from the index and moved its branch back
+    (`/m54` and `/m55` lost). Six runs against fsck --repair and plain fsck in a loop."""
+    pienv("run", "--", "true")
+    _plant_gone_reflog_entry(pienv)
+    runs = 6
+    done = threading.Event()
+    outputs: list[str] = []
+
+    def fsck_loop() -> None:
+        while not done.is_set():
+            for args in (("fsck", "--repair"), ("fsck",)):
+                r = pienv(*args, check=False)
+                outputs.append(r.out + r.err)
+
+    t = threading.Thread(target=fsck_loop)
+    t.start()
+    try:
+        for n in range(runs):
+            pienv("run", "--wait", "30", "--", "sh", "-c", f"echo {n} > /m{n}")
+    finally:
+        done.set()
+        t.join()
+    listing = pienv("run", "--", "sh", "-c", "ls /").out.split()
+    assert {f"m{n}" for n in range(runs)} <= set(listing)
+    joined = "\n".join(outputs)
+    assert "image gone" not in joined and "its last commit still there" not in joined
+    assert "has no image" not in joined and "missing from the commit index" not in joined
+    assert not [b for b in pienv.refs()["branches"] if b.startswith("recovered/")]
+
+
+def _tag(p: Pienv, cid: str) -> str:
+    return f"pienv/{p.refs()['store_id']}:{cid[:12]}"
+
+
+def test_a_commit_whose_tag_was_removed_is_retagged_never_dropped(pienv: Pienv) -> None:
+    """`docker rmi pienv/S:MIDDLE` removes only the tag (a child still needs the image);
+    fsck said nothing, and fsck --repair dropped the existing commit from the index."""
+    pienv("run", "--", "touch", "/a")
+    middle = pienv.head()
+    pienv("run", "--", "touch", "/b")
+    subprocess.run(["docker", "rmi", _tag(pienv, middle)], check=True, capture_output=True)
+    r = pienv("fsck", check=False)
+    if _podman():
+        # Podman keeps no parent images: the commit itself is gone, and fsck says so.
+        assert r.code == 1 and f"indexed commit {middle[:12]} has no image" in r.out
+        return
+    assert r.code == 1 and f"{middle[:12]} lost its tag" in r.out + r.err
+    pienv("fsck", "--repair")
+    assert middle[:12] in pienv("log").out
+    tags = subprocess.run(
+        ["docker", "image", "inspect", middle], capture_output=True, text=True, check=True
+    ).stdout
+    assert _tag(pienv, middle) in tags
+    assert pienv("fsck").code == 0
+
+
+def test_a_tag_moved_by_hand_is_seen_and_put_back(pienv: Pienv, base_image: str) -> None:
+    """`docker tag OTHER pienv/S:HEAD` left the head untagged (plain `docker image prune`
+    then deletes it) while fsck said "store ok"."""
+    pienv("run", "--", "touch", "/a")
+    head = pienv.head()
+    subprocess.run(["docker", "tag", base_image, _tag(pienv, head)], check=True)
+    r = pienv("fsck", check=False)
+    assert r.code == 1 and f"{head[:12]} lost its tag" in r.out + r.err
+    status = pienv("status", check=False)
+    assert "1 commit(s) of branch main lost their tag" in status.err
+    pienv("fsck", "--repair")
+    tags = subprocess.run(
+        ["docker", "image", "inspect", "-f", "{{.RepoTags}}", head],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert _tag(pienv, head) in tags
+    assert pienv("fsck").code == 0
+
+
+def test_fsck_reads_the_engine_under_the_store_lock(
+    pienv: Pienv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cause of the rollbacks above, checked without a race: every engine read of fsck and
+    fsck --repair happens while the store lock is held (a run's ref move waits for it)."""
+    import fcntl
+    import os
+
+    from pienv.context import Context
+
+    from pienv.engine import Engine
+    from pienv.ops import fsck
+    from pienv.store import Store
+
+    pienv("run", "--", "touch", "/a")
+    _plant_gone_reflog_entry(pienv)
+    for key, value in pienv.env.items():
+        monkeypatch.setenv(key, value)
+    unlocked: list[str] = []
+
+    def spy(name: str):  # type: ignore[no-untyped-def]
+        real = getattr(Engine, name)
+
+        def call(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+            fd = os.open(pienv.home / "refs.lock", os.O_RDWR)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                unlocked.append(name)  # nobody held it
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+            return real(self, *args, **kwargs)
+
+        return call
+
+    for name in ("images", "containers", "inspect_image"):
+        monkeypatch.setattr(Engine, name, spy(name))
+    for repair in (False, True):
+        fsck.fsck(Context(store=Store(pienv.home)), repair=repair)
+    assert unlocked == []
+
+
+def test_a_deleted_head_is_said_at_once_and_never_moved_onto(pienv: Pienv) -> None:
+    """`docker rmi` of the head (as `docker image prune -a` does to every commit): `log` and
+    `status` stayed silent, and `reset`/`checkout` onto the missing image were accepted."""
+    pienv("run", "--", "touch", "/a")
+    pienv("run", "--", "touch", "/b")
+    head = pienv.head()
+    subprocess.run(["docker", "rmi", "-f", _tag(pienv, head)], check=True, capture_output=True)
+    gone = "1 of the 3 commits of"
+    assert gone in pienv("log").err
+    assert gone in pienv("status").err
+    pienv("reset", "HEAD~1")
+    for args in (("reset", head), ("checkout", head), ("branch", "x", head), ("tag", "t", head)):
+        r = pienv(*args, check=False)
+        assert r.code == 1 and "image is gone from the engine" in r.err, args
+    assert pienv("log").err == ""
+
+
+def test_prune_expires_the_reflog_of_what_it_removed(pienv: Pienv) -> None:
+    """`reset HEAD~1; prune --keep 2; reset main@{1}` moved the branch onto a pruned image
+    with exit 0, and fsck counted what prune removed as a problem from then on."""
+    for n in range(3):
+        pienv("run", "--", "touch", f"/f{n}")
+    removed = pienv.head()
+    pienv("reset", "HEAD~1")
+    assert removed[:12] in pienv("prune", "--keep", "2").out
+    pienv("reset", "main@{1}")  # the entry of the removed commit expired with it
+    image = subprocess.run(["docker", "image", "inspect", pienv.head()], capture_output=True)
+    assert image.returncode == 0
+    assert all(e["new"] != removed for e in _reflog(pienv))
+    assert pienv("fsck").code == 0
+    assert "no commit yet" not in pienv("status").out
+
+
+def _reflog(p: Pienv) -> list[dict[str, str]]:
+    return [json.loads(line) for line in (p.home / "reflog.jsonl").read_text().splitlines()]
+
+
+def test_the_store_rebuilds_from_the_reflog_and_labels_when_refs_and_index_are_gone(
+    pienv: Pienv,
+) -> None:
+    """With refs.json and commits.jsonl both gone, fsck --repair said it could not tell which
+    store it was, though the reflog and every image's labels were intact."""
+    pienv("run", "--", "touch", "/a")
+    pienv("branch", "side")
+    pienv("tag", "first")
+    pienv("run", "--", "touch", "/b")
+    before = pienv.refs()
+    log = _no_ages(pienv("log", "--all").out)
+    (pienv.home / "refs.json").unlink()
+    (pienv.home / "commits.jsonl").unlink()
+    assert pienv("log", check=False).code == 1
+    pienv("fsck", "--repair")
+    after = pienv.refs()
+    for key in ("store_id", "branches", "tags", "head"):
+        assert after[key] == before[key], key
+    assert _no_ages(pienv("log", "--all").out) == log
+    assert pienv("fsck").code == 0
+
+
+@pytest.mark.parametrize("bad", [{"branches": []}, {"branches": {"main": 12345}}])
+def test_a_refs_json_of_the_wrong_types_is_repaired(pienv: Pienv, bad: dict[str, object]) -> None:
+    pienv("run", "--", "touch", "/a")
+    before = pienv.refs()
+    data = dict(before)
+    data.update(bad)
+    (pienv.home / "refs.json").write_text(json.dumps(data))
+    r = pienv("status", check=False)
+    assert r.code == 1 and "refs.json is corrupt" in r.err
+    pienv("fsck", "--repair")
+    assert pienv.refs()["branches"] == before["branches"]
+
+
+def _no_ages(log: str) -> list[str]:
+    return [line.rsplit("  (", 1)[0] for line in log.splitlines()]
+
+
+def _podman() -> bool:
+    from pienv.engine import Engine
+
+    return Engine().dialect.name == "Podman"
