@@ -115,7 +115,6 @@ def test_fsck_reads_the_engine_under_the_store_lock(
     import os
 
     from pienv.context import Context
-
     from pienv.engine import Engine
     from pienv.ops import fsck
     from pienv.store import Store
