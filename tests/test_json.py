@@ -13,7 +13,7 @@ from typing import Any
 
 import docker
 import pytest
-from conftest import Pienv, _cleanup
+from conftest import Pienv, _cleanup, on_podman
 from registry import Registry, plant_lost_update, running
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
@@ -174,6 +174,7 @@ def test_every_json_output_has_the_documented_keys(pienv: Pienv, tmp_path: Path)
     outputs: dict[str, Any] = {}
     with running(tmp_path / "registry") as reg:
         _remote_outputs(pienv, tmp_path, reg, outputs)
+    _egress_outputs(pienv, outputs)
     lock, _ = locks.acquire(pienv.home / "locks", "main", str(pienv.repo))
     try:
         outputs["status"] = json.loads(pienv("status", "--json").out)
@@ -200,7 +201,36 @@ def test_every_json_output_has_the_documented_keys(pienv: Pienv, tmp_path: Path)
         seen: set[str] = set()
         check(outputs[cmd], shape, cmd, seen)
         missing += sorted(shape_paths(shape, cmd) - seen)
+    if on_podman():
+        # rootful Podman beside Docker drops the agent's traffic to the proxy (test_egress.py):
+        # the run's audit stays empty there, its keys were still checked above
+        missing = [m for m in missing if not m.startswith("egress log.attempts")]
     assert not missing, f"no data to check at {missing}: make the test produce some"
+
+
+def _egress_outputs(pienv: Pienv, outputs: dict[str, Any]) -> None:
+    """egress allow/deny/mode/show, a run through the proxy with a refused attempt (busybox
+    wget through the HTTP proxy pienv sets), its log and what learn makes of it, then reset."""
+    from pienv import egressnet
+    from pienv.engine import Engine
+
+    try:
+        outputs["egress allow"] = json.loads(pienv("egress", "allow", "example.org", "--json").out)
+        outputs["egress deny"] = json.loads(pienv("egress", "deny", "bad.example", "--json").out)
+        outputs["egress mode"] = json.loads(pienv("egress", "mode", "allow-list", "--json").out)
+        outputs["egress show"] = json.loads(pienv("egress", "show", "--json").out)
+        # (busybox wget crashes on a proxy URL with credentials: the request by hand)
+        script = (
+            'p=${HTTP_PROXY#http://}; a=${p#*@}; auth=$(printf %s "${p%@*}" | base64); '
+            "printf 'GET http://refused.example/ HTTP/1.0\\r\\nProxy-Authorization: Basic "
+            '%s\\r\\n\\r\\n\' "$auth" | nc -w 10 ${a%:*} ${a#*:}; touch /egressed'
+        )
+        pienv("run", "--", "sh", "-c", script)
+        outputs["egress log"] = json.loads(pienv("egress", "log", "--json").out)
+        outputs["egress learn"] = json.loads(pienv("egress", "learn", "--json").out)
+        outputs["egress reset"] = json.loads(pienv("egress", "reset", "--json").out)
+    finally:
+        egressnet.remove(Engine(), pienv.refs()["store_id"])
 
 
 def _remote_outputs(pienv: Pienv, tmp_path: Path, reg: Registry, outputs: dict[str, Any]) -> None:
