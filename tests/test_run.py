@@ -363,3 +363,12 @@ def test_a_key_expanded_into_the_command_is_recorded_as_its_name(pienv: Pienv) -
         assert key not in text and "extra-planted-value" not in text
     out = pienv("log").out + pienv("show").out + pienv("reflog").out
     assert key not in out and "$ANTHROPIC_API_KEY" in out
+
+
+def test_what_happens_before_the_command_is_said_before_it_runs(pienv: Pienv) -> None:
+    """"created root commit" (and an install, a flatten) used to print after the command,
+    e.g. after an agent's whole session."""
+    r = pienv("run", "--", "sh", "-c", "echo COMMAND-RAN >&2")
+    lines = r.err.splitlines()
+    root = next(i for i, line in enumerate(lines) if "created root commit" in line)
+    assert root < lines.index("COMMAND-RAN"), r.err

@@ -331,6 +331,11 @@ class Session:
                 f"warning: {self.watch.commondir} exists (git never writes one there): your "
                 "git follows it to another config; check it"
             )
+        # What happened before the command starts (a root commit, an install, a flatten) is
+        # said now, not after an agent's whole session.
+        for line in self.notes:
+            self.ctx.report.note(line)
+        self.notes.clear()
         assert self.spec is not None
         engine = self.ctx.engine()
         try:
