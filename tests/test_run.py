@@ -366,7 +366,7 @@ def test_a_key_expanded_into_the_command_is_recorded_as_its_name(pienv: Pienv) -
 
 
 def test_what_happens_before_the_command_is_said_before_it_runs(pienv: Pienv) -> None:
-    """"created root commit" (and an install, a flatten) used to print after the command,
+    """ "created root commit" (and an install, a flatten) used to print after the command,
     e.g. after an agent's whole session."""
     r = pienv("run", "--", "sh", "-c", "echo COMMAND-RAN >&2")
     lines = r.err.splitlines()
