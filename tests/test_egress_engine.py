@@ -39,10 +39,16 @@ def test_nothing_gets_out_around_the_proxy(
     target = egress.registry_hosts().get("npm", ("localhost",))[0]
     ip = socket.gethostbyname(target)
     auth = base64.b64encode(f"pienv:{net.token}".encode()).decode()
+    # observe (open, recorded): a private address written as a number, not a dotted quad, is
+    # still an address (getaddrinfo takes it), and a private one needs an exact allow rule
+    seen = egressnet.register(engine, px, egress.Policy("open", (), ()), "main")
+    oauth = base64.b64encode(f"pienv:{seen.token}".encode()).decode()
+    numeric = f"CONNECT 184549375:443 HTTP/1.1\\r\\nProxy-Authorization: Basic {oauth}\\r\\n\\r\\n"
     connect = f"CONNECT {target}:443 HTTP/1.1\\r\\nProxy-Authorization: Basic {auth}\\r\\n\\r\\n"
     script = f"""
 echo "== direct"; nc -w 3 {ip} 443 </dev/null; echo "rc=$?"
 echo "== denied"; printf '{connect}' | nc -w 5 {px.address} 3128
+echo "== numeric"; printf '{numeric}' | nc -w 5 {px.address} 3128
 echo "== noauth"; printf 'CONNECT example.org:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {px.address} 3128
 echo "== end"
 """
@@ -65,13 +71,15 @@ echo "== end"
     s = dict(part.split("\n", 1) for part in out.split("== ")[1:])
     assert "rc=0" not in s["direct"], out
     assert " 200 " not in s["denied"] and " 200 " not in s["noauth"], out
+    assert " 200 " not in s["numeric"], out
     if not (engine.dialect.name == "Podman" and not engine.rootless):
         # Where agent and proxy can talk (not rootful Podman beside Docker: test_egress.py)
         assert "403" in s["denied"] and f"pienv egress allow {target}" in s["denied"], out
         assert "407" in s["noauth"], out
+        assert "403" in s["numeric"] and "direct IP" in s["numeric"], out
 
 
 def egressnet_caps() -> tuple[str, ...]:
-    from pienv.ops.egressrun import CAP_DROP
+    from pienv.runloop.egressrun import CAP_DROP
 
     return CAP_DROP

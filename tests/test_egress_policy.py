@@ -139,3 +139,21 @@ def test_origin_request_drops_proxy_headers_and_closes() -> None:
     assert raw.startswith("GET /x?y=1 HTTP/1.1\r\n")
     assert "Proxy-Authorization" not in raw and "Accept: */*" in raw
     assert raw.endswith("Host: a.example\r\nConnection: close\r\n\r\n")
+
+
+@pytest.mark.parametrize("host", ["2886795265", "0xac110001", "172.17.1", "0254.0.0.1", "[::1]"])
+def test_every_numeric_address_form_is_an_ip_literal(host: str) -> None:
+    # getaddrinfo takes these as addresses (inet_aton): a hostname check would let them
+    # through as names in observe mode, straight to the host's addresses
+    assert proxy.is_ip(host)
+    assert not proxy.is_ip("pypi.org") and not proxy.is_ip("1e100.net")
+
+
+def test_private_addresses_only_for_hosts_named_exactly() -> None:
+    import asyncio
+
+    for host in ("10.1.2.3", "172.31.0.1", "192.168.1.1", "100.64.0.1"):
+        with pytest.raises(proxy.Denied):
+            asyncio.run(proxy.resolve(host, 80))
+        assert asyncio.run(proxy.resolve(host, 80, exact=True))
+    assert asyncio.run(proxy.resolve("203.0.113.80", 443))

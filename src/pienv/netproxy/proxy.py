@@ -63,6 +63,13 @@ BLOCKED = [
         *os.environ.get("PIENV_BLOCK_NETS", "").split(),
     ]
 ]
+# Private networks (the host's other addresses, a LAN, other engines' bridges): reached only
+# for a host the allow-list names exactly, never through a wildcard, observe or open mode
+# (a public name such as 10-0-0-1.nip.io resolves to any address its owner likes).
+PRIVATE = [
+    ipaddress.ip_network(n)
+    for n in ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "fc00::/7"]
+]
 DEFAULT_PORTS = (80, 443)
 # The CA bundle pienv copies in (this machine's); the interpreter's own default paths point
 # at its build's OpenSSL directory, which the image does not have.
@@ -82,10 +89,15 @@ class Denied(Exception):
 
 
 def is_ip(host: str) -> bool:
+    """Any form getaddrinfo takes as an address, not a name: inet_aton's too (``2886795265``,
+    ``0xac110001``, ``172.17.1``, ``0254.0.0.1``), which ipaddress does not parse."""
     try:
         ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
+        try:
+            socket.inet_aton(host)
+        except (OSError, ValueError):
+            return False
     return True
 
 
@@ -201,16 +213,19 @@ def split_target(target: str, default_port: int) -> tuple[str, int]:
     return host.lower().rstrip("."), port
 
 
-async def resolve(host: str, port: int) -> list[tuple[Any, ...]]:
+async def resolve(host: str, port: int, exact: bool = False) -> list[tuple[Any, ...]]:
+    """The addresses to try, never a blocked one, and a private one only when ``exact`` (the
+    host is named by an allow rule of its own)."""
     loop = asyncio.get_running_loop()
     try:
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise Denied(502, f"cannot resolve {host}: {exc}") from exc
+    never = BLOCKED if exact else BLOCKED + PRIVATE
     good = [
         i
         for i in infos
-        if not any(ipaddress.ip_address(i[4][0]) in net for net in BLOCKED if _same(i, net))
+        if not any(ipaddress.ip_address(i[4][0]) in net for net in never if _same(i, net))
     ]
     if not good:
         raise Denied(403, f"{host} resolves only to addresses pienv never connects to")
@@ -226,10 +241,10 @@ def tls_context() -> ssl.SSLContext:
 
 
 async def open_upstream(
-    host: str, port: int, tls: bool = False
+    host: str, port: int, tls: bool = False, exact: bool = False
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     last: Exception | None = None
-    for family, _, _, _, addr in await resolve(host, port):
+    for family, _, _, _, addr in await resolve(host, port, exact):
         try:
             return await asyncio.wait_for(
                 asyncio.open_connection(
@@ -339,7 +354,11 @@ async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -
             refuse(cwriter, 403, deny_reason(run, host, port, why))
             return
         run.audit(id=conn, event="open", host=host, port=port, method=method)
-        ureader, uwriter = await open_upstream(host, port)
+        exact = run.policy.get("mode") == "allow-list" and any(
+            not r.startswith("*.") and rule_matches(r, host, port)
+            for r in run.policy.get("allow", ())
+        )
+        ureader, uwriter = await open_upstream(host, port, exact=exact)
         if method == "CONNECT":
             cwriter.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
         else:
