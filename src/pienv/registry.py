@@ -36,7 +36,14 @@ MANIFESTS = (
     "application/vnd.docker.distribution.manifest.list.v2+json",
 )
 DOCKER_HUB = "registry-1.docker.io"
+MAX_TAG_PAGES = 10_000  # of 1,000 tags each
 _TAG_OK = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+# host[:port]: a DNS name or IPv4 address, or [IPv6]; nothing else (no user:password@, which
+# pienv would otherwise keep in remotes.json, no spaces or control characters).
+_HOST_OK = re.compile(
+    r"(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}"
+    r"[A-Za-z0-9])?)*|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?"
+)
 _REPO_OK = re.compile(
     r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*"
 )
@@ -79,17 +86,24 @@ def parse_location(text: str) -> Location:
     text = text.strip().removeprefix("oci://").removeprefix("docker://").rstrip("/")
     registry, _, repository = text.partition("/")
     hostlike = "." in registry or ":" in registry or registry == "localhost"
-    if not repository or not hostlike:
+    host = _HOST_OK.fullmatch(registry)
+    port = host.group(1) if host else None
+    if not repository or not hostlike or not host or (port and not 0 < int(port) < 65536):
         raise UsageError(
-            f"bad remote {text!r}: give REGISTRY/REPOSITORY, e.g. "
-            "127.0.0.1:5000/team/env or ghcr.io/me/env"
+            f"bad remote {_shown(text)}: give REGISTRY/REPOSITORY (REGISTRY a host[:port], "
+            "no login in it), e.g. 127.0.0.1:5000/team/env or ghcr.io/me/env"
         )
     if ":" in repository or "@" in repository or not _REPO_OK.fullmatch(repository):
         raise UsageError(
-            f"bad repository {repository!r} in {text!r}: lower-case letters, digits and "
-            "separators (. _ - /) only, no tag"
+            f"bad repository {_shown(repository)} in {_shown(text)}: lower-case letters, "
+            "digits and separators (. _ - /) only, no tag"
         )
     return Location(registry, repository)
+
+
+def _shown(text: str) -> str:
+    """``text`` quoted for an error line, without a login it may hold (user:password@)."""
+    return repr(re.sub(r"[^/@]*@", "***@", text, count=1) if "@" in text else text)
 
 
 # -- tag names for refs -----------------------------------------------------------------------
@@ -361,14 +375,21 @@ class Client:
         """Every tag of the repository (following the API's pagination); [] if none."""
         out: list[str] = []
         path: str | None = "/tags/list?n=1000"
+        seen: set[str] = set()
         while path:
+            if path in seen or len(seen) >= MAX_TAG_PAGES:  # a registry's link loops
+                raise RegistryError("registry sent an endless tag list")
+            seen.add(path)
             resp = self.request("GET", path)
             if resp.status == 404:
                 return out
             try:
-                out.extend(json.loads(resp.body).get("tags") or [])
+                page = json.loads(resp.body).get("tags") or []
             except (ValueError, AttributeError):
                 raise RegistryError("registry sent a malformed tag list") from None
+            if not isinstance(page, list) or not all(isinstance(t, str) for t in page):
+                raise RegistryError("registry sent a malformed tag list")
+            out.extend(page)
             link = resp.headers.get("link", "")
             m = re.match(r"<([^>]+)>", link)
             if not m:
@@ -378,10 +399,31 @@ class Client:
         return out
 
 
+class _SameOriginAuth(urllib.request.HTTPRedirectHandler):
+    """Redirects, without our Authorization header when they leave the registry's scheme and
+    host: urllib would carry it (a Basic login is the user's password) to any host a
+    registry names, or down to plain HTTP."""
+
+    def redirect_request(
+        self,
+        req: urllib.request.Request,
+        fp: Any,
+        code: int,
+        msg: str,
+        headers: Any,
+        newurl: str,
+    ) -> urllib.request.Request | None:
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None:
+            before, after = urllib.parse.urlsplit(req.full_url), urllib.parse.urlsplit(new.full_url)
+            if (before.scheme, before.netloc) != (after.scheme, after.netloc):
+                new.remove_header("Authorization")
+        return new
+
+
 def _opener() -> urllib.request.OpenerDirector:
-    # No redirects to other hosts carry our Authorization header (urllib drops it anyway);
-    # proxies from the environment are honoured as for any HTTP client.
-    return urllib.request.build_opener()
+    # Proxies from the environment are honoured as for any HTTP client.
+    return urllib.request.build_opener(_SameOriginAuth)
 
 
 def _digest(body: bytes) -> str:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pienv import dag
 from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, PienvError, UsageError
-from pienv.model import JsonResult, parse_time, short
+from pienv.model import JsonResult, short
 from pienv.ops import pushscan
 from pienv.ops.remote import (
     RECORD_GRACE,
@@ -27,6 +27,7 @@ from pienv.ops.remote import (
     OnProgress,
     Progress,
     RemoteView,
+    age,
     engine_auth,
     pick,
     read,
@@ -218,10 +219,21 @@ def _remote_commits(client: Client, view: RemoteView, wanted: set[str]) -> dict[
     for cid in wanted - set(known):
         if commit_tag(cid) not in tagged:
             continue
-        got = client.head_manifest(commit_tag(cid))
-        if got is not None and got[0]:
-            known[cid] = Descriptor(cid, got[0], got[1], got[2])
+        got = client.manifest(commit_tag(cid))
+        # Only if it is this commit's image: the tag holds 12 hex digits of the id, and anyone
+        # who can push there can put another image under it.
+        if got is not None and _config_digest(got[2]) == "sha256:" + cid:
+            known[cid] = Descriptor(cid, got[0], got[1], len(got[2]))
     return known
+
+
+def _config_digest(manifest: bytes) -> str | None:
+    import json
+
+    try:
+        return str(json.loads(manifest)["config"]["digest"])
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def _check_secrets(ctx: Context, missing: list[str], force: bool, on_progress: OnProgress) -> None:
@@ -294,7 +306,7 @@ def _write_ref(
     old = t.remote.head if t.remote else None
     tag = ref_tag(t.kind, t.name)
     if t.kind == "branch":
-        _claim(client, t, descs[t.head], old)
+        _claim(client, t, descs[t.head], old, force)
     body = build_index(ref, order)
     client.put_manifest(tag, body, INDEX, if_match=t.remote.digest if t.remote else None)
     got = client.manifest(tag)
@@ -317,33 +329,43 @@ def _with_parents(d: Descriptor, parents: tuple[str, ...]) -> Descriptor:
     return Descriptor(d.id, d.digest, d.media_type, d.size, parents)
 
 
-def _claim(client: Client, t: Target, head: Descriptor, old: str | None) -> None:
-    """Write this push's record, then make sure no other live push from the same remote
-    head for another head goes ahead too. Of two overlapping pushes, at least the later one
-    to list the tags sees the other's record. One that sees a rival with a smaller head id
-    withdraws and refuses; one that sees a larger one waits until that rival withdraws (then
-    goes on) or the branch moves (then refuses). A push only writes the branch when no live
-    rival is left, and withdraws before it refuses, so at most one of them moves it."""
+def _claim(client: Client, t: Target, head: Descriptor, old: str | None, force: bool) -> None:
+    """Write this push's record, then make sure the remote head is still the one this push
+    read (a push that finished while this one uploaded, longer ago than its record's grace
+    time, is no live rival but moved the head) and that no other live push from the same
+    remote head for another head goes ahead too. Of two overlapping pushes, at least the
+    later one to list the tags sees the other's record. One that sees a rival with a smaller
+    head id withdraws and refuses; one that sees a larger one waits until that rival
+    withdraws (then goes on) or the branch moves (then refuses). A push only writes the
+    branch when no live rival is left, and withdraws before it refuses, so at most one of
+    them moves it."""
     attempt = os.urandom(6).hex()
-    client.put_manifest(
-        record_tag(t.head, t.name), record_body(head, t.name, old, who(), attempt), INDEX
-    )
+    body = record_body(head, t.name, old, who(), attempt)
+    client.put_manifest(record_tag(t.head, t.name), body, INDEX)
     deadline = time.monotonic() + CLAIM_WAIT
-    while (rival := _rival(client, t, old)) is not None:
-        head12, by = rival
-        moved = _remote_head(client, t) != old
-        if moved or short(t.head) < head12 or time.monotonic() > deadline:
-            client.put_manifest(
-                record_tag(t.head, t.name, withdrawn=True),
-                record_body(head, t.name, old, who(), attempt),
-                INDEX,
-            )
+    while True:
+        now = _remote_head(client, t)
+        rival = _rival(client, t, old)
+        if (now == old or force) and rival is None:
+            return
+        waiting = now == old and rival is not None and short(t.head) > rival[0]
+        if waiting and time.monotonic() <= deadline:
+            time.sleep(0.3)
+            continue
+        client.put_manifest(record_tag(t.head, t.name, withdrawn=True), body, INDEX)
+        if now != old and not force:
             raise ConcurrentUpdate(
-                f"another push to {t.kind} {t.name!r} started from the same remote head "
-                f"(by {by or 'someone'}, commit {head12}); nothing was overwritten",
+                f"{t.kind} {t.name!r} moved on the remote to {short(now) if now else '(gone)'} "
+                f"since this push read it at {short(old) if old else '(none)'}; nothing was "
+                "overwritten",
                 hint="`pienv fetch`, then pull or push again",
             )
-        time.sleep(0.3)
+        head12, by = rival or ("", "")
+        raise ConcurrentUpdate(
+            f"another push to {t.kind} {t.name!r} started from the same remote head "
+            f"(by {by or 'someone'}, commit {head12}); nothing was overwritten",
+            hint="`pienv fetch`, then pull or push again",
+        )
 
 
 def _rival(client: Client, t: Target, old: str | None) -> tuple[str, str] | None:
@@ -360,7 +382,7 @@ def _rival(client: Client, t: Target, old: str | None) -> tuple[str, str] | None
         got = client.manifest(tag)
         notes = notes_of(got[2]) if got else {}
         pushed = notes.get("dev.pienv.pushed", "")
-        if not pushed or _age(pushed) >= RECORD_GRACE or notes.get("dev.pienv.old") != (old or ""):
+        if not pushed or age(pushed) >= RECORD_GRACE or notes.get("dev.pienv.old") != (old or ""):
             continue
         if withdrawn(client, tag, present, notes):
             continue
@@ -372,13 +394,6 @@ def _remote_head(client: Client, t: Target) -> str | None:
     got = client.manifest(ref_tag(t.kind, t.name))
     ref = parse_index(got[2], got[0]) if got else None
     return ref.head if ref else None
-
-
-def _age(stamp: str) -> float:
-    try:
-        return time.time() - parse_time(stamp).timestamp()
-    except ValueError:
-        return float("inf")
 
 
 def _new_layer_bytes(client: Client, digest: str, below: str | None) -> int:

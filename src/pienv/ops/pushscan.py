@@ -32,7 +32,9 @@ from pienv.model import Commit, JsonResult, parse_time
 # "Agent logins and state ... live in per-store volumes"): commits created before it may hold
 # them in their layers.
 STATE_VOLUMES_SINCE = "2026-11-27T06:30:54Z"
-READ_LIMIT = 256 * 1024
+# Token files are read whole up to this size; a bigger one (no real .npmrc or .env is) is
+# refused unread: a token after megabytes of padding would otherwise pass.
+READ_LIMIT = 8 * 1024 * 1024
 _HOME = r"(?:/root|/home/[^/]+)"
 _STATE = "|".join(re.escape(d) for d in ALL_STATE_DIRS)
 PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -52,6 +54,9 @@ TOKEN_FILES: tuple[tuple[re.Pattern[str], re.Pattern[bytes], str], ...] = (
     (re.compile(r".*/\.pypirc"), re.compile(rb"password\s*[:=]\s*\S"), "a PyPI password"),
     (re.compile(r".*/gh/hosts\.yml"), re.compile(rb"oauth_token:\s*\S"), "a GitHub CLI token"),
 )
+# Private keys by their default names anywhere: ~/.ssh may be a symlink to another directory,
+# and the layer then holds the key under that directory's path.
+_SSH_KEY = re.compile(r"id_(?:rsa|dsa|ecdsa|ed25519)(?:_sk)?")
 _SSH_PUBLIC = {"known_hosts", "known_hosts.old", "authorized_keys", "config"}
 _ENV_FILE = re.compile(r".*/\.env(\.[A-Za-z0-9_.-]+)?")
 _ENV_LINE = re.compile(
@@ -82,10 +87,13 @@ def legacy(commits: Sequence[Commit]) -> list[Commit]:
     return out
 
 
-def _wanted(path: str, size: int) -> bool:
-    if size > READ_LIMIT:
-        return False
+def _named(path: str) -> bool:
+    """Whether ``path`` is a file whose content says if it holds a token."""
     return bool(_ENV_FILE.fullmatch(path)) or any(p.fullmatch(path) for p, _, _ in TOKEN_FILES)
+
+
+def _wanted(path: str, size: int) -> bool:
+    return size <= READ_LIMIT and _named(path)
 
 
 def classify(path: str, body: bytes | None) -> str | None:
@@ -98,8 +106,11 @@ def classify(path: str, body: bytes | None) -> str | None:
             return what
     if "/.ssh/" in path and not name.endswith(".pub") and name not in _SSH_PUBLIC:
         return "an SSH key or login"
+    if _SSH_KEY.fullmatch(name):
+        return "an SSH private key"
     if body is None:
-        return None
+        # A token file not read (over READ_LIMIT, or unreadable): it cannot be shown clean.
+        return "a token file too large to check" if _named(path) else None
     for pattern, content, what in TOKEN_FILES:
         if pattern.fullmatch(path) and content.search(body):
             return what

@@ -18,7 +18,14 @@ from pienv import dag, locks, registry
 from pienv.context import Context
 from pienv.errors import ConcurrentUpdate, StoreError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, parse_time, short
-from pienv.ops.remotelayout import PREFIX, RemoteRef, notes_of, parse_index, parse_record
+from pienv.ops.remotelayout import (
+    PREFIX,
+    RemoteRef,
+    notes_of,
+    parse_index,
+    parse_record,
+    problem,
+)
 from pienv.registry import Client, Location, escape, parse_location
 from pienv.tracking import load, save
 
@@ -138,6 +145,12 @@ def read(client: Client, only: RemoteRef | None = None) -> RemoteView:
         got = client.manifest(tag)
         ref = parse_index(got[2], got[0]) if got else None
         if ref is not None and tag == PREFIX[ref.kind] + escape(ref.name):
+            bad = problem(ref)
+            if bad is not None:
+                raise registry.RegistryError(
+                    f"remote {client.location} holds a corrupt or hostile ref ({tag!r}: "
+                    f"{bad}); nothing was changed here"
+                )
             refs[(ref.kind, ref.name)] = ref
     return RemoteView(tags, refs, lost_updates(client, tags, refs))
 
@@ -161,11 +174,25 @@ def lost_updates(
         if withdrawn(client, tag, present, notes):
             continue
         pushed = notes.get("dev.pienv.pushed", "")
-        if pushed and time.time() - parse_time(pushed).timestamp() < RECORD_GRACE:
+        if pushed and age(pushed) < RECORD_GRACE:
             continue  # a push still under way
+        # The record's words are the remote's: shown only when they are plain text and match
+        # its tag.
         name = notes.get("dev.pienv.name", esc)
-        out.append(Lost(name, head12, pushed, notes.get("dev.pienv.by", "")))
+        if escape(name) != esc or not name.isprintable():
+            name = esc
+        by = notes.get("dev.pienv.by", "")
+        stamp = pushed if age(pushed) != float("inf") else ""
+        out.append(Lost(name, head12, stamp, by[:80] if by.isprintable() else repr(by)))
     return out
+
+
+def age(stamp: str) -> float:
+    """Seconds since RFC 3339 ``stamp``; infinite if it is not one (a remote's word)."""
+    try:
+        return time.time() - parse_time(stamp).timestamp()
+    except ValueError:
+        return float("inf")
 
 
 def withdrawn(client: Client, tag: str, present: set[str], notes: dict[str, str]) -> bool:
@@ -425,7 +452,8 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
     default branch (main, else the only or first one) checked out as a local branch."""
     location = parse_location(url)
     home = ctx.store.home
-    if ctx.store.exists():
+    resume = ctx.store.exists() and _unfinished_clone(ctx, location)
+    if ctx.store.exists() and not resume:
         raise UsageError(
             f"a store exists at {home} already",
             hint="clone into a new one: `PIENV_HOME=DIR pienv clone ...`",
@@ -434,10 +462,12 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
     view = read(Client(location))
     if not view.refs:
         raise UsageError(f"{location} holds no pienv branches or tags")
-    fresh = not home.exists() or not any(home.iterdir())
-    ctx.store.init()
+    fresh = not resume and (not home.exists() or not any(home.iterdir()))
+    if not resume:
+        ctx.store.init()
     try:
-        add(ctx, "origin", str(location))
+        if "origin" not in load(ctx.store).urls:
+            add(ctx, "origin", str(location))
         fetched = fetch(ctx, "origin", on_progress, view)
     except BaseException:
         # Nothing half-made: a failed (or interrupted) clone leaves no store to trip over,
@@ -453,6 +483,16 @@ def clone(ctx: Context, url: str, on_progress: OnProgress = None) -> CloneResult
             txn.move_branch(default, None, head)
             txn.checkout(default)
     return CloneResult(str(home), str(location), default, head, fetched)
+
+
+def _unfinished_clone(ctx: Context, location: Location) -> bool:
+    """Whether the store is what a clone of ``location`` killed half-way (kill -9 runs no
+    clean-up) leaves: no branch, and origin that location or no remote and no commit yet.
+    Cloning again finishes it (a fetch is idempotent)."""
+    urls = load(ctx.store).urls
+    if ctx.refs().branches:
+        return False
+    return urls == {"origin": str(location)} or (not urls and not ctx.store.commits())
 
 
 def _undo_clone(ctx: Context) -> None:

@@ -21,13 +21,18 @@ Per-branch objects: pushes of different branches never write the same tag.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pienv.model import now_rfc3339, short
-from pienv.registry import INDEX, escape
+from pienv.errors import UsageError
+from pienv.model import check_ref_name, now_rfc3339, short
+from pienv.registry import INDEX, MANIFESTS, escape, valid_tag
 
 A = "dev.pienv."
+_ID = re.compile(r"[0-9a-f]{64}")
+_ID12 = re.compile(r"[0-9a-f]{12}")
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 RefKind = Literal["branch", "tag"]
 PREFIX: dict[RefKind, str] = {"branch": "b-", "tag": "t-"}
 
@@ -124,6 +129,26 @@ def parse_index(body: bytes, digest: str) -> RemoteRef | None:
     return ref
 
 
+def problem(ref: RemoteRef) -> str | None:
+    """Why a ref index read from a remote must not be believed; None if it may. A remote is
+    not trusted: its names become local ref names (and terminal output), its ids are given
+    to the engine as image references (a name there would adopt a local image), its digests
+    become pull references."""
+    try:
+        check_ref_name(ref.name, ref.kind)
+    except UsageError as exc:
+        return exc.message
+    if not ref.name.isprintable():
+        return f"its {ref.kind} name {ref.name!r} holds a control character"
+    for d in ref.commits.values():
+        bad = [x for x in (d.id, *d.parents) if not _ID.fullmatch(x)]
+        if bad:
+            return f"it names commit {bad[0][:80]!r}, which is not an image id"
+        if not _DIGEST.fullmatch(d.digest) or d.media_type not in MANIFESTS:
+            return f"commit {short(d.id)} has a bad manifest {d.digest[:80]!r}"
+    return None
+
+
 def record_body(head: Descriptor, name: str, old: str | None, by: str, attempt: str) -> bytes:
     """A push record: an index naming the pushed head (so its commits stay alive), the head
     it replaced, and the attempt (a random id: a withdrawal names the attempt it withdraws,
@@ -145,4 +170,6 @@ def parse_record(tag: str) -> tuple[str, str, bool] | None:
     """(head12, escaped name, withdrawn) of a record tag; None for other tags."""
     if not (tag.startswith("p-") or tag.startswith("x-")) or len(tag) < 16 or tag[14] != "-":
         return None
+    if not _ID12.fullmatch(tag[2:14]) or not valid_tag(tag):
+        return None  # not one pienv wrote (a registry's tag list is its word, not ours)
     return tag[2:14], tag[15:], tag.startswith("x-")
