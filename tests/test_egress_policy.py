@@ -157,3 +157,12 @@ def test_private_addresses_only_for_hosts_named_exactly() -> None:
             asyncio.run(proxy.resolve(host, 80))
         assert asyncio.run(proxy.resolve(host, 80, exact=True))
     assert asyncio.run(proxy.resolve("203.0.113.80", 443))
+
+
+@pytest.mark.parametrize("addr", ["::ffff:127.0.0.1", "::ffff:169.254.169.254", "::ffff:10.0.0.1"])
+def test_ipv4_mapped_ipv6_answers_are_checked_as_ipv4(addr: str) -> None:
+    # a name with such an AAAA answer would reach the host's loopback, metadata or LAN
+    import asyncio
+
+    with pytest.raises(proxy.Denied):
+        asyncio.run(proxy.resolve(addr, 80))

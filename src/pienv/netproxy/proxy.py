@@ -222,18 +222,21 @@ async def resolve(host: str, port: int, exact: bool = False) -> list[tuple[Any, 
     except OSError as exc:
         raise Denied(502, f"cannot resolve {host}: {exc}") from exc
     never = BLOCKED if exact else BLOCKED + PRIVATE
-    good = [
-        i
-        for i in infos
-        if not any(ipaddress.ip_address(i[4][0]) in net for net in never if _same(i, net))
-    ]
+    good = [i for i in infos if not any(_address(i) in net for net in never if _same(i, net))]
     if not good:
         raise Denied(403, f"{host} resolves only to addresses pienv never connects to")
     return good
 
 
+def _address(info: tuple[Any, ...]) -> Any:
+    """The address an answer reaches: an IPv4-mapped IPv6 one (``::ffff:127.0.0.1``, which a
+    dual-stack socket connects to over IPv4) as the IPv4 address it is."""
+    addr = ipaddress.ip_address(info[4][0].partition("%")[0])
+    return getattr(addr, "ipv4_mapped", None) or addr
+
+
 def _same(info: tuple[Any, ...], net: Any) -> bool:
-    return bool((info[0] == socket.AF_INET) == (net.version == 4))
+    return bool(_address(info).version == net.version)
 
 
 def tls_context() -> ssl.SSLContext:
