@@ -226,6 +226,7 @@ def test_engine_names_itself(engine: Engine) -> None:
     assert version.product == ("Podman" if "Podman Engine" in names else "Docker Engine")
     assert (engine.dialect.name == "Podman") == (version.product == "Podman")
     assert version.version == raw["Version"] and version.api_version == raw["ApiVersion"]
+    assert version.arch == raw["Arch"]
     info = engine.info()
     assert info.driver == docker.from_env().info()["Driver"] and info.host
 
@@ -250,3 +251,40 @@ def test_path_exists_sees_a_dangling_symlink(engine: Engine, base_image: str, la
         assert not engine.path_exists(cid, "/missing")
     finally:
         engine.remove_container(cid, force=True)
+
+
+def test_write_archive_lands_content_mode_and_owner(
+    engine: Engine, base_image: str, label: str
+) -> None:
+    """A tar written into a container (over the socket: a raw upload, no docker-py) lands
+    with its content and mode, and on Docker its owner; a container that is gone is a 404."""
+    import io
+    import tarfile
+
+    from pienv.engine import HTTPError
+
+    key, _, value = label.partition("=")
+    cid = engine.create_stopped(base_image, labels={key: value})
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            info = tarfile.TarInfo("opt/given")
+            info.size, info.mode, info.uid, info.gid = 5, 0o640, 1234, 4321
+            tar.addfile(info, io.BytesIO(b"hello"))
+        engine.write_archive(cid, "/", buf.getvalue())
+        raw = engine.read_path(cid, "/opt/given")
+        assert raw is not None
+        with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
+            [got] = tar.getmembers()
+            data = tar.extractfile(got)
+            assert data is not None and data.read() == b"hello"
+        assert got.mode & 0o7777 == 0o640
+        # Podman 4.3's compat API gives the files the container user's ids (root here),
+        # through either transport; Docker keeps the tar's.
+        owner = (0, 0) if engine.dialect.name == "Podman" else (1234, 4321)
+        assert (got.uid, got.gid) == owner
+    finally:
+        engine.remove_container(cid, force=True)
+    with pytest.raises(HTTPError) as lost:
+        engine.write_archive(cid, "/", buf.getvalue())
+    assert lost.value.status == 404

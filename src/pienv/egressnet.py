@@ -93,7 +93,7 @@ def ensure_image(engine: Engine) -> str:
     from pienv.netproxy import image as proxy_image
 
     recipe = proxy_image.recipe()
-    arch = str((engine._call("GET", "/version") or {}).get("Arch", ""))
+    arch = engine.version().arch
     if arch and not proxy_image.engine_arch_ok(arch):
         raise EngineError(
             f"the egress proxy is made from this machine's Python, and the engine runs {arch}",
@@ -291,17 +291,12 @@ def register(
 
 
 def _put(engine: Engine, container: str, tar: bytes) -> None:
-    """Extract ``tar`` into the proxy's volume: one raw call on a local socket (the SDK's
-    put_archive would import docker-py, ~60 ms, on every run), the SDK elsewhere."""
-    http = engine._http
-    if http is None:
+    """Extract ``tar`` into the proxy's volume (on a local socket one raw call: no docker-py
+    import on a run's path)."""
+    try:
         engine.write_archive(container, MOUNT, tar)
-        return
-    status, _, raw = http.request(
-        "PUT", f"/containers/{container}/archive?path={MOUNT}", tar, engine.timeout
-    )
-    if status >= 400:
-        raise EngineError(f"cannot register the run with the egress proxy: {raw[:200]!r}")
+    except EngineError as exc:
+        raise EngineError(f"cannot register the run with the egress proxy: {exc}") from exc
 
 
 def collect(engine: Engine, proxy: Proxy, token: str) -> bytes:

@@ -401,9 +401,10 @@ class Engine(Connection):
             raise
 
     def write_archive(self, cid: str, directory: str, data: bytes) -> None:
-        """Extract a tar into ``directory`` of the container (owners and modes kept)."""
-        with translated(self.base_url):
-            self.api.put_archive(cid, directory, data)
+        """Extract a tar into ``directory`` of the container (modes kept; owners on Docker,
+        while Podman gives the files the container user's ids). Over the local socket: no
+        docker-py import (~60 ms)."""
+        self._request("PUT", f"/containers/{cid}/archive", {"path": directory}, tar=data)
 
     def export_stream(self, cid: str) -> Iterator[bytes]:
         """The container's whole filesystem as a tar, streamed in 1 MiB chunks."""

@@ -125,14 +125,18 @@ class Connection:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         timeout: float | None = None,
+        *,
+        tar: bytes | None = None,
     ) -> bytes:
-        """One API call; the raw answer. Query values that are lists repeat the parameter."""
-        data = None if body is None else json.dumps(body).encode()
+        """One API call; the raw answer. Query values that are lists repeat the parameter.
+        ``body`` goes as JSON, ``tar`` as it is (an archive upload)."""
+        data = tar if tar is not None else None if body is None else json.dumps(body).encode()
+        kind = "application/x-tar" if tar is not None else "application/json"
         limit = self.timeout if timeout is None else timeout
         with translated(self.base_url):
             if self._http is not None:
                 target = path + (f"?{urlencode(query, doseq=True)}" if query else "")
-                status, headers, raw = self._http.request(method, target, data, limit)
+                status, headers, raw = self._http.request(method, target, data, limit, kind)
             else:
                 api = self.api
                 r = api.request(
@@ -140,7 +144,7 @@ class Connection:
                     f"{api.base_url}/v{api.api_version}{path}",
                     params=dict(query or {}),
                     data=data,
-                    headers={"Content-Type": "application/json"} if data else None,
+                    headers={"Content-Type": kind} if data else None,
                     timeout=None if limit == NO_TIMEOUT else limit,
                 )
                 status, raw = r.status_code, r.content

@@ -100,13 +100,19 @@ class Response:
         return data
 
 
-def request_head(method: str, target: str, data: bytes | None, upgrade: bool = False) -> bytes:
+def request_head(
+    method: str,
+    target: str,
+    data: bytes | None,
+    upgrade: bool = False,
+    content_type: str = "application/json",
+) -> bytes:
     # Unversioned paths: the engine answers with its own API version, so pienv neither pays a
     # version round-trip nor breaks when an engine drops an old version (Podman's compat API
     # serves the unversioned paths too).
     lines = [f"{method} {target} HTTP/1.1", "Host: docker", "User-Agent: pienv"]
     if data is not None:
-        lines += ["Content-Type: application/json", f"Content-Length: {len(data)}"]
+        lines += [f"Content-Type: {content_type}", f"Content-Length: {len(data)}"]
     elif method == "POST":
         lines.append("Content-Length: 0")
     lines += ["Connection: Upgrade", "Upgrade: tcp"] if upgrade else ["Connection: close"]
@@ -130,12 +136,18 @@ class UnixTransport:
         return sock
 
     def request(
-        self, method: str, target: str, data: bytes | None, timeout: float
+        self,
+        method: str,
+        target: str,
+        data: bytes | None,
+        timeout: float,
+        content_type: str = "application/json",
     ) -> tuple[int, dict[str, str], bytes]:
         """(status, headers, body) of one request; ``target``: the path with its query string;
         header names in lower case."""
         with self.connect(timeout) as sock:
-            sock.sendall(request_head(method, target, data) + (data or b""))
+            head = request_head(method, target, data, content_type=content_type)
+            sock.sendall(head + (data or b""))
             resp = Response(sock)
             # A HEAD answer may announce a Content-Length but never sends the body.
             return resp.status, resp.headers, b"" if method == "HEAD" else resp.body()

@@ -156,6 +156,7 @@ class EngineVersion:
     product: str  # "Docker Engine" | "Podman"
     version: str
     api_version: str  # the Docker API version it speaks (Podman: its compat version)
+    arch: str = ""  # the engine machine's architecture, Go's name ("amd64", "arm64")
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> EngineVersion:
@@ -165,6 +166,7 @@ class EngineVersion:
             product="Podman" if podman else "Docker Engine",
             version=str(data.get("Version") or "?"),
             api_version=str(data.get("ApiVersion") or "?"),
+            arch=str(data.get("Arch") or ""),
         )
 
     def __str__(self) -> str:
