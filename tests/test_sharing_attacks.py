@@ -334,3 +334,30 @@ def test_a_registry_tag_list_is_not_trusted() -> None:
     assert parse_record("p-0123456789ab-main") == ("0123456789ab", "main", False)
     assert parse_record("p-\x1b]0;pwned\x07x-main") is None
     assert parse_record("p-0123456789ab-ma\x1bin") is None
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/srv/app/.env", b"GH_PAT=ghp_0123456789abcdefghijABCDEFGHIJ\n"),
+        ("/srv/app/.env", b"export OPENAI='sk-proj-0123456789abcdefghij'\n"),
+        ("/srv/app/.env.production", b"AWS_ID=AKIA0123456789ABCDEF\n"),
+        ("/root/.kube/config", b"users:\n- name: me\n  user:\n    token: eyJhbGciOi\n"),
+        ("/root/.config/gcloud/application_default_credentials.json", None),
+        ("/home/me/.azure/msal_token_cache.json", None),
+        ("/opt/keys/id_ed25519", None),
+        ("/root/.npmrc", None),  # a token file the scan could not read
+    ],
+)
+def test_credentials_under_other_names_are_found(path: str, body: bytes | None) -> None:
+    from pienv.ops.pushscan import classify
+
+    assert classify(path, body) is not None
+
+
+def test_what_is_no_credential_stays_so() -> None:
+    from pienv.ops.pushscan import classify
+
+    assert classify("/srv/app/.env", b"TASK=sk-\nNAME=ghp\n") is None
+    assert classify("/root/.kube/config", b"clusters: []\n") is None
+    assert classify("/usr/share/doc/id_rsa.txt", None) is None

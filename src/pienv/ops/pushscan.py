@@ -43,6 +43,14 @@ PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r".*/\.aws/credentials"), "AWS credentials"),
     (re.compile(r".*/\.netrc"), "a .netrc login"),
     (re.compile(r".*/\.git-credentials"), "git credentials"),
+    (
+        re.compile(
+            r".*/\.config/gcloud/(?:credentials\.db|access_tokens\.db|"
+            r"application_default_credentials\.json|legacy_credentials/.+)"
+        ),
+        "Google Cloud credentials",
+    ),
+    (re.compile(r".*/\.azure/(?:accessTokens\.json|msal_token_cache\..+)"), "Azure tokens"),
 )
 TOKEN_FILES: tuple[tuple[re.Pattern[str], re.Pattern[bytes], str], ...] = (
     (
@@ -53,6 +61,11 @@ TOKEN_FILES: tuple[tuple[re.Pattern[str], re.Pattern[bytes], str], ...] = (
     (re.compile(r".*/\.npmrc"), re.compile(rb"_auth(Token)?\s*=\s*\S"), "an npm token"),
     (re.compile(r".*/\.pypirc"), re.compile(rb"password\s*[:=]\s*\S"), "a PyPI password"),
     (re.compile(r".*/gh/hosts\.yml"), re.compile(rb"oauth_token:\s*\S"), "a GitHub CLI token"),
+    (
+        re.compile(r".*/\.kube/config"),
+        re.compile(rb"(?:token|client-key-data|password):\s*\S"),
+        "a Kubernetes login",
+    ),
 )
 # Private keys by their default names anywhere: ~/.ssh may be a symlink to another directory,
 # and the layer then holds the key under that directory's path.
@@ -63,6 +76,13 @@ _ENV_LINE = re.compile(
     rb"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*(?:KEY|TOKEN|SECRET|PASSWORD|PASSWD)[A-Za-z0-9_]*)"
     rb"\s*=\s*['\"]?([^'\"\s#]{12,})",
     re.MULTILINE | re.IGNORECASE,
+)
+# Values that are tokens whatever their variable is called (GH_PAT=ghp_..., OPENAI=sk-...).
+_ENV_TOKEN = re.compile(
+    rb"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)\s*=\s*['\"]?"
+    rb"(?:ghp_|gho_|ghs_|github_pat_|glpat-|sk-|xox[abprs]-|npm_|pypi-|AKIA|ASIA)"
+    rb"[A-Za-z0-9_-]{16,}",
+    re.MULTILINE,
 )
 _PLACEHOLDER = re.compile(rb"^(x+|\*+|<.*>|your[-_].*|changeme|example.*|\$\{?.*)$", re.I)
 
@@ -118,6 +138,8 @@ def classify(path: str, body: bytes | None) -> str | None:
         for m in _ENV_LINE.finditer(body):
             if not _PLACEHOLDER.match(m.group(2)):
                 return f"a .env with a key-looking value ({m.group(1).decode()})"
+        for m in _ENV_TOKEN.finditer(body):
+            return f"a .env with a token-looking value ({m.group(1).decode()})"
     return None
 
 
