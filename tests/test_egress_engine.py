@@ -83,3 +83,30 @@ def egressnet_caps() -> tuple[str, ...]:
     from pienv.runloop.egressrun import CAP_DROP
 
     return CAP_DROP
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the runs of a store share one internal network: an agent reaches another run's "
+    "container directly (docs/security.md: per-run networks would close it, at a cost per run)",
+)
+def test_an_agent_cannot_reach_another_runs_container(
+    proxy: tuple[Engine, egressnet.Proxy], base_image: str
+) -> None:
+    import docker
+
+    _, px = proxy
+    client = docker.from_env()
+    common: dict[str, object] = {"network": px.network, "cap_drop": list(egressnet_caps())}
+    peer = client.containers.run(
+        base_image, ["sh", "-c", "echo peer-secret | nc -l -p 8080"], detach=True, **common
+    )
+    try:
+        peer.reload()
+        ip = peer.attrs["NetworkSettings"]["Networks"][px.network]["IPAddress"]
+        out = client.containers.run(
+            base_image, ["sh", "-c", f"nc -w 5 {ip} 8080 </dev/null"], remove=True, **common
+        )
+    finally:
+        peer.remove(force=True)
+    assert b"peer-secret" not in out, out
