@@ -361,3 +361,57 @@ def test_what_is_no_credential_stays_so() -> None:
     assert classify("/srv/app/.env", b"TASK=sk-\nNAME=ghp\n") is None
     assert classify("/root/.kube/config", b"clusters: []\n") is None
     assert classify("/usr/share/doc/id_rsa.txt", None) is None
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("when", ["c-", "p-"])
+def test_a_push_killed_half_way_loses_nothing_and_the_next_one_finishes(
+    pienv: Pienv, other: Pienv, reg: Registry, when: str
+) -> None:
+    """kill -9 once a commit is on the remote (``c-``) or once the push record is written
+    (``p-``): this store is untouched, the next push finishes, a clone gets every commit."""
+    pienv("run", "--", "touch", "/etc/a")
+    pienv("run", "--", "touch", "/etc/b")
+    pienv("remote", "add", "origin", remote(reg, f"killpush{when[0]}"))
+    before = state(pienv)
+    c = client(reg, f"killpush{when[0]}")
+    proc = pienv.popen("push")
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any(t.startswith(when) for t in c.tags()):
+            break
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (pienv.home / "refs.json").read_text() == before[0]
+    r = json.loads(pienv("push", "--json").out)
+    assert r["refs"][0]["outcome"] in ("created", "up to date")
+    head = pienv.head()
+    history = [x["id"] for x in json.loads(pienv("log", "--json").out)]
+    _cleanup(pienv)
+    other("clone", remote(reg, f"killpush{when[0]}"))
+    assert other.head() == head
+    assert [x["id"] for x in json.loads(other("log", "--json").out)] == history
+    assert "lost update" not in other("fetch").err
+
+
+@pytest.mark.engine
+def test_a_fetch_killed_half_way_loses_nothing(pienv: Pienv, other: Pienv, reg: Registry) -> None:
+    pienv("run", "--", "sh", "-c", "head -c 3000000 /dev/urandom > /etc/a")
+    pienv("run", "--", "sh", "-c", "head -c 3000000 /dev/urandom > /etc/b")
+    pienv("remote", "add", "origin", remote(reg, "killfetch"))
+    pienv("push")
+    head = pienv.head()
+    _cleanup(pienv)
+    other("remote", "add", "origin", remote(reg, "killfetch"))
+    for delay in (0.4, 0.9, 1.5):
+        proc = other.popen("fetch")
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert other("fsck", check=False).code in (0, 1)  # a verdict, never a traceback
+    other("fetch")
+    other("branch", "mine", "origin/main")
+    assert other.head("mine") == head
+    r = other("fsck", check=False)
+    assert r.code == 0, r.out + r.err
