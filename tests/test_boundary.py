@@ -197,7 +197,13 @@ def test_submodule_planted_from_the_container_never_runs_on_the_host(
         "&& git update-index --add --cacheinfo 160000,$(git -C sub rev-parse HEAD),sub "
         "&& echo PLANTED"
     )
-    r = pienv("run", "--", "sh", "-c", script)
+    r = pienv("run", "--", "sh", "-c", script, check=layout != ".git file into .git/modules")
+    if layout == ".git file into .git/modules":
+        # .git/modules did not exist: pienv made it empty and read-only (rule 6).
+        assert "PLANTED" not in r.out and "Read-only file system" in r.err, r.err
+        git(pienv.repo, "status")
+        assert not marker.exists()
+        return
     assert "PLANTED" in r.out, r.err
     assert "160000" in git(pienv.repo, "ls-files", "-s", "sub")
     git(pienv.repo, "status")

@@ -110,6 +110,8 @@ def test_network_and_no_privilege_fields_come_from_the_config() -> None:
     spec = make(config=Config(network="none"))
     assert spec.network == "none"
     assert spec.limits.cpus is None and spec.ports == () and spec.tmpfs == ()
+    assert {"MKNOD", "SETFCAP"} <= set(spec.cap_drop) and not spec.no_new_privileges
+    assert make(config=Config(sudo=False)).no_new_privileges
 
 
 def test_install_step_gets_env_file_and_volumes_not_the_workspace() -> None:

@@ -15,8 +15,8 @@ def stated() -> set[int]:
     return {int(n) for n in re.findall(r"^(\d+)\. ", text, re.MULTILINE)}
 
 
-def test_rules_are_numbered_1_to_12() -> None:
-    assert stated() == set(range(1, 13))
+def test_rules_are_numbered_from_1_without_gaps() -> None:
+    assert stated() == set(range(1, max(stated()) + 1)) and len(stated()) >= 13
 
 
 def test_every_rule_citation_names_a_stated_rule() -> None:

@@ -19,6 +19,7 @@
     network = "bridge"                   # docker network mode
     flatten_at = 100                     # flatten a head at this layer depth
     protect_git = true                   # .git/hooks, .git/config read-only in the container
+    sudo = true                          # false: no new privileges (sudo/setuid give no root)
     caches = true                        # apt/npm/pip caches in volumes shared by the store
     commit = "background"                # or "foreground": commit before `pienv run` returns
 """
@@ -253,6 +254,7 @@ class Config:
     network: str = "bridge"
     flatten_at: int = DEFAULT_FLATTEN_AT
     protect_git: bool = True
+    sudo: bool = True  # false: the run gets no new privileges (sudo, setuid files give nothing)
     caches: bool = True
     commit: str = "background"  # COMMIT_MODES; sessions (`shell`, the agent) always foreground
     # The agent gets placeholders for its providers' keys; pienv's egress proxy adds the real
@@ -391,6 +393,7 @@ def load(path: Path) -> Config:
         network=r.get("run", "network", str, "bridge"),
         flatten_at=r.get("run", "flatten_at", int, DEFAULT_FLATTEN_AT),
         protect_git=r.get("run", "protect_git", bool, True),
+        sudo=r.get("run", "sudo", bool, True),
         commit=r.get("run", "commit", str, "background"),
         inject_keys=r.get("agent", "inject_keys", bool, False),
         source=str(path),

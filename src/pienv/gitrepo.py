@@ -213,14 +213,28 @@ def add_worktree(repo_root: Path, path: Path, branch: str) -> bool:
             repo.head()
         except KeyError as exc:
             raise UsageError(f"{repo_root} has no commit yet; commit something first") from exc
+        _refuse_planted(Path(repo.controldir()))
         try:
             wt = dulwich_add(repo, str(path), branch=branch.encode())
-        except ValueError as exc:
+        except (ValueError, KeyError) as exc:
             raise UsageError(f"cannot add worktree {path}: {exc}") from exc
         except OSError as exc:  # /proc/x, a read-only or full disk: nothing was made
             raise UsageError(f"cannot add worktree {path}: {exc.strerror}") from exc
         wt.close()
     return not existed
+
+
+def _refuse_planted(gitdir: Path) -> None:
+    """Refuse to write a worktree's admin files through a symlink planted among the git
+    dir's entries (a run's agent can plant one: dulwich would follow it out of the repo)."""
+    for name in ("worktrees", "commondir"):
+        entry = gitdir / name
+        if entry.is_symlink():
+            raise UsageError(
+                f"refusing to add a worktree: {entry} is a symlink (to "
+                f"{os.readlink(entry)}); git makes none there, a run may have planted it",
+                hint=f"check it, then remove it: rm {entry}",
+            )
 
 
 def is_dirty(path: Path) -> bool:

@@ -180,6 +180,8 @@ class Engine(Connection):
         name: str | None = None,
         dns: tuple[str, ...] = (),
         cap_drop: tuple[str, ...] = (),
+        cap_add: tuple[str, ...] = (),
+        no_new_privileges: bool = False,
     ) -> str:
         self.dialect.check_mounts(binds or {})
         config: dict[str, Any] = {
@@ -211,6 +213,10 @@ class Engine(Connection):
             config["HostConfig"]["Dns"] = list(dns)
         if cap_drop:
             config["HostConfig"]["CapDrop"] = list(cap_drop)
+        if cap_add:
+            config["HostConfig"]["CapAdd"] = list(cap_add)
+        if no_new_privileges:  # setuid (sudo) gains nothing: `[run] sudo = false`
+            config["HostConfig"]["SecurityOpt"] = ["no-new-privileges"]
         return self._create(config, name)
 
     def _create(self, config: dict[str, Any], name: str | None = None) -> str:

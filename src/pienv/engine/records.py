@@ -136,6 +136,7 @@ class ContainerState:
     mounts: tuple[str, ...]  # the container paths of its mounts
     labels: Mapping[str, str]
     image_id: str
+    pid: int = 0  # its first process, on the engine's host (0: not running)
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> ContainerState:
@@ -148,6 +149,7 @@ class ContainerState:
             mounts=tuple(str(m["Destination"]) for m in data.get("Mounts") or ()),
             labels=dict((data.get("Config") or {}).get("Labels") or {}),
             image_id=full_hex(str(data.get("Image") or "")),
+            pid=int(state.get("Pid") or 0),
         )
 
 

@@ -10,6 +10,7 @@ import os
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from pienv import locks
@@ -196,6 +197,26 @@ def check_egress_proxy(f: Found) -> list[Check]:
     return [Check("egress proxy", "ok", state)]
 
 
+def check_git_dirs(f: Found) -> list[Check]:
+    """What runs (a killed one above all: its after-run check never came) may have planted in
+    the git dirs of this store's workspaces: symlinks, a `commondir`, entries moved aside."""
+    if f.refs is None:
+        return []
+    from pienv import gitrepo
+    from pienv.runloop.gitguard import suspicious
+
+    places = {c.workspace for c in f.ctx.store.commits().values() if c.workspace}
+    places |= set(f.refs.worktrees)
+    found: list[str] = []
+    for place in sorted(places)[:200]:
+        if os.path.isdir(place):
+            found += suspicious(gitrepo.find(Path(place)))
+    if not found:
+        return [Check("git dirs", "ok", f"nothing planted in {len(places)} workspace(s)")]
+    fix = "check each, then remove it (a run planted it: your git would follow it)"
+    return [Check("git dirs", "warn", "; ".join(dict.fromkeys(found)), fix)]
+
+
 CHECKS: list[CheckFn] = [
     check_store,
     check_engine,
@@ -207,4 +228,5 @@ CHECKS: list[CheckFn] = [
     check_orphans,
     check_env_files,
     check_egress_proxy,
+    check_git_dirs,
 ]

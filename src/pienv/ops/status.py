@@ -10,6 +10,7 @@ from pienv import dag, locks
 from pienv.context import Context
 from pienv.errors import PienvError
 from pienv.model import Commit, JsonResult
+from pienv.runloop.gitguard import suspicious
 from pienv.runloop.sandbox import MountPolicy
 from pienv.runloop.workspace import Workspace, find_workspace, select_branch
 from pienv.tracking import tracking_refs
@@ -55,14 +56,16 @@ def _boundary_warnings(ctx: Context, ws: Workspace) -> list[str]:
     repo = ws.repo
     if repo is None:
         return []
+    # What a run may have planted in its git dirs (a killed run's after-run check never came).
+    planted = [f"git metadata: {what}" for what in suspicious(repo)]
     if repo.link_problem:
-        return [f"runs here mount no git metadata: {repo.link_problem}"]
+        return [f"runs here mount no git metadata: {repo.link_problem}", *planted]
     if repo.is_linked_worktree:
         try:
             policy.check(repo.common_dir, "the worktree's common git dir")
         except PienvError as exc:
-            return [f"runs here mount no git metadata: {exc.message}"]
-    return []
+            return [f"runs here mount no git metadata: {exc.message}", *planted]
+    return planted
 
 
 def _under_way(ctx: Context) -> list[str]:

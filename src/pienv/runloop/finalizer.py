@@ -34,6 +34,8 @@ from pienv.errors import EngineError, PienvError
 from pienv.locks import BranchLock, name_of
 from pienv.model import RunInfo
 from pienv.runloop.finish import RunResult, finalize
+from pienv.runloop.pin import REFUSED, Gate
+from pienv.runloop.sweep import Sweep, sweep
 
 # Test-only (tests/test_background.py): the handed-over commit starts this many seconds late,
 # so a test can see a run "being committed". Read once at import, as store.crashpoint.
@@ -54,6 +56,7 @@ class Job:
     workspace: str
     env_file: Path
     rule: str  # the branch selection rule, for the result line
+    sweep: Sweep | None = None  # what to sweep of planted privilege before the commit
 
 
 class Finalizer:
@@ -153,10 +156,15 @@ class Finalizer:
         try:
             child = self._context()
             self.lock.record(job.workspace, pid=os.getpid(), container=job.cid)
+            gate = _refuse_at_gate(job.env_file)
             child.engine().wait(job.cid)
+            if gate is not None:
+                gate.close()
             self.lock.record(
                 job.workspace, pid=os.getpid(), phase=locks.COMMITTING, container=job.cid
             )
+            if job.sweep is not None:  # nobody hears its line: `pienv doctor` does not either
+                sweep(child.engine(), job.sweep)
             finalize(child, job.cid, job.info, None, job.no_commit)
             self.lock.release()
         finally:
@@ -168,7 +176,12 @@ class Finalizer:
         assert self.report is not None
         job = self.job
         try:
-            done = finalize(self._context(), job.cid, job.info, exit_code, job.no_commit)
+            ctx = self._context()
+            # Before the commit and its result line: the line says what the sweep did.
+            swept = sweep(ctx.engine(), job.sweep) if job.sweep is not None else ""
+            done = finalize(ctx, job.cid, job.info, exit_code, job.no_commit)
+            if swept:
+                done.notes.insert(0, swept)
         except Exception as exc:
             # The container is kept; the lock frees when this process exits, its record
             # naming the finalizer that failed. Say what was kept (finalize says it only
@@ -192,3 +205,18 @@ def _kept(exc: Exception, job: Job) -> Exception:
         + f"then `pienv recover {cid}` commits it (the next run on "
         f"{name_of(job.info.branch)!r} does too)",
     )
+
+
+def _refuse_at_gate(env_file: Path) -> Gate | None:
+    """pienv died before it verified the mounts (runloop/pin.py): a container waiting at
+    its env file gets `exit 125` there, so it ends without running the command."""
+    import stat
+
+    try:
+        if not stat.S_ISFIFO(os.lstat(env_file).st_mode):
+            return None
+    except OSError:
+        return None
+    gate = Gate(env_file, b"exit %d\n" % REFUSED, [])
+    gate.open(lambda: 0)
+    return gate

@@ -33,6 +33,8 @@ def create(engine: Engine, spec: ContainerSpec) -> str:
         name=spec.name,
         dns=spec.dns,
         cap_drop=spec.cap_drop,
+        cap_add=spec.cap_add,
+        no_new_privileges=spec.no_new_privileges,
     )
 
 

@@ -26,6 +26,13 @@ from pienv.runloop.sandbox import (
 from pienv.runloop.spec import ContainerSpec, Mount, MountPoint
 from pienv.runloop.workspace import Workspace
 
+# Capabilities no run needs and a hostile agent would use on the host through a bind mount
+# (rule 13): device nodes (MKNOD) and file capabilities (SETFCAP). apt keeps working: dpkg
+# sets setuid bits with FOWNER, and packages that setcap in postinst fall back to setuid
+# (tests/test_box.py installs openssh-client). What they cannot stop (setuid files, trees
+# of root) the sweep after the run removes (runloop/sweep.py).
+DROPPED_CAPS = ("MKNOD", "SETFCAP")
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -161,9 +168,10 @@ def plan(
         info=info,
         network=boundary.network if boundary else config.network,
         dns=boundary.dns if boundary else (),
-        cap_drop=boundary.cap_drop if boundary else (),
         tty=req.interactive,
         stdin=req.interactive or host.forward_stdin,
+        cap_drop=tuple(dict.fromkeys((*DROPPED_CAPS, *(boundary.cap_drop if boundary else ())))),
+        no_new_privileges=not config.sudo,
         prepare=mount_points(ordered, host.checked, parent),
     )
 

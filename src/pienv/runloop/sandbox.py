@@ -17,7 +17,6 @@ from pathlib import Path
 
 from pienv.config import Config
 from pienv.errors import UsageError
-from pienv.gitrepo import RepoInfo
 from pienv.runloop.spec import Mount
 
 WORKSPACE = "/workspace"
@@ -163,230 +162,6 @@ def validate_mount(spec: str, policy: MountPolicy) -> Mount:
     return Mount(str(host), parts[1], mode == "ro", why, directory=host.is_dir())
 
 
-Binds = dict[str, Mount]  # host path -> its mount (one mount per host path)
-# What in a git dir makes git run code on the host (hooks, config: core.hooksPath,
-# core.fsmonitor, aliases, includes, filters; config.worktree with extensions.worktreeConfig;
-# worktrees/*/commondir, which redirects a linked worktree to another common dir).
-_MAX_MODULES = 64
-
-
-def git_mounts(
-    root: Path, repo: RepoInfo | None, policy: MountPolicy, protect: bool
-) -> tuple[Binds, list[str]]:
-    """The git metadata mounts of a workspace at ``root``, and notes on what was left out.
-
-    A linked worktree's common git dir is mounted (rw, at its host path) only when the
-    relation is real and it passes the mount policy. With ``protect`` (the default) every
-    file through which git makes the *host* run code is mounted read-only over the writable
-    repository, and ``.git`` itself is a mount point, so it cannot be renamed or replaced.
-    """
-    binds: Binds = {}
-    notes: list[str] = []
-    if repo is None:
-        return binds, notes
-    dotgit = root / ".git"
-    target = Path(WORKSPACE) / ".git"
-    if repo.link_problem:
-        notes.append(f"git metadata not mounted: {repo.link_problem}")
-    if not protect:
-        pass  # [run] protect_git = false: the user's explicit choice (docs/security.md)
-    elif dotgit.is_symlink():
-        notes.append(f"{dotgit} is a symlink: pienv does not make it read-only")
-    elif dotgit.is_file():
-        binds[str(dotgit)] = Mount(
-            str(dotgit), str(target), True, "git: the .git file", directory=False
-        )
-        inner = _inner_gitdir(root, repo)
-        if inner is not None:
-            # `git init --separate-git-dir` into the tree: that git dir is the repo's, in
-            # the writable workspace. A mount point of its own (it cannot be renamed and
-            # replaced), with the same read-only files as a `.git` directory.
-            inside = Path(WORKSPACE) / inner.relative_to(_real(root))
-            binds[str(inner)] = Mount(
-                str(inner), str(inside), False, "git: the repository's git dir"
-            )
-            _protect_gitdir(inner, inside, binds, notes)
-    elif repo.gitdir == _real(dotgit):
-        # A mount point: it cannot be renamed or replaced from inside.
-        binds[str(dotgit)] = Mount(str(dotgit), str(target), False, "git: .git")
-        _protect_gitdir(dotgit, target, binds, notes)
-    if not repo.is_linked_worktree:
-        return binds, notes
-    try:
-        common = policy.check(repo.common_dir, "the worktree's common git dir")
-    except UsageError as exc:
-        notes.append(f"git metadata not mounted: {exc.message}")
-        return binds, notes
-    # The worktree's .git file names host paths under the common dir: mount it at that same
-    # path so git works inside.
-    binds[str(common)] = Mount(str(common), str(common), False, "git: the common git dir")
-    if protect:
-        _protect_gitdir(common, common, binds, notes)
-        gitdir = repo.gitdir
-        # Over the read-only worktrees/.
-        binds[str(gitdir)] = Mount(str(gitdir), str(gitdir), False, "git: this worktree's git dir")
-        wtconfig = gitdir / "config.worktree"
-        if (common / "config.worktree").exists() and not os.path.lexists(wtconfig):
-            # extensions.worktreeConfig (see _protect_gitdir): git reads this one too.
-            with contextlib.suppress(OSError):
-                wtconfig.touch(mode=0o644)
-        for name in ("commondir", "gitdir", "config.worktree"):
-            _read_only(gitdir / name, gitdir / name, binds, notes)
-    return binds, notes
-
-
-def planted_commondir(root: Path, repo: RepoInfo | None) -> Path | None:
-    """The ``commondir`` file git would read in a main repository's ``.git``, if that is a
-    directory. git never writes one there, and it cannot be mounted read-only before it
-    exists: `run` checks it before and after the container, and moves aside one that appeared
-    (it would point the host's git at a config of the agent's choosing)."""
-    if repo is None:
-        return None
-    if repo.is_linked_worktree:
-        # The common dir is mounted read-write (git needs it): a `commondir` written there
-        # redirects the *main* checkout's git, which never reads one there either.
-        return repo.common_dir / "commondir"
-    if repo.gitdir != repo.common_dir:
-        return None
-    dotgit = root / ".git"
-    if dotgit.is_file():
-        inner = _inner_gitdir(root, repo)
-        return inner / "commondir" if inner is not None else None
-    return dotgit / "commondir" if dotgit.is_dir() and not dotgit.is_symlink() else None
-
-
-def _inner_gitdir(root: Path, repo: RepoInfo) -> Path | None:
-    """The git dir a main checkout's ``.git`` file names, when it lies inside the workspace."""
-    if repo.gitdir != repo.common_dir or repo.link_problem:
-        return None
-    real_root = _real(root)
-    gitdir = _real(repo.gitdir)
-    return gitdir if gitdir != real_root and _within(gitdir, real_root) else None
-
-
-def planted_submodules(
-    root: Path, repo: RepoInfo | None, since: float, before: frozenset[str]
-) -> list[Path]:
-    """The ``.git`` of each gitlink (submodule entry in the index) under ``root`` that is
-    not in ``before`` (the gitlinks when the run started: a nested repo made in an earlier
-    run, gitlinked in this one), or whose git config or hooks were written since ``since``
-    (a ctime: `touch -d` cannot backdate it).
-
-    The host's `git status` at the top of the workspace recurses into every populated
-    gitlink and runs git there with that repository's own config: an agent that creates a
-    nested repo with `core.fsmonitor` and adds it to the index (`git update-index
-    --cacheinfo 160000,...`) would make the host run its program. `run` moves these aside."""
-    if repo is None or repo.link_problem:
-        return []
-    from pienv.gitrepo import gitlinks
-
-    found = []
-    for rel in gitlinks(repo.gitdir):
-        dotgit = root / rel / ".git"
-        if not os.path.lexists(dotgit) or not _under(dotgit, root):
-            continue
-        if rel not in before:
-            found.append(dotgit)
-            continue
-        candidates = [dotgit] if dotgit.is_file() or dotgit.is_symlink() else []
-        gitdir = dotgit
-        if dotgit.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                text = dotgit.read_text(errors="replace")
-                if text.startswith("gitdir:"):
-                    gitdir = Path(os.path.realpath(dotgit.parent / text[7:].strip()))
-        for name in ("config", "config.worktree", "commondir", "hooks"):
-            candidates.append(gitdir / name)
-        hooks = gitdir / "hooks"
-        with contextlib.suppress(OSError):
-            if hooks.is_dir():
-                candidates += list(hooks.iterdir())
-        if any(_changed_since(c, since) for c in candidates):
-            found.append(dotgit)
-    return found
-
-
-def quarantine_submodule(dotgit: Path) -> str:
-    """Move a gitlink's ``.git`` aside, so the host's git no longer recurses into it."""
-    aside = dotgit.with_name(".git.pienv-quarantined")
-    what = (
-        f"warning: the run wrote the git config or hooks of submodule {dotgit.parent}, "
-        "which your `git status` would run"
-    )
-    try:
-        os.replace(dotgit, aside)
-    except OSError as exc:
-        return f"{what}; remove {dotgit} before running git here ({exc.strerror})"
-    return f"{what}; moved {dotgit.name} to {aside} (check it before moving it back)"
-
-
-def _under(path: Path, root: Path) -> bool:
-    return _within(Path(os.path.realpath(path.parent)), _real(root))
-
-
-def _changed_since(path: Path, since: float) -> bool:
-    try:
-        return os.lstat(path).st_ctime >= since
-    except OSError:
-        return False
-
-
-def quarantine(path: Path) -> str:
-    """Move a file the agent planted in .git out of git's way; the note says where."""
-    aside = path.with_name(f"{path.name}.pienv-quarantined")
-    what = f"warning: the run created {path}, which points your git at another config"
-    try:
-        os.replace(path, aside)
-    except OSError as exc:
-        return f"{what}; remove it before running git here ({exc.strerror})"
-    return f"{what}; moved it to {aside.name}"
-
-
-def _protect_gitdir(host: Path, target: Path, binds: Binds, notes: list[str]) -> None:
-    hooks = host / "hooks"
-    if not hooks.exists() and not hooks.is_symlink():
-        # A missing hooks dir could be created from inside; an empty one mounted read-only
-        # cannot (git init makes it anyway).
-        try:
-            hooks.mkdir(mode=0o755)
-        except OSError as exc:
-            notes.append(f"cannot create {hooks} to protect it: {exc.strerror}")
-    config = host / "config"
-    with contextlib.suppress(OSError):
-        if (
-            "worktreeconfig" in config.read_text().lower()
-            and not (host / "config.worktree").exists()
-        ):
-            # extensions.worktreeConfig makes git read config.worktree: claim it first.
-            (host / "config.worktree").touch(mode=0o644)
-    for name in ("hooks", "config", "config.worktree", "worktrees"):
-        _read_only(host / name, target / name, binds, notes)
-    modules = host / "modules"
-    if not modules.is_dir():
-        return
-    # Submodules' git dirs: the host's `git status` recurses into them.
-    found = 0
-    for dirpath, dirnames, filenames in os.walk(modules):
-        if "HEAD" in filenames and "objects" in dirnames:
-            sub = Path(dirpath)
-            rel = sub.relative_to(host)
-            for name in ("hooks", "config", "config.worktree"):
-                _read_only(sub / name, target / rel / name, binds, notes)
-            dirnames[:] = ["modules"] if "modules" in dirnames else []
-            found += 1
-            if found >= _MAX_MODULES:
-                notes.append(f"more than {_MAX_MODULES} submodule git dirs: the rest unprotected")
-                return
-
-
-def _read_only(host: Path, target: Path, binds: Binds, notes: list[str]) -> None:
-    if host.is_symlink():
-        notes.append(f"{host} is a symlink: pienv does not make it read-only")
-    elif host.exists():
-        why = f"git: {host.name}, read-only"
-        binds[str(host)] = Mount(str(host), str(target), True, why, directory=host.is_dir())
-
-
 def container_env(
     config: Config,
     environ: Mapping[str, str],
@@ -448,12 +223,16 @@ def remove_env_file(runs_dir: Path, container_name: str) -> None:
             env_file(runs_dir, token).unlink()
 
 
-def write_env_file(path: Path, env: Mapping[str, str]) -> None:
-    lines = [
+def env_text(env: Mapping[str, str]) -> str:
+    """The env file's content: one shell assignment per line (the wrapper sources it)."""
+    return "".join(
         f"{k}={shlex.quote(v)}\n"
         for k, v in sorted(env.items())
         if re.fullmatch(r"[A-Za-z_]\w*", k)
-    ]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    )
+
+
+def write_env_file(path: Path, env: Mapping[str, str]) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.writelines(lines)
+        fh.write(env_text(env))

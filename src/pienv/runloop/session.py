@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING
 from pienv import locks
 from pienv.config import Agent
 from pienv.context import Context
-from pienv.errors import EngineError
+from pienv.errors import EngineError, UsageError
 from pienv.gitrepo import gitlinks
 from pienv.locks import BranchLock, name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
 from pienv.runloop import agent as agent_step
 from pienv.runloop import orphans
+from pienv.runloop.baseimage import BASE_TAG
 from pienv.runloop.commits import (
     flatten_image,
     host_ids,
@@ -39,8 +40,18 @@ from pienv.runloop.commits import (
 )
 from pienv.runloop.finalizer import Finalizer, Job, Report
 from pienv.runloop.finish import RunResult, finalize
+from pienv.runloop.gitguard import (
+    git_mounts,
+    links_of,
+    planted_alternates,
+    planted_commondir,
+    planted_submodules,
+    quarantine,
+    quarantine_submodule,
+)
 from pienv.runloop.install import install as install_agent
 from pienv.runloop.launch import Sink, attach, attach_failed, create, has_input
+from pienv.runloop.pin import REFUSED, Gate
 from pienv.runloop.plan import (
     Boundary,
     HostFacts,
@@ -52,18 +63,16 @@ from pienv.runloop.plan import (
     plan,
 )
 from pienv.runloop.sandbox import (
+    ENV_FILE,
     MountPolicy,
     env_file,
-    git_mounts,
-    planted_commondir,
-    planted_submodules,
-    quarantine,
-    quarantine_submodule,
+    env_text,
     run_name,
     validate_mount,
     write_env_file,
 )
 from pienv.runloop.spec import ContainerSpec, Mount
+from pienv.runloop.sweep import Sweep, sweep
 from pienv.runloop.workspace import Workspace, find_workspace, select_branch
 from pienv.secrets import Redaction
 from pienv.store import crashpoint
@@ -124,6 +133,7 @@ class GitWatch:
     had_dotgit: bool = False
     started: float = 0.0
     gitlinks: frozenset[str] = frozenset()
+    links: frozenset[Path] = frozenset()  # symlinks among the git dirs' entries
 
 
 @dataclass
@@ -148,6 +158,7 @@ class Session:
     finalizer: Finalizer | None = None
     watch: GitWatch = field(default_factory=GitWatch)
     egress: EgressRun | None = None  # the run's network boundary (None: an open run)
+    gate: Gate | None = None
 
     # -- check, lock ---------------------------------------------------------------------
 
@@ -304,7 +315,16 @@ class Session:
             spec = replace(spec, info=replace(spec.info, started=now_rfc3339()))
         self.parent = spec.image
         self.spec = spec
-        self.cid = create(self.ctx.engine(), spec)
+        engine = self.ctx.engine()
+        if engine.local and os.path.exists("/proc/self/mountinfo"):
+            # The env file becomes the gate: the container waits there, its mounts made,
+            # until they are verified (runloop/pin.py).
+            host = [m for m in spec.mounts if m.target != ENV_FILE]
+            self.gate = Gate.make(Path(spec.env_file), env_text(spec.env).encode(), host)
+        self.cid = create(engine, spec)
+        if self.gate is not None:
+            cid = self.cid
+            self.gate.open(lambda: _container_pid(cid))
         if self.egress is not None:
             self.egress.registered()  # its write overlapped the create
 
@@ -320,12 +340,27 @@ class Session:
             workspace=str(self.ws.path),
             env_file=self.env_path,
             rule=self.rule,
+            sweep=self._sweep(),
         )
         self.finalizer = Finalizer(job, self.lock, report)
         self.finalizer.start(str(self.ctx.store.log_path))
 
+    def _sweep(self) -> Sweep:
+        """What the run can write on the host and must be swept after it (rule 13): its
+        writable host mounts (the workspace, a worktree's common git dir, `[run] mounts`)."""
+        assert self.spec is not None
+        rw = sorted(m.source for m in self.spec.mounts if not (m.volume or m.read_only))
+        roots = [r for r in rw if not any(r != o and r.startswith(o + "/") for o in rw)]
+        return Sweep(
+            roots=tuple(roots),
+            since=self.watch.started,
+            uid=os.getuid(),
+            gid=os.getgid(),
+            base=self.ctx.refs().base or os.environ.get("PIENV_BASE_IMAGE") or BASE_TAG,
+            fifo_dir=str(self.ctx.store.runs_dir),
+        )
+
     def attach(self, out: Sink, stdin_fd: int | None) -> int:
-        self.watch = _git_watch(self)
         if self.watch.commondir_before:
             self.notes.append(
                 f"warning: {self.watch.commondir} exists (git never writes one there): your "
@@ -339,7 +374,7 @@ class Session:
         assert self.spec is not None
         engine = self.ctx.engine()
         try:
-            return attach(
+            code = attach(
                 engine,
                 self.cid,
                 self.req.interactive,
@@ -349,6 +384,28 @@ class Session:
             )
         except EngineError as exc:
             raise attach_failed(engine, self.cid, exc) from exc
+        finally:
+            if self.gate is not None:
+                self.gate.close()
+        self._check_gate(code)
+        return code
+
+    def _check_gate(self, code: int) -> None:
+        """Refuse the run when a mount was not what the policy checked (runloop/pin.py):
+        the command never ran; its container goes, uncommitted."""
+        gate = self.gate
+        if gate is None or code != REFUSED:
+            return
+        gate.done.wait(10)
+        if not gate.problems:
+            return
+        with contextlib.suppress(EngineError):
+            self.ctx.engine().remove_container(self.cid, force=True)
+        raise UsageError(
+            "refusing the run: a host path changed between pienv's check and the engine's "
+            f"mount ({'; '.join(gate.problems)}); nothing ran",
+            hint="something is moving that path (another run's agent?): check it",
+        )
 
     def after(self) -> None:
         """What the run left in the git metadata that would make the host's git run it."""
@@ -372,9 +429,11 @@ class Session:
                 pending=True,
             )
         assert self.spec is not None and self.spec.info is not None
+        assert self.finalizer is not None and self.finalizer.job.sweep is not None
+        swept = sweep(self.ctx.engine(), self.finalizer.job.sweep)
         result = finalize(self.ctx, self.cid, self.spec.info, exit_code, self.req.no_commit)
         result.rule = self.rule
-        result.notes[:0] = self.notes
+        result.notes[:0] = [*self.notes, *([swept] if swept else [])]
         return result
 
     def _hand_over(self, exit_code: int) -> bool:
@@ -415,6 +474,7 @@ def _git_watch(s: Session) -> GitWatch:
         had_dotgit=os.path.lexists(ws.path / ".git"),
         # ctimes are the filesystem's clock (whole seconds on some): a margin, not a race.
         started=time.time() - 1.0,
+        links=links_of(ws.repo) if protect else frozenset(),
         # Cheap without submodules: the index is only parsed when it holds a gitlink.
         gitlinks=frozenset(gitlinks(ws.repo.gitdir))
         if protect and ws.repo is not None and not ws.repo.link_problem
@@ -427,6 +487,8 @@ def _git_findings(s: Session) -> list[str]:
     if w.commondir is not None and not w.commondir_before and os.path.lexists(w.commondir):
         notes.append(quarantine(w.commondir))
     if s.ctx.config.protect_git:
+        notes += [quarantine(p) for p in sorted(links_of(ws.repo) - w.links)]
+        notes += [quarantine(p) for p in planted_alternates(ws.repo, w.started)]
         for nested in planted_submodules(ws.path, ws.repo, w.started, w.gitlinks):
             notes.append(quarantine_submodule(nested))
     new_repo = ws.path / ".git"
@@ -468,9 +530,19 @@ def run(
         spec = s.plan(forward_stdin=not req.interactive and has_input(stdin_fd))
         spec = s.install(spec)
         s.create(spec)
+        s.watch = _git_watch(s)
         s.start_finalizer(report)
         exit_code = s.attach(out, stdin_fd)
         s.after()
         return s.finish(exit_code, report is not None and commits_in_background(ctx, req))
     finally:
         s.close()
+
+
+def _container_pid(cid: str) -> int:
+    """The container's first process on this host (asked on a connection of its own: the
+    gate's thread runs while the attach streams on the session's)."""
+    from pienv.engine import Engine
+
+    state = Engine().inspect_container(cid)
+    return state.pid if state else 0

@@ -1,0 +1,291 @@
+"""The box holds against a hostile agent: a red-team suite.
+
+Each test is an attack from docs/security.md's threat table, played by code in the run
+container (with the NOPASSWD sudo pienv's prepared root gives when the image has sudo),
+against pienv run by the real non-root user pienvtest. After the run, the host must hold
+nothing privileged (setuid/setgid files, file capabilities, device nodes, trees of another
+uid), no git metadata that makes the host's git read another path or run code, and no mount
+may come from a path the agent moved between pienv's check and the engine's mount.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import NONROOT_UID, NonrootPienv
+from conftest import git as _git
+
+# Written by the agent with sudo: every way the issue found to plant privilege on the host.
+# security.capability v2, effective, permitted = cap_dac_override (1) | cap_setuid (7).
+CAPS = "bytes([1, 0, 0, 2, 0x82] + [0] * 15)"
+PLANT = (
+    "cd /workspace && sudo cp /bin/bash s && sudo chmod 4755 s && "
+    "sudo cp /bin/bash g && sudo chgrp root g && sudo chmod 2755 g && "
+    "sudo cp /bin/cat c && sudo python3 -c "
+    f"\"import os; os.setxattr('c', 'security.capability', {CAPS})\" ; "
+    "sudo mknod -m 444 rng c 1 8 ; sudo mknod -m 444 blk b 7 0 ; "
+    "sudo mkdir -p rootdir/sub && sudo touch rootdir/sub/f && sudo chmod 700 rootdir ; "
+    "sudo cp /bin/bash .git/s2 && sudo chmod 4755 .git/s2 ; "
+    "mkdir -p mine && cp /bin/bash mine/own && chmod 4755 mine/own ; "
+    "mkdir hid && sudo cp /bin/bash hid/s3 && sudo chmod 4755 hid/s3 && chmod 000 hid ; "
+    "echo PLANTED"
+)
+
+
+RUNUSER = shutil.which("runuser") or "/usr/sbin/runuser"  # not on every PATH
+
+
+def git(repo: Path, *args: str) -> None:
+    """git as root in the user's repository (then given back to the user)."""
+    _git(repo, "-c", "safe.directory=*", *args)
+    subprocess.run(["chown", "-R", f"{NONROOT_UID}:{NONROOT_UID}", str(repo.parent)], check=True)
+
+
+def privileged(top: Path, uid: int) -> list[str]:
+    """What under ``top`` a non-root host user must not find after a run, walked as root."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = Path(dirpath) / name
+            st = path.lstat()
+            rel = str(path.relative_to(top))
+            if stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+                found.append(f"device {rel}")
+            if not stat.S_ISDIR(st.st_mode) and st.st_mode & (stat.S_ISUID | stat.S_ISGID):
+                found.append(f"setuid/setgid {rel}")
+            if st.st_uid != uid:
+                found.append(f"owner {st.st_uid} {rel}")
+            if stat.S_ISREG(st.st_mode):
+                try:
+                    os.getxattr(path, "security.capability", follow_symlinks=False)
+                    found.append(f"capabilities {rel}")
+                except OSError:
+                    pass
+    return found
+
+
+@pytest.mark.nonroot
+@pytest.mark.realistic
+def test_privilege_planted_through_the_workspace_does_not_survive_the_run(
+    nonroot_realistic: NonrootPienv,
+) -> None:
+    p = nonroot_realistic
+    r = p("run", "--", "sh", "-c", PLANT, timeout=600)
+    assert "PLANTED" in r.out, r.err
+    assert privileged(p.repo, NONROOT_UID) == []
+    # Said in one line naming the paths (the user's own setuid file too: stripped, kept).
+    lines = [line for line in r.err.splitlines() if "setuid" in line or "device" in line]
+    assert len(lines) == 1, r.err
+    for name in ("s", "g", "c", "mine/own", ".git/s2", "rootdir", "hid"):
+        assert name in lines[0], lines[0]
+    assert (p.repo / "s").read_bytes()[:4] == b"\x7fELF"  # stripped, its data kept
+    subprocess.run(  # the user can delete what root made
+        [RUNUSER, "-u", "pienvtest", "--", "rm", "-rf", str(p.repo / "rootdir")], check=True
+    )
+
+
+@pytest.mark.nonroot
+@pytest.mark.realistic
+def test_sudo_installs_of_setuid_packages_still_work(nonroot_realistic: NonrootPienv) -> None:
+    """Dropping MKNOD and SETFCAP costs apt nothing: openssh-client ships a setuid helper."""
+    p = nonroot_realistic
+    script = (
+        "sudo apt-get update -qq >/dev/null 2>&1; "
+        "sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-client "
+        ">/dev/null 2>&1; stat -c %a /usr/lib/openssh/ssh-keysign; ssh -V 2>&1 | cut -c1-7"
+    )
+    r = p("run", "--", "sh", "-c", script, timeout=900)
+    assert r.out.split() == ["4755", "OpenSSH"], r.err
+    r = p("run", "--", "sh", "-c", "stat -c %a /usr/lib/openssh/ssh-keysign")
+    assert r.out.strip() == "4755"  # committed with its setuid bit: in the image, not the host
+
+
+@pytest.mark.nonroot
+@pytest.mark.realistic
+def test_sudo_false_gives_no_root(nonroot_realistic: NonrootPienv) -> None:
+    p = nonroot_realistic
+    config = p.repo.parent / "config.toml"
+    config.write_text("[run]\nsudo = false\n")
+    subprocess.run(["chown", f"{NONROOT_UID}:{NONROOT_UID}", str(config)], check=True)
+    r = p("run", "--", "sh", "-c", "sudo id -u; echo rc=$?", env={"PIENV_CONFIG": str(config)})
+    assert "rc=0" not in r.out and "rc=" in r.out, r.out
+
+
+# -- git metadata ------------------------------------------------------------------------------
+
+GIT_PLANT = (
+    "cd /workspace/.git; "
+    "ln -s ../.. worktrees 2>/dev/null || ln -s ../.. worktrees/x 2>/dev/null; "
+    "ln -s ../.. modules 2>/dev/null || ln -s ../.. modules/x 2>/dev/null; "
+    "printf '[core]\\n\\tfsmonitor = touch {m}\\n' > config.worktree 2>/dev/null; "
+    "ln -s /etc planted 2>/dev/null; "
+    "echo 'gitdir: ..' > commondir 2>/dev/null; "
+    "echo {sibling}/.git/objects > objects/info/alternates; echo DONE"
+)
+
+
+@pytest.mark.nonroot
+@pytest.mark.realistic
+def test_git_metadata_planted_in_a_run_is_neither_followed_nor_run(
+    nonroot_realistic: NonrootPienv,
+) -> None:
+    p = nonroot_realistic
+    marker = p.repo.parent / "pwned"
+    sibling = p.repo.parent / "sibling"
+    sibling.mkdir()
+    (sibling / "keep").write_text("x")
+    r = p("run", "--", "sh", "-c", GIT_PLANT.format(m=marker, sibling=sibling), timeout=600)
+    assert "DONE" in r.out, r.err
+    dotgit = p.repo / ".git"
+    links = [e.name for e in dotgit.iterdir() if e.is_symlink()]
+    assert links == ["planted.pienv-quarantined"], links  # moved aside, as itself
+    for name in ("worktrees", "modules"):
+        assert (dotgit / name).is_dir() and not (dotgit / name).is_symlink()
+        assert [e for e in (dotgit / name).iterdir() if e.is_symlink()] == []
+    assert (dotgit / "config.worktree").read_text() == ""
+    assert not (dotgit / "commondir").exists()
+    assert not (dotgit / "objects" / "info" / "alternates").exists()
+    assert "moved" in r.err and "planted" in r.err, r.err
+    as_user = [RUNUSER, "-u", "pienvtest", "--", "git", "-C", str(p.repo)]
+    env = {**p.env, "HOME": "/home/pienvtest"}
+    for args in (["worktree", "prune"], ["gc", "-q", "--prune=now"], ["status"]):
+        subprocess.run([*as_user, *args], env=env, check=True, capture_output=True)
+    subprocess.run(
+        [*as_user, "-c", "extensions.worktreeConfig=true", "status"], env=env, check=True,
+        capture_output=True,
+    )  # fmt: skip
+    assert (sibling / "keep").exists() and not marker.exists()
+    assert (dotgit / "objects").is_dir() and (dotgit / "HEAD").exists()
+
+
+@pytest.mark.nonroot
+def test_status_and_doctor_name_what_a_killed_run_left_in_the_git_dir(
+    nonroot: NonrootPienv,
+) -> None:
+    p = nonroot
+    p("run", "--", "true")
+    # What a run killed with its finalizer would leave: the after-run check never came.
+    os.symlink("/etc", p.repo / ".git" / "planted")
+    os.lchown(p.repo / ".git" / "planted", NONROOT_UID, NONROOT_UID)
+    assert "planted" in p("status").out + p("status").err
+    r = p("doctor", check=False)
+    assert "planted" in r.out + r.err
+
+
+@pytest.mark.nonroot
+def test_pienv_never_writes_through_a_planted_symlink(nonroot: NonrootPienv) -> None:
+    p = nonroot
+    outside = p.repo.parent / "outside"
+    outside.mkdir()
+    subprocess.run(["chown", f"{NONROOT_UID}:{NONROOT_UID}", str(outside)], check=True)
+    git(p.repo, "config", "extensions.worktreeConfig", "true")
+    os.symlink(outside / "created", p.repo / ".git" / "config.worktree")
+    p("run", "--", "true", check=False)
+    assert not (outside / "created").exists()
+    os.unlink(p.repo / ".git" / "config.worktree")
+    git(p.repo, "config", "--unset", "extensions.worktreeConfig")
+    # `worktree add` through a planted .git/worktrees symlink: one clear error, nothing out.
+    os.rmdir(p.repo / ".git" / "worktrees")  # pienv made it; a killed run's agent replaced it
+    os.symlink(outside, p.repo / ".git" / "worktrees")
+    r = p("worktree", "add", str(p.repo.parent / "wt"), check=False)
+    assert r.code == 1 and r.err.startswith("pienv: error: "), r.err
+    assert "Traceback" not in r.err and list(outside.iterdir()) == []
+
+
+# -- races: a path swapped between pienv's check and the engine's mount -----------------------
+
+
+def _flipper(path: Path, target: Path, stop: threading.Event) -> None:
+    """Agent A, in the workspace that holds ``path``: flip it between a directory and a
+    symlink to ``target`` as fast as it can."""
+    aside = path.with_name(path.name + ".d")
+    while not stop.is_set():
+        try:
+            os.rename(path, aside)
+            os.symlink(target, path)
+            time.sleep(0.001)
+            os.unlink(path)
+            os.rename(aside, path)
+            time.sleep(0.001)
+        except OSError:
+            pass
+
+
+def _race(p: NonrootPienv, attempts: int, budget: float, args: list[str], secret: str) -> int:
+    wins = tries = 0
+    end = time.monotonic() + budget
+    while tries < attempts and time.monotonic() < end:
+        r = p(*args, check=False, timeout=120)
+        tries += 1
+        wins += secret in r.out
+    assert tries >= min(attempts, 20), f"only {tries} attempts in {budget} s"
+    print(f"race: {wins} wins in {tries} attempts")  # shown with -s (docs/security.md's numbers)
+    return wins
+
+
+def _standin_ssh(p: NonrootPienv) -> Path:
+    """A stand-in ~/.ssh the policy refuses to mount, with a fake key in it."""
+    ssh = Path("/home/pienvtest/.ssh")
+    ssh.mkdir(exist_ok=True)
+    (ssh / "id_standin").write_text("STANDIN-KEY\n")
+    subprocess.run(["chown", "-R", f"{NONROOT_UID}:{NONROOT_UID}", str(ssh)], check=True)
+    return ssh
+
+
+# 40 per race in the default suite (~1-2 min each); PIENV_RACE_ATTEMPTS=300 for the long run.
+RACE_ATTEMPTS = int(os.environ.get("PIENV_RACE_ATTEMPTS") or 40)
+
+
+@pytest.mark.nonroot
+def test_workspace_swapped_for_a_symlink_is_never_mounted(nonroot: NonrootPienv) -> None:
+    p = nonroot
+    ssh = _standin_ssh(p)
+    sub = p.repo / "sub"
+    sub.mkdir()
+    (sub / "file").write_text("mine\n")
+    subprocess.run(["chown", "-R", f"{NONROOT_UID}:{NONROOT_UID}", str(sub)], check=True)
+    p("run", "-b", "other", "-w", str(sub), "--", "true")  # the branch's root: not raced
+    stop = threading.Event()
+    flip = threading.Thread(target=_flipper, args=(sub, ssh, stop), daemon=True)
+    flip.start()
+    try:
+        args = ["run", "-b", "other", "-w", str(sub), "--", "cat", "/workspace/id_standin"]
+        wins = _race(p, RACE_ATTEMPTS, 300, args, "STANDIN-KEY")
+    finally:
+        stop.set()
+        flip.join()
+    assert wins == 0
+
+
+@pytest.mark.nonroot
+def test_a_worktrees_common_dir_entry_swapped_for_a_symlink_is_never_mounted(
+    nonroot: NonrootPienv,
+) -> None:
+    p = nonroot
+    ssh = _standin_ssh(p)
+    wt = p.repo.parent / "wt"
+    git(p.repo, "worktree", "add", "-q", str(wt))
+    hooks = p.repo / ".git" / "modules" / "x" / "hooks"
+    for d in ("objects", "refs", "hooks"):
+        (hooks.parent / d).mkdir(parents=True, exist_ok=True)
+    (hooks.parent / "HEAD").write_text("ref: refs/heads/main\n")
+    subprocess.run(["chown", "-R", f"{NONROOT_UID}:{NONROOT_UID}", str(p.repo.parent)], check=True)
+    p("run", "-b", "other", "-w", str(wt), "--", "true", cwd=wt)
+    stop = threading.Event()
+    flip = threading.Thread(target=_flipper, args=(hooks, ssh, stop), daemon=True)
+    flip.start()
+    try:
+        target = f"{p.repo}/.git/modules/x/hooks/id_standin"
+        args = ["run", "-b", "other", "-w", str(wt), "--", "cat", target]
+        wins = _race(p, RACE_ATTEMPTS, 300, args, "STANDIN-KEY")
+    finally:
+        stop.set()
+        flip.join()
+    assert wins == 0
