@@ -331,8 +331,9 @@ def snapshot_code(root: Path, message: str = "pienv: code snapshot") -> CodeSnap
 
     head = head_commit(root)
     info = find(root)
-    if not head or info is None or info.link_problem or not has_git():
-        # (A forged `.git` file could point host git at a config the agent wrote.)
+    if not head or info is None or info.link_problem or not has_git() or git_dir_hazard(info):
+        # (A forged `.git` file, a planted `commondir` or symlink could point host git at a
+        # config the agent wrote or make it write outside the repository.)
         return None
     with tempfile.TemporaryDirectory(prefix="pienv-code-") as tmp:
         index = Path(tmp) / "index"
@@ -359,6 +360,46 @@ SNAPSHOT_WAIT = 120.0  # seconds a snapshot's `git add` may take before it is gi
 UNTRACKED_CAP = 64 << 20  # bytes of untracked (not ignored) files a snapshot takes in
 
 
+# What git writes in a git dir when pienv snapshots or restores code (refs, reflogs, the
+# index, objects): a symlink in their place, which git never makes, is followed by git's
+# writes, to anywhere on the host. (hooks/ is not read: core.hooksPath=/dev/null.)
+_WRITTEN = ("HEAD", "ORIG_HEAD", "index", "packed-refs", "config", "objects", "worktrees")
+_WALKED = ("refs", "logs")
+
+
+def git_dir_hazard(info: RepoInfo) -> str:
+    """Why host git must not be run for pienv in ``info``'s checkout ("" when it may): a
+    ``commondir`` in a common git dir (git never writes one; it points git at a config
+    of the writer's choosing, and its filters run on the host), or a symlink where git
+    writes. The agent can plant both in a workspace's ``.git`` (rule 6)."""
+    if os.path.lexists(info.common_dir / "commondir"):
+        return f"{info.common_dir / 'commondir'} redirects git to another config"
+    for d in dict.fromkeys((info.gitdir, info.common_dir)):
+        for name in (*_WRITTEN, *_WALKED):
+            if os.path.islink(d / name):
+                return f"{d / name} is a symlink"
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(d / "objects"):
+                if entry.is_symlink():
+                    return f"{entry.path} is a symlink"
+        for name in _WALKED:
+            for top, dirs, files in os.walk(d / name):
+                for n in (*dirs, *files):
+                    if os.path.islink(os.path.join(top, n)):
+                        return f"{os.path.join(top, n)} is a symlink"
+    return ""
+
+
+def _check_git_dir(root: Path) -> None:
+    info = find(root)
+    problem = git_dir_hazard(info) if info is not None else ""
+    if problem:
+        raise UsageError(
+            f"pienv will not run git in {root}: {problem}",
+            hint="a run may have planted it; check it and move it aside",
+        )
+
+
 def _untracked_bytes(root: Path, stop_at: int) -> int:
     """The size of the untracked, not ignored files (counting stops past ``stop_at``)."""
     out = _git(root, "ls-files", "-z", "--others", "--exclude-standard")
@@ -382,17 +423,56 @@ def dirty_paths(root: Path) -> list[str]:
     return [line[3:] for line in out.splitlines() if line]
 
 
-def restore_code(root: Path, head: str, code: str) -> None:
+_OPERATIONS = (
+    "MERGE_HEAD",
+    "CHERRY_PICK_HEAD",
+    "REVERT_HEAD",
+    "BISECT_LOG",
+    "rebase-merge",
+    "rebase-apply",
+    "sequencer",
+)
+
+
+def operation_in_progress(root: Path) -> str:
+    """The git operation under way in the checkout ``root`` (a merge, rebase, cherry-pick,
+    revert, bisect), "" when none: its commits-so-far live on a detached HEAD that a
+    checkout would leave behind, even with a clean tree."""
+    info = find(root)
+    if info is None:
+        return ""
+    return next((n for n in _OPERATIONS if os.path.lexists(info.gitdir / n)), "")
+
+
+def restore_code(root: Path, head: str, code: str) -> bool:
     """Bring the clean checkout ``root`` to ``head`` (detached) with ``code``'s uncommitted
-    state in its working tree (untracked files untracked again). The caller checked that
-    ``root`` is clean: nothing here can overwrite a change."""
-    _git(root, "checkout", "-q", "--detach", code or head)
+    state in its working tree (untracked files untracked again); False, nothing changed, when
+    that would overwrite a file (an ignored one: git's checkout replaces those silently). The
+    caller checked that ``root`` is clean and no operation is under way."""
+    _check_git_dir(root)
+    for rev in (head, code):
+        _check_object_id(rev)
+    try:
+        _git(root, "checkout", "-q", "--no-overwrite-ignore", "--detach", code or head)
+    except UsageError:  # git checks before it writes: the checkout is as it was
+        return False
     if code and code != head:
         _git(root, "reset", "-q", head)  # index back to HEAD, the tree keeps the snapshot
+    return True
+
+
+def _check_object_id(rev: str) -> None:
+    # Recorded in image labels (a pulled branch's too): never an option or a revision
+    # expression for git.
+    if rev and not _is_object_id(rev):
+        raise UsageError(f"the recorded code {rev[:40]!r} is not a git commit id")
 
 
 def add_code_worktree(repo_root: Path, path: Path, head: str, code: str) -> None:
     """A new linked worktree at ``path``, detached at ``head``, holding ``code``'s state."""
+    _check_git_dir(repo_root)
+    for rev in (head, code):
+        _check_object_id(rev)
     _git(repo_root, "worktree", "add", "-q", "--detach", str(path), code or head)
     if code and code != head:
         _git(path, "reset", "-q", head)
@@ -433,7 +513,7 @@ def drop_code_ref(root: Path, code: str) -> bool:
     """Delete ``refs/pienv/code/<code>`` in the repository at ``root`` (True when it was
     there); a repository that is gone or broken is left alone."""
     info = find(root)
-    if info is None or info.link_problem or not has_git():
+    if info is None or info.link_problem or not has_git() or git_dir_hazard(info):
         return False
     ref = CODE_REF_PREFIX + code
     if not _git(root, "rev-parse", "-q", "--verify", ref, check=False):

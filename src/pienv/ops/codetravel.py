@@ -59,8 +59,9 @@ def _bring(
 ) -> CodeResult:
     """Put ``commit``'s code in ``root`` (clean) or in a new worktree bound to ``branch``."""
     head, code = _recorded(ctx, root, commit)
-    if not gitrepo.dirty_paths(root):
-        gitrepo.restore_code(root, head, code)
+    # Clean, no merge/rebase/bisect under way, and no ignored file in the way: in place.
+    clean = not gitrepo.dirty_paths(root) and not gitrepo.operation_in_progress(root)
+    if clean and gitrepo.restore_code(root, head, code):
         restored = tuple(gitrepo.dirty_paths(root)) if code != head else ()
         return CodeResult(moved, commit.id, head, code, str(root), False, restored)
     if branch is None:
@@ -89,9 +90,9 @@ def _worktree(
     code: str,
     moved: str | None,
 ) -> CodeResult:
-    info = gitrepo.find(root)
-    main_root = info.common_dir.parent if info else root
-    gitrepo.add_code_worktree(main_root, target, head, code)
+    # From the checkout itself: the common dir's parent is no checkout for a submodule, a
+    # `--separate-git-dir` repository or a bare one with worktrees.
+    gitrepo.add_code_worktree(root, target, head, code)
     with ctx.store.transaction(f"worktree: bind {target}") as txn:
         txn.bind_worktree(str(target), branch)
     restored = tuple(gitrepo.dirty_paths(target)) if code != head else ()

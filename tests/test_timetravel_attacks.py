@@ -1,0 +1,126 @@
+"""Time travel attacked (issue 25 review): an unlucky user, a crash, a hostile agent. The
+code snapshot and `--with-code` run host git in a workspace the agent wrote; they must never
+lose a line of the user's code, run the agent's code or write outside the repository."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from conftest import git
+
+from pienv import gitrepo
+from pienv.context import Context
+from pienv.errors import UsageError
+from pienv.model import Commit
+from pienv.ops import codetravel
+from pienv.store import Store
+
+
+def test_a_planted_commondir_does_not_make_the_snapshot_run_the_agents_filter(
+    repo: Path, tmp_path: Path
+) -> None:
+    """A run whose pienv died is committed by the finalizer (or `recover`) before anything
+    moved `.git/commondir` aside: the snapshot must not follow it to the agent's config."""
+    marker = tmp_path / "ran"
+    evil = repo / "evil"
+    evil.mkdir()
+    for name in ("objects", "refs"):
+        os.symlink(repo / ".git" / name, evil / name)
+    (evil / "HEAD").write_text((repo / ".git" / "HEAD").read_text())
+    (evil / "config").write_text(f'[filter "x"]\n\tclean = touch {marker}; cat\n')
+    (repo / ".git" / "commondir").write_text("../evil\n")
+    (repo / ".gitattributes").write_text("* filter=x\n")
+    (repo / "README").write_text("changed\n")
+    head, _code = gitrepo.record_code(repo, "run")
+    assert not marker.exists()
+    assert head == git(repo, "rev-parse", "HEAD")  # the HEAD is still recorded
+
+
+def test_a_symlinked_ref_dir_does_not_make_the_snapshot_write_outside(
+    repo: Path, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, repo / ".git" / "refs" / "pienv")
+    (repo / "README").write_text("changed\n")
+    gitrepo.record_code(repo, "run")
+    assert list(outside.iterdir()) == []
+
+
+def test_restore_does_not_append_to_a_host_file_through_a_planted_reflog(
+    repo: Path, tmp_path: Path
+) -> None:
+    (repo / "u.txt").write_text("u\n")
+    snap = gitrepo.snapshot_code(repo)
+    assert snap is not None
+    (repo / "u.txt").unlink()
+    bashrc = tmp_path / "bashrc"
+    bashrc.write_text("# mine\n")
+    logs = repo / ".git" / "logs" / "HEAD"
+    logs.unlink()
+    os.symlink(bashrc, logs)  # the agent's, in a later run
+    with pytest.raises(UsageError, match="symlink"):
+        gitrepo.restore_code(repo, snap.head, snap.code)
+    assert bashrc.read_text() == "# mine\n"
+    with pytest.raises(UsageError, match="symlink"):
+        gitrepo.add_code_worktree(repo, tmp_path / "wt", snap.head, snap.code)
+
+
+def test_restore_never_overwrites_an_ignored_file(repo: Path) -> None:
+    """git's checkout replaces ignored files silently: notes kept untracked when the code
+    was recorded, ignored and edited since, must survive."""
+    (repo / "notes.txt").write_text("v1\n")
+    snap = gitrepo.snapshot_code(repo)
+    assert snap is not None
+    (repo / ".gitignore").write_text("notes.txt\n")
+    git(repo, "add", ".gitignore")
+    git(repo, "commit", "-qm", "ignore notes")
+    (repo / "notes.txt").write_text("v2, precious\n")
+    assert gitrepo.dirty_paths(repo) == []
+    assert gitrepo.restore_code(repo, snap.head, snap.code) is False
+    assert (repo / "notes.txt").read_text() == "v2, precious\n"
+
+
+def test_an_operation_in_progress_counts_as_not_clean(repo: Path) -> None:
+    """Mid-rebase (an `edit` stop) the tree is clean, but the rebase's commits live on the
+    detached HEAD: a checkout would leave them behind."""
+    for i in range(3):
+        (repo / "README").write_text(f"{i}\n")
+        git(repo, "commit", "-qam", f"c{i}")
+    assert gitrepo.operation_in_progress(repo) == ""
+    env = {**os.environ, "GIT_SEQUENCE_EDITOR": "sed -i 1s/^pick/edit/"}
+    import subprocess
+
+    subprocess.run(["git", "rebase", "-q", "-i", "HEAD~2"], cwd=repo, env=env, check=True)
+    assert gitrepo.dirty_paths(repo) == []
+    assert gitrepo.operation_in_progress(repo) == "rebase-merge"
+
+
+def test_recorded_ids_are_never_options_to_git(repo: Path) -> None:
+    head = git(repo, "rev-parse", "HEAD")
+    for bad in ("--hard", "HEAD~1", f"{head}^"):
+        with pytest.raises(UsageError, match="not a git commit id"):
+            gitrepo.restore_code(repo, bad, head)
+
+
+def test_code_worktree_of_a_separate_git_dir_repository(tmp_path: Path) -> None:
+    """`git init --separate-git-dir`: the common dir's parent is no checkout."""
+    root = tmp_path / "repo"
+    (tmp_path / "store").mkdir()
+    git(tmp_path, "init", "-q", f"--separate-git-dir={tmp_path / 'store' / 'p.git'}", str(root))
+    (root / "a").write_text("1\n")
+    git(root, "add", "a")
+    git(root, "commit", "-qm", "c1")
+    (root / "a").write_text("dirty\n")
+    snap = gitrepo.snapshot_code(root)
+    assert snap is not None
+    store = Store(tmp_path / "home")
+    store.init()
+    ctx = Context(store=store)
+    commit = Commit("a" * 64, (), "main", "m", "2026-01-01T00:00:00Z")
+    target = tmp_path / "wt"
+    done = codetravel._worktree(ctx, root, target, commit, "b", snap.head, snap.code, "b")
+    assert done.worktree and (target / "a").read_text() == "dirty\n"
+    assert (root / "a").read_text() == "dirty\n"
