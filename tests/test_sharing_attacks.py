@@ -415,3 +415,24 @@ def test_a_fetch_killed_half_way_loses_nothing(pienv: Pienv, other: Pienv, reg: 
     assert other.head("mine") == head
     r = other("fsck", check=False)
     assert r.code == 0, r.out + r.err
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"schema": 1, "remotes": {"ok": "127.0.0.1:5000/t/x"}, "tracking": {"ok": []}}',
+        '{"schema": 1, "remotes": ["x"], "tracking": {}}',
+        '{"schema": "x"}',
+        '{"schema": 1, "remotes": {"ok": 5}, "tracking": {"ok": {"branches": {"m": 5}}}}',
+        "[]",
+    ],
+)
+def test_a_corrupt_remotes_file_is_one_line(tmp_path: Path, text: str) -> None:
+    p = Pienv(tmp_path / "store", tmp_path, None)
+    p.home.mkdir()
+    (p.home / "remotes.json").write_text(text)
+    for args in (("remote", "list"), ("fetch",)):
+        r = p(*args, check=False)
+        one_error_line(r)
+        assert "corrupt" in r.err, r.err
+    assert (p.home / "remotes.json").read_text() == text

@@ -35,9 +35,29 @@ def load(store: Store) -> Remotes:
         return Remotes()
     except (OSError, ValueError) as exc:
         raise StoreError(f"{path} is corrupt ({exc.__class__.__name__}); left untouched") from exc
-    if not isinstance(data, dict) or int(data.get("schema", 0)) > SCHEMA:
+    schema = data.get("schema", 0) if isinstance(data, dict) else None
+    if isinstance(schema, int) and schema > SCHEMA:
         raise StoreError(f"{path} is newer than this pienv understands; left untouched")
-    return Remotes(dict(data.get("remotes", {})), dict(data.get("tracking", {})))
+    urls = data.get("remotes", {}) if isinstance(data, dict) else None
+    tracking = data.get("tracking", {}) if isinstance(data, dict) else None
+    if not isinstance(schema, int) or not _names(urls) or not _shaped(tracking):
+        raise StoreError(f"{path} is corrupt (not what pienv writes); left untouched")
+    assert isinstance(urls, dict) and isinstance(tracking, dict)  # for mypy: checked above
+    return Remotes(dict(urls), dict(tracking))
+
+
+def _names(d: object) -> bool:
+    """Whether ``d`` is a {str: str} mapping."""
+    return isinstance(d, dict) and all(isinstance(v, str) for v in d.values())
+
+
+def _shaped(tracking: object) -> bool:
+    """Whether ``tracking`` is {remote: {"branches"|"tags": {name: id}}}."""
+    return isinstance(tracking, dict) and all(
+        isinstance(per, dict)
+        and all(k in ("branches", "tags") and _names(v) for k, v in per.items())
+        for per in tracking.values()
+    )
 
 
 def save(store: Store, remotes: Remotes) -> None:
