@@ -23,6 +23,7 @@ from pienv.errors import UsageError
 
 if TYPE_CHECKING:
     from pienv.ops.codetravel import CodeResult
+    from pienv.ops.history import BranchInfo
 
 app = family()
 WITH_CODE_HELP = "Bring the workspace's code back too (a dirty tree gets a new worktree)."
@@ -105,7 +106,10 @@ def branch(
         cid = history.create_branch(ctx, name, start)
         ui.out(f"Created branch {name} at {cid[:12]}.")
         return
-    infos = history.branches(ctx, remotes)
+    _list_branches(history.branches(ctx, remotes), as_json)
+
+
+def _list_branches(infos: list[BranchInfo], as_json: bool) -> None:
     if as_json:
         ui.emit_json([b.to_json() for b in infos])
         return
