@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -166,3 +168,57 @@ def test_ipv4_mapped_ipv6_answers_are_checked_as_ipv4(addr: str) -> None:
 
     with pytest.raises(proxy.Denied):
         asyncio.run(proxy.resolve(addr, 80))
+
+
+def test_plain_http_forwards_one_request_and_its_body_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request pipelined after the first on one plain-HTTP connection never reaches the
+    upstream (it would carry a Host the proxy did not check)."""
+    import asyncio
+
+    async def scenario() -> bytes:
+        got = bytearray()
+        done = asyncio.Event()
+
+        async def origin(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            # whatever arrives within half a second (a pipelined request comes at once)
+            with contextlib.suppress(TimeoutError):
+                while chunk := await asyncio.wait_for(r.read(65536), 0.5):
+                    got.extend(chunk)
+            w.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+            await w.drain()
+            w.close()
+            done.set()
+
+        server = await asyncio.start_server(origin, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+
+        async def upstream(host: str, p: int, tls: bool = False, exact: bool = False) -> Any:
+            return await asyncio.open_connection("127.0.0.1", port)
+
+        async def find(token: str) -> proxy.Run:
+            return proxy.Run("t" * 20, {"policy": {"mode": "allow-list", "allow": ["ok.example"]}})
+
+        monkeypatch.setattr(proxy, "open_upstream", upstream)
+        monkeypatch.setattr(proxy, "find_run", find)
+        monkeypatch.setattr(proxy, "AUDIT", str(tmp_path))
+        front = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", front.sockets[0].getsockname()[1])
+        w.write(
+            b"POST http://ok.example/a HTTP/1.1\r\nProxy-Authorization: Basic cGllbnY6dA==\r\n"
+            b"Content-Length: 4\r\n\r\nbody"
+            b"GET /b HTTP/1.1\r\nHost: evil.example\r\n\r\n"
+        )
+        await w.drain()
+        answer = await asyncio.wait_for(r.read(), 5)
+        await asyncio.wait_for(done.wait(), 5)
+        w.close()
+        server.close()
+        front.close()
+        assert answer.endswith(b"ok"), answer
+        return bytes(got)
+
+    got = asyncio.run(scenario())
+    assert got.startswith(b"POST /a HTTP/1.1\r\n") and got.endswith(b"\r\n\r\nbody"), got
+    assert b"evil.example" not in got, got

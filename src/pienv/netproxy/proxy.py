@@ -293,6 +293,40 @@ async def splice(
     return sent[0], received[0]
 
 
+def body_length(hmap: dict[str, str]) -> int:
+    """A plain-HTTP request's body length: its Content-Length, and no chunked bodies (their end
+    is where a pipelined second request, with a Host nobody checked, would begin)."""
+    if "transfer-encoding" in hmap:
+        raise Denied(411, "pienv forwards plain-HTTP bodies with a Content-Length only (use https)")
+    value = hmap.get("content-length", "0")
+    if not value.isdigit():
+        raise Denied(400, f"bad Content-Length {value[:40]!r}")
+    return int(value)
+
+
+async def forward_one(
+    creader: asyncio.StreamReader,
+    cwriter: asyncio.StreamWriter,
+    ureader: asyncio.StreamReader,
+    uwriter: asyncio.StreamWriter,
+    length: int,
+) -> tuple[int, int]:
+    """One plain-HTTP request's body, then only the answer: whatever the agent sends after it
+    (a second request on a kept-alive connection) never reaches the upstream."""
+    left = length
+    while left:
+        data = await creader.read(min(left, 65536))
+        if not data:
+            break
+        left -= len(data)
+        uwriter.write(data)
+        await uwriter.drain()
+    received = [0]
+    await pipe(ureader, cwriter, received)
+    uwriter.close()
+    return length - left, received[0]
+
+
 def refuse(writer: asyncio.StreamWriter, status: int, reason: str, extra: str = "") -> None:
     # The reason phrase carries the message too: clients print it for a refused CONNECT
     # (pip: "Tunnel connection failed: 403 ..."), where they never show a body.
@@ -344,6 +378,7 @@ async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -
             host, port = split_target(target, 443)
         elif target.startswith("http://"):
             host, port = split_target(target[7:].split("/", 1)[0], 80)
+            length = body_length(hmap)
         else:
             raise Denied(400, f"not a proxy request: {method} {target[:100]}")
         why = (
@@ -364,9 +399,10 @@ async def handle(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -
         ureader, uwriter = await open_upstream(host, port, exact=exact)
         if method == "CONNECT":
             cwriter.write(b"HTTP/1.1 200 Connection established\r\n\r\n")
+            sent, received = await splice(creader, cwriter, ureader, uwriter)
         else:
             uwriter.write(origin_request(method, target, version, headers, host))
-        sent, received = await splice(creader, cwriter, ureader, uwriter)
+            sent, received = await forward_one(creader, cwriter, ureader, uwriter, length)
         run.audit(id=conn, event="close", host=host, port=port, sent=sent, received=received)
     except Denied as exc:
         if run is not None and host:
