@@ -208,6 +208,39 @@ def test_a_push_whose_view_went_stale_never_overwrites_the_remote_head(
 
 
 @pytest.mark.engine
+def test_a_tag_set_on_the_remote_meanwhile_is_not_overwritten(
+    pienv: Pienv, other: Pienv, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pienv.context import Context
+    from pienv.errors import PienvError
+    from pienv.ops import push as pushmod
+    from pienv.store import Store
+
+    pienv("run", "--", "touch", "/etc/a")
+    pienv("remote", "add", "origin", remote(reg, "tagrace"))
+    pienv("push")
+    other("clone", remote(reg, "tagrace"))
+    other("run", "--", "touch", "/etc/theirs")
+    other("tag", "v1")
+    pienv("run", "--", "touch", "/etc/ours")
+    pienv("tag", "v1")
+    real = pushmod._check_secrets
+
+    def meanwhile(*args: Any, **kwargs: Any) -> None:
+        other("push", "v1")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(pushmod, "_check_secrets", meanwhile)
+    monkeypatch.setenv("PIENV_HOME", str(pienv.home))
+    monkeypatch.chdir(pienv.repo)
+    with pytest.raises(PienvError):
+        pushmod.push(Context(store=Store(pienv.home)), "origin", ["v1"])
+    got = client(reg, "tagrace").manifest("t-v1")
+    assert got is not None
+    assert json.loads(got[2])["annotations"]["dev.pienv.head"] == other.head()
+
+
+@pytest.mark.engine
 def test_another_image_under_a_commits_tag_does_not_stand_in_for_it(
     pienv: Pienv, other: Pienv, base_image: str, reg: Registry
 ) -> None:

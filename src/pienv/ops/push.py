@@ -307,6 +307,13 @@ def _write_ref(
     tag = ref_tag(t.kind, t.name)
     if t.kind == "branch":
         _claim(client, t, descs[t.head], old, force)
+    elif not force and (now := _remote_head(client, t)) != old:
+        # Tags have no push records; this narrows the race to the next two requests.
+        raise ConcurrentUpdate(
+            f"tag {t.name!r} was set on the remote to {short(now) if now else '(gone)'} since "
+            "this push read it; nothing was overwritten",
+            hint="`pienv fetch` and look; `push --force` moves it",
+        )
     body = build_index(ref, order)
     client.put_manifest(tag, body, INDEX, if_match=t.remote.digest if t.remote else None)
     got = client.manifest(tag)
