@@ -124,3 +124,43 @@ def test_code_worktree_of_a_separate_git_dir_repository(tmp_path: Path) -> None:
     done = codetravel._worktree(ctx, root, target, commit, "b", snap.head, snap.code, "b")
     assert done.worktree and (target / "a").read_text() == "dirty\n"
     assert (root / "a").read_text() == "dirty\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"schema": 1}', "[1]", '{"schema": 1, "chain": [], "marks": {}}', '{"schema": 1, '],
+)
+def test_a_corrupt_bisect_state_is_one_line_not_a_traceback(tmp_path: Path, text: str) -> None:
+    from pienv.ops import bisect
+
+    store = Store(tmp_path / "home")
+    store.init()
+    ctx = Context(store=store)
+    (store.home / bisect.STATE).write_text(text)
+    for call in (lambda: bisect.log(ctx), lambda: bisect.mark(ctx, "good", None)):
+        with pytest.raises(UsageError, match="unreadable"):
+            call()
+    assert bisect.reset(ctx)
+
+
+def test_rebase_abort_after_its_branch_was_deleted_detaches_at_the_old_head(
+    tmp_path: Path,
+) -> None:
+    import json
+
+    from pienv.ops import rebase
+
+    store = Store(tmp_path / "home")
+    store.init()
+    ctx = Context(store=store)
+    old = "a" * 64
+    state = {
+        "schema": 1,
+        **{"branch": "gone", "old_head": old, "onto": "x", "tip": "b" * 64, "todo": []},
+        "head_before": {"branch": "gone", "detached": None},
+    }
+    (store.home / rebase.STATE).write_text(json.dumps(state))
+    rebase.abort(ctx)
+    refs = store.load_refs()
+    assert refs.head_branch is None and refs.head_detached == old
+    assert not (store.home / rebase.STATE).exists()

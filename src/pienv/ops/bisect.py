@@ -59,16 +59,24 @@ class State:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> State:
+    def from_json(cls, data: Any) -> State:
+        """The state as saved; ValueError when it is not (torn, hand-edited, another tool's)."""
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
         if data.get("schema") != SCHEMA:
             raise UsageError("the bisect state was written by another pienv version")
-        return cls(
-            chain=list(data["chain"]),
-            marks=dict(data["marks"]),
+        state = cls(
+            chain=[str(c) for c in data["chain"]],
+            marks={str(c): m for c, m in dict(data["marks"]).items()},
             with_code=bool(data.get("with_code")),
-            log=list(data.get("log", [])),
+            log=[str(line) for line in data.get("log", [])],
             probes=int(data.get("probes", 0)),
         )
+        marked = {state.marks.get(c) for c in state.chain}
+        known = set(state.marks.values()) <= {"good", "bad", "skip"}
+        if not known or not {"good", "bad"} <= marked:
+            raise ValueError("its marks name no good and bad commit of its line")
+        return state
 
 
 @dataclass(frozen=True)
@@ -135,14 +143,13 @@ def _path(ctx: Context) -> Path:
 
 def load(ctx: Context) -> State:
     try:
-        data = json.loads(_path(ctx).read_text())
+        return State.from_json(json.loads(_path(ctx).read_text()))
     except FileNotFoundError:
         raise UsageError(
             "no bisection is under way", hint="`pienv bisect start BAD GOOD`"
         ) from None
-    except ValueError as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{_path(ctx)} is unreadable: {exc}", hint="`pienv bisect reset`") from exc
-    return State.from_json(data)
 
 
 def save(ctx: Context, state: State) -> None:

@@ -264,7 +264,10 @@ def abort(ctx: Context) -> Outcome:
     state = _load(ctx)
     before = state.head_before
     with ctx.store.transaction(f"rebase: abort ({state.branch})") as txn:
-        if before["branch"]:
+        if before["branch"] and before["branch"] not in txn.refs.branches:
+            # Deleted meanwhile: HEAD on a branch that is not would start over from the base.
+            txn.checkout(None, state.old_head)
+        elif before["branch"]:
             txn.checkout(before["branch"])
         elif before["detached"]:
             txn.checkout(None, before["detached"])
