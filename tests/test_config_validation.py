@@ -20,6 +20,10 @@ from pienv.errors import UsageError
         ("[agent]\ncommand = 3\n", "[agent] command must be a string or a list of strings"),
         ('[run]\nprotect_git = "no"\n', "[run] protect_git must be true or false"),
         ('run = "x"\n', "[run] must be a table"),
+        ('[run]\nmemory = "lots"\n', "[run] memory size 'lots'"),
+        ("[run]\ncpus = -1\n", "[run] --cpus -1"),
+        ("[run]\npids = true\n", "[run] pids must be a number or a string, not True"),
+        ('[run]\ngpus = "some"\n', "[run] --gpus 'some'"),
     ],
 )
 def test_type_errors_name_key_and_file(tmp_path: Path, text: str, message: str) -> None:
@@ -54,3 +58,10 @@ def test_a_good_config_still_loads(tmp_path: Path) -> None:
     cfg = config.load(path)
     assert (cfg.agent.command, cfg.passthrough, cfg.flatten_at) == (("claude",), ("A", "B"), 50)
     assert (cfg.network, cfg.protect_git) == ("none", False)
+
+
+def test_run_limits_and_gpus_load_as_written(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text('[run]\ncpus = 1.5\nmemory = "2g"\npids = 0\ngpus = 1\n')
+    cfg = config.load(path)
+    assert cfg.limits == {"cpus": 1.5, "memory": "2g", "pids": 0} and cfg.gpus == "1"

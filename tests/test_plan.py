@@ -122,3 +122,71 @@ def test_install_step_gets_env_file_and_volumes_not_the_workspace() -> None:
     assert ENV_FILE in {m.target for m in step.mounts}
     assert step.labels[LABEL + "role"] == "install" and step.name.endswith("-install")
     assert step.entrypoint[-1] == config.agent.install
+
+
+def test_limits_take_the_command_line_over_run_config_over_the_host_defaults() -> None:
+    from pienv.limits import Limits
+
+    defaults = Limits(cpus=3, memory=6 * 2**30, pids=4096)
+    config = Config(limits={"cpus": 2, "memory": "1g"})
+    spec = make(RunRequest(command=("true",), limits={"memory": "512m"}), config, defaults=defaults)
+    assert spec.limits == Limits(cpus=2, memory=512 * 2**20, pids=4096)
+    lifted = make(RunRequest(command=("true",), limits={"pids": "0"}), defaults=defaults)
+    assert lifted.limits == Limits(cpus=3, memory=6 * 2**30, pids=None)
+
+
+def test_install_step_gets_the_limits_but_no_ports() -> None:
+    config = Config()
+    spec = make(RunRequest(command=("true",), limits={"cpus": "1"}, ports=("3000",)), config)
+    step = install_spec(spec, config.agent, config, "s1")
+    assert step.limits.cpus == 1 and step.ports == ()
+
+
+def test_ports_publish_on_127_0_0_1_and_a_repeat_is_one() -> None:
+    from pienv.engine import bodies
+
+    spec = make(RunRequest(command=("true",), ports=("3000", "8080:80", "3000")))
+    assert spec.ports == ((3000, 3000), (8080, 80))
+    body = bodies.resources(ports=spec.ports)
+    assert body["PortBindings"] == {
+        "3000/tcp": [{"HostIp": "127.0.0.1", "HostPort": "3000"}],
+        "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}],
+    }
+
+
+def test_gpus_from_the_command_line_or_run_config_become_device_requests() -> None:
+    from pienv.engine import bodies
+
+    assert make().gpus == ()
+    spec = make(RunRequest(command=("true",), gpus="2"), Config(gpus="all"))
+    assert spec.gpus == ({"Driver": "", "Count": 2, "Capabilities": [["gpu"]]},)
+    assert make(config=Config(gpus="all")).gpus[0]["Count"] == -1
+    assert bodies.resources(gpus=spec.gpus)["DeviceRequests"] == [dict(spec.gpus[0])]
+
+
+def test_limits_become_the_engines_host_config_fields() -> None:
+    from pienv.engine import bodies
+
+    body = bodies.resources(cpus=1.5, memory=2**30, pids=100)
+    assert body == {
+        "NanoCpus": 1_500_000_000,
+        "Memory": 2**30,
+        "MemorySwap": 2**30,
+        "PidsLimit": 100,
+    }
+    assert bodies.resources() == {}
+
+
+def test_a_port_clash_and_a_missing_gpu_driver_are_one_clear_line() -> None:
+    from pienv.errors import EngineError
+    from pienv.runloop.launch import start_failed
+
+    clash = start_failed(
+        EngineError(
+            "driver failed programming external connectivity on endpoint x: "
+            "Bind for 127.0.0.1:3000 failed: port is already allocated"
+        )
+    )
+    assert "host port 3000" in clash.message and "-p HOST_PORT:PORT" in str(clash.hint)
+    gpu = start_failed(EngineError('could not select device driver "" with capabilities: [[gpu]]'))
+    assert "cannot pass GPUs" in gpu.message

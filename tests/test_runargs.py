@@ -29,7 +29,7 @@ SAME = [
 TO_TYPER = [
     ["run", "--help"],
     ["run", "-h"],
-    ["run", "--bogus"],
+    ["run", "--frobnicate"],
     ["run", "-b"],  # missing value
     ["run", "-b", "--", "true"],  # option-like value
     ["run", "--branch="],  # empty value
@@ -78,7 +78,7 @@ def test_option_table_matches_typer(name: str) -> None:
 
 def test_bad_option_reaches_typer_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
-        entry.main(["run", "--bogus"])
+        entry.main(["run", "--frobnicate"])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err == "pienv: error: no such option: --bogus (see `pienv run --help`)\n"
+    assert err == "pienv: error: no such option: --frobnicate (see `pienv run --help`)\n"

@@ -22,6 +22,10 @@
     sudo = true                          # false: no new privileges (sudo/setuid give no root)
     caches = true                        # apt/npm/pip caches in volumes shared by the store
     commit = "background"                # or "foreground": commit before `pienv run` returns
+    cpus = 2                             # cores a run may use (default: all but one; 0: no limit)
+    memory = "4g"                        # memory (default: 3/4 of the host's; 0: no limit)
+    pids = 4096                          # processes (default 4096; 0: no limit)
+    gpus = "all"                         # GPUs passed through: "all" or a number (default: none)
 """
 
 from __future__ import annotations
@@ -260,6 +264,9 @@ class Config:
     # The agent gets placeholders for its providers' keys; pienv's egress proxy adds the real
     # ones on requests to the provider's host only (docs/network.md).
     inject_keys: bool = False
+    # `[run] cpus/memory/pids` as written (limits.resolve reads them under the command line's)
+    limits: dict[str, Any] = field(default_factory=dict)
+    gpus: str | None = None
     agent: Agent = field(default_factory=lambda: resolve_agent(None))
     source: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -320,6 +327,8 @@ class _Reader:
         bool: "true or false",
         list: "a list of strings",
         (str, list): "a string or a list of strings",
+        (int, float, str): "a number or a string",
+        (int, str): "a number or a string",
     }
 
     def __init__(self, data: dict[str, Any], path: Path) -> None:
@@ -335,7 +344,7 @@ class _Reader:
             return default
         value = table[key]
         # bool is an int in Python: `flatten_at = true` must not pass as 1.
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
         if ok and isinstance(value, list):
             ok = all(isinstance(v, str) for v in value)
         if not ok:
@@ -396,9 +405,16 @@ def load(path: Path) -> Config:
         sudo=r.get("run", "sudo", bool, True),
         commit=r.get("run", "commit", str, "background"),
         inject_keys=r.get("agent", "inject_keys", bool, False),
+        limits={
+            key: value
+            for key in ("cpus", "memory", "pids")
+            if (value := r.get("run", key, (int, float, str), None)) is not None
+        },
+        gpus=_gpus(r.get("run", "gpus", (int, str), None)),
         source=str(path),
     )
     r.check_unknown()
+    _check_limits(cfg, path)
     if not 2 <= cfg.flatten_at <= 120:
         raise UsageError(f"bad config {path}: [run] flatten_at must be between 2 and 120")
     if cfg.commit not in COMMIT_MODES:
@@ -407,3 +423,19 @@ def load(path: Path) -> Config:
             f"not {cfg.commit!r}"
         )
     return cfg
+
+
+def _gpus(value: int | str | None) -> str | None:
+    return None if value is None or str(value).strip().lower() in ("0", "none") else str(value)
+
+
+def _check_limits(cfg: Config, path: Path) -> None:
+    """A bad `[run]` limit is named with its file when the config is read, not at a run."""
+    from pienv import limits
+
+    try:
+        limits.resolve(limits.Limits(), cfg.limits, {})
+        if cfg.gpus is not None:
+            limits.gpu_request(cfg.gpus)
+    except UsageError as exc:
+        raise UsageError(f"bad config {path}: [run] {exc.message.removeprefix('bad ')}") from exc

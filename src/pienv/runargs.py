@@ -24,7 +24,8 @@ if TYPE_CHECKING:
     from pienv.ops.run import RunRequest
     from pienv.runloop.finish import RunResult
 
-# option spelling -> RunRequest field; "env" collects repeats, the others keep the last.
+# option spelling -> RunRequest field; "env" and "ports" collect repeats, the others keep
+# the last.
 VALUED = {
     "run": {
         "--branch": "branch",
@@ -38,6 +39,12 @@ VALUED = {
         "-e": "env",
         "--agent": "agent",
         "--egress": "egress",
+        "--cpus": "cpus",
+        "--memory": "memory",
+        "--pids": "pids",
+        "--publish": "ports",
+        "-p": "ports",
+        "--gpus": "gpus",
     },
     "shell": {"--branch": "branch", "-b": "branch", "--workdir": "workdir", "-w": "workdir"},
 }
@@ -52,6 +59,7 @@ def parse(argv: list[str]) -> RunRequest | None:
     valued, flags = VALUED[name], FLAGS[name]
     fields: dict[str, Any] = {}
     envs: list[str] = []
+    ports: list[str] = []
     command: list[str] = []
     i = 0
     while i < len(rest):
@@ -81,11 +89,13 @@ def parse(argv: list[str]) -> RunRequest | None:
             return None  # empty or option-like values: typer decides what they mean
         if valued[opt] == "env":
             envs.append(value)
+        elif valued[opt] == "ports":
+            ports.append(value)
         else:
             fields[valued[opt]] = value
     if command and name == "shell":
         return None
-    return build(name, command, envs=envs, **fields)
+    return build(name, command, envs=envs, ports=ports, **fields)
 
 
 def build(
@@ -100,6 +110,11 @@ def build(
     envs: list[str] | None = None,
     agent: str | None = None,
     egress: str | None = None,
+    cpus: str | None = None,
+    memory: str | None = None,
+    pids: str | None = None,
+    ports: list[str] | None = None,
+    gpus: str | None = None,
 ) -> RunRequest | None:
     """The one place a RunRequest is made from command-line values (both parsers use it)."""
     from pienv.ops.run import RunRequest
@@ -125,6 +140,11 @@ def build(
         env_names=tuple(envs or ()),
         agent=agent,
         egress=egress,
+        limits={
+            k: v for k, v in (("cpus", cpus), ("memory", memory), ("pids", pids)) if v is not None
+        },
+        ports=tuple(ports or ()),
+        gpus=gpus,
     )
 
 

@@ -44,6 +44,7 @@ def status(as_json: JsonOpt = False) -> None:
         ("locks", ", ".join(_holder(h) for h in s.locks) or "none"),
         ("orphans", "unknown (engine unreachable)" if s.orphans is None else str(s.orphans)),
     ]
+    rows.extend(("port", port) for port in s.ports)  # while the run that publishes it lasts
     for t in s.remotes:  # as git: "ahead of 'origin/main' by 2 commits"
         where = f"{t.remote}/{s.branch}"
         if not t.ahead and not t.behind:

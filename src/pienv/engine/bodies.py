@@ -4,7 +4,7 @@ queries built from plain values, and the reading of the engine's answers to them
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 
@@ -22,6 +22,47 @@ def mounts(binds: Mapping[str, Mapping[str, str]]) -> list[dict[str, Any]]:
         }
         for host, b in binds.items()
     ]
+
+
+def resources(
+    *,
+    cpus: float | None = None,
+    memory: int | None = None,
+    pids: int | None = None,
+    ports: Sequence[tuple[int, int]] = (),
+    tmpfs: Sequence[str] = (),
+    gpus: Sequence[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """HostConfig fields for a run's limits, ports (published on 127.0.0.1 only: an agent's
+    dev server is never reachable from the network unless asked), tmpfs and GPUs."""
+    out: dict[str, Any] = {}
+    if cpus:
+        out["NanoCpus"] = int(cpus * 1e9)
+    if memory:
+        # No swap beyond the limit: a run over its memory is killed, not thrashing the host.
+        out["Memory"] = memory
+        out["MemorySwap"] = memory
+    if pids:
+        out["PidsLimit"] = pids
+    if ports:
+        out["PortBindings"] = {
+            f"{container}/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(host)}]
+            for host, container in ports
+        }
+    if tmpfs:
+        # sticky and world-writable, as /tmp always is; exec allowed (agents run from /tmp)
+        out["Tmpfs"] = {path: "rw,exec,nosuid,nodev,mode=1777" for path in tmpfs}
+    if gpus:
+        out["DeviceRequests"] = [dict(g) for g in gpus]
+    return out
+
+
+def port_clash(message: str) -> bool:
+    """Whether an engine's start error says a published host port is taken. Docker: "Bind
+    for 127.0.0.1:3000 failed: port is already allocated"; Podman, the kernel's "address
+    already in use"."""
+    low = message.lower()
+    return "port is already allocated" in low or "address already in use" in low
 
 
 def filters(**filters: list[str]) -> dict[str, str]:

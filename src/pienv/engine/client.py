@@ -182,7 +182,9 @@ class Engine(Connection):
         cap_drop: tuple[str, ...] = (),
         cap_add: tuple[str, ...] = (),
         no_new_privileges: bool = False,
+        resources: Mapping[str, Any] | None = None,
     ) -> str:
+        """``resources``: more HostConfig fields (bodies.resources: limits, ports, GPUs)."""
         self.dialect.check_mounts(binds or {})
         config: dict[str, Any] = {
             "Image": self._ref(image),
@@ -217,6 +219,10 @@ class Engine(Connection):
             config["HostConfig"]["CapAdd"] = list(cap_add)
         if no_new_privileges:  # setuid (sudo) gains nothing: `[run] sudo = false`
             config["HostConfig"]["SecurityOpt"] = ["no-new-privileges"]
+        if resources:
+            config["HostConfig"].update(resources)
+            if "PortBindings" in resources:
+                config["ExposedPorts"] = {port: {} for port in resources["PortBindings"]}
         return self._create(config, name)
 
     def _create(self, config: dict[str, Any], name: str | None = None) -> str:

@@ -137,6 +137,8 @@ class ContainerState:
     labels: Mapping[str, str]
     image_id: str
     pid: int = 0  # its first process, on the engine's host (0: not running)
+    oom_killed: bool = False  # the kernel killed a process of it for memory
+    ports: tuple[str, ...] = ()  # published ports, "127.0.0.1:3000->3000/tcp"
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> ContainerState:
@@ -150,7 +152,23 @@ class ContainerState:
             labels=dict((data.get("Config") or {}).get("Labels") or {}),
             image_id=full_hex(str(data.get("Image") or "")),
             pid=int(state.get("Pid") or 0),
+            oom_killed=bool(state.get("OOMKilled")),
+            ports=published(data),
         )
+
+
+def published(data: Mapping[str, Any]) -> tuple[str, ...]:
+    """A container's published ports: its live bindings when it runs, else those asked for."""
+    bindings = (
+        (data.get("NetworkSettings") or {}).get("Ports")
+        or (data.get("HostConfig") or {}).get("PortBindings")
+        or {}
+    )
+    return tuple(
+        f"{b.get('HostIp') or '0.0.0.0'}:{b.get('HostPort')}->{port}"
+        for port, binds in sorted(bindings.items())
+        for b in binds or ()
+    )
 
 
 @dataclass(frozen=True)

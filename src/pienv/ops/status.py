@@ -36,6 +36,8 @@ class StatusResult(JsonResult):
     warnings: list[str] = field(default_factory=list)
     # The branch against each remote tracking it: commits only here / only there.
     remotes: list[Tracking] = field(default_factory=list)
+    # Ports the store's running runs publish: "127.0.0.1:3000->3000/tcp (branch main)".
+    ports: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -147,12 +149,27 @@ def status(ctx: Context, cwd: Path, environ: Mapping[str, str]) -> StatusResult:
         if head_id:
             what = f"branch {branch}" if branch else "HEAD"
             result.warnings += history_warnings(ctx, refs.store_id, [head_id], what)
+        result.ports = _published(ctx, refs.store_id)
         result.orphans = len(orphans(ctx, with_size=False))
         if result.orphans:
             result.warnings.append(f"{result.orphans} orphan run(s): see `pienv orphans`")
     except PienvError as exc:
         result.engine = str(exc)
     return result
+
+
+def _published(ctx: Context, store_id: str) -> list[str]:
+    """What the store's running runs publish (`run -p`): inspected only for running ones."""
+    from pienv.model import LABEL
+
+    out: list[str] = []
+    for row in ctx.engine().containers([f"{LABEL}store={store_id}", f"{LABEL}role=run"]):
+        if row.state != "running":
+            continue
+        state = ctx.engine().inspect_container(row.id)
+        branch = row.labels.get(LABEL + "branch") or "detached HEAD"
+        out.extend(f"{port} (branch {branch})" for port in (state.ports if state else ()))
+    return out
 
 
 def _tracking(ctx: Context, branch: str, head: str, commits: dict[str, Commit]) -> list[Tracking]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -35,6 +36,21 @@ def create(engine: Engine, spec: ContainerSpec) -> str:
         cap_drop=spec.cap_drop,
         cap_add=spec.cap_add,
         no_new_privileges=spec.no_new_privileges,
+        resources=bodies_resources(spec),
+    )
+
+
+def bodies_resources(spec: ContainerSpec) -> dict[str, Any]:
+    """The spec's limits, ports, tmpfs and GPUs as HostConfig fields (Docker's API names)."""
+    from pienv.engine import bodies
+
+    return bodies.resources(
+        cpus=spec.limits.cpus,
+        memory=spec.limits.memory,
+        pids=spec.limits.pids,
+        ports=spec.ports,
+        tmpfs=spec.tmpfs,
+        gpus=spec.gpus,
     )
 
 
@@ -75,11 +91,33 @@ def attach_failed(engine: Engine, cid: str, exc: EngineError) -> EngineError:
         # It never ran, so it holds nothing: do not leave it behind as an orphan.
         with contextlib.suppress(EngineError):
             engine.remove_container(cid, force=True)
-        return EngineError(f"the run's container could not start: {exc.message}", hint=exc.hint)
+        return start_failed(exc)
     return EngineError(
         f"{exc.message}; the run's container {cid[:12]} is kept with everything it changed",
         hint=f"when the engine is back, `pienv recover {cid[:12]}` commits it",
     )
+
+
+def start_failed(exc: EngineError) -> EngineError:
+    """Why a created container did not start, said as what the user asked for: a host port
+    another run (or program) holds, GPUs the engine cannot give."""
+    from pienv.engine import bodies
+
+    if bodies.port_clash(exc.message):
+        port = re.search(r":(\d+)", exc.message)
+        which = f"host port {port.group(1)}" if port else "a host port it publishes"
+        return EngineError(
+            f"the run cannot publish {which}: another run or program on this machine "
+            "already listens there",
+            hint="pick another host port with -p HOST_PORT:PORT, or end the other run",
+        )
+    if "device driver" in exc.message and "gpu" in exc.message.lower():
+        return EngineError(
+            "this engine cannot pass GPUs through (--gpus, [run] gpus): it has no GPU "
+            "device driver",
+            hint="install the NVIDIA Container Toolkit for the engine, or run without --gpus",
+        )
+    return EngineError(f"the run's container could not start: {exc.message}", hint=exc.hint)
 
 
 def attach(

@@ -11,8 +11,11 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from pienv import limits
 from pienv.config import Agent, Config
+from pienv.limits import Limits
 from pienv.model import LABEL, RunInfo
 from pienv.runloop.agent import INSTALLED_LABEL, agent_env, volume_mounts
 from pienv.runloop.sandbox import (
@@ -47,6 +50,10 @@ class RunRequest:
     env_names: tuple[str, ...] = ()
     agent: str | None = None  # a preset name (`--agent`); None: the configured agent
     egress: str | None = None  # `--egress MODE` for this run; None: the branch's policy
+    # `--cpus/--memory/--pids` as written (over `[run]`, over the host's defaults), `-p`, `--gpus`
+    limits: Mapping[str, str] = field(default_factory=dict)
+    ports: tuple[str, ...] = ()
+    gpus: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,6 +88,9 @@ class HostFacts:
     checked: tuple[Mount, ...] = ()  # git metadata and `[run] mounts`, through the policy
     forward_stdin: bool = False
     boundary: Boundary | None = None  # None: an open run (the configured network)
+    defaults: Limits = field(
+        default_factory=Limits
+    )  # what limits a run gets here unless asked (limits.host_defaults)
 
 
 def command_of(req: RunRequest, agent: Agent) -> tuple[str, ...]:
@@ -173,7 +183,20 @@ def plan(
         cap_drop=tuple(dict.fromkeys((*DROPPED_CAPS, *(boundary.cap_drop if boundary else ())))),
         no_new_privileges=not config.sudo,
         prepare=mount_points(ordered, host.checked, parent),
+        **resources(req, config, host),
     )
+
+
+def resources(req: RunRequest, config: Config, host: HostFacts) -> dict[str, Any]:
+    """The run's limits (command line > `[run]` > the host's defaults), its ports (on
+    127.0.0.1 only) and GPUs (`--gpus`, else `[run] gpus`)."""
+    gpus = req.gpus or config.gpus
+    ports = tuple(dict.fromkeys(limits.parse_port(p) for p in req.ports))
+    return {
+        "limits": limits.resolve(host.defaults, config.limits, req.limits),
+        "ports": ports,
+        "gpus": (limits.gpu_request(gpus),) if gpus else (),
+    }
 
 
 def install_spec(spec: ContainerSpec, agent: Agent, config: Config, store_id: str) -> ContainerSpec:
@@ -195,6 +218,7 @@ def install_spec(spec: ContainerSpec, agent: Agent, config: Config, store_id: st
         network=spec.network,
         dns=spec.dns,
         cap_drop=spec.cap_drop,
+        limits=spec.limits,  # an install's build runs away like any other
         # The install command goes on the container too: it may hold line breaks, which an
         # engine whose commit takes labels as text lines (Podman) keeps only from there.
         extra_labels={

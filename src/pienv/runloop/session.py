@@ -26,6 +26,7 @@ from pienv.config import Agent
 from pienv.context import Context
 from pienv.errors import EngineError, UsageError
 from pienv.gitrepo import gitlinks
+from pienv.limits import host_defaults, killed_for_memory
 from pienv.locks import BranchLock, name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
 from pienv.runloop import agent as agent_step
@@ -248,6 +249,7 @@ class Session:
             store_id=store_id,
             checked=self.checked,
             forward_stdin=forward_stdin,
+            defaults=host_defaults(),
             boundary=Boundary(egress.network, egress.dns, egress.env, egress.cap_drop)
             if egress
             else None,
@@ -388,6 +390,14 @@ class Session:
             if self.gate is not None:
                 self.gate.close()
         self._check_gate(code)
+        if code != 0:  # killed for memory? (an inspect only when the command failed)
+            with contextlib.suppress(EngineError):
+                state = engine.inspect_container(self.cid)
+                killed = state and killed_for_memory(
+                    code, state.oom_killed, self.spec.limits.memory
+                )
+                if killed:
+                    self.notes.append(killed)
         return code
 
     def _check_gate(self, code: int) -> None:

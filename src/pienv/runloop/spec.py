@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from pienv.limits import Limits
 from pienv.model import RunInfo
 
 
@@ -37,15 +38,6 @@ class Mount:
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Resource limits of a run (none today: the engine's defaults)."""
-
-    cpus: float | None = None
-    memory: str | None = None
-    pids: int | None = None
-
-
-@dataclass(frozen=True)
 class ContainerSpec:
     """A run container, complete: the session creates exactly this.
 
@@ -70,9 +62,10 @@ class ContainerSpec:
     cap_drop: tuple[str, ...] = ()
     cap_add: tuple[str, ...] = ()
     no_new_privileges: bool = False
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     ports: tuple[tuple[int, int], ...] = ()  # (host port on 127.0.0.1, container port)
     tmpfs: tuple[str, ...] = ()
+    gpus: tuple[Mapping[str, object], ...] = ()  # DeviceRequests entries (`--gpus`)
     # Mount points the image lacks: made by a "prepare" commit before the container is
     # created, so Docker creating them is never a change (rule 3).
     prepare: tuple[MountPoint, ...] = ()

@@ -77,6 +77,13 @@ class Podman(Dialect):
     def prepare_create(self, engine: Calls, config: dict[str, Any]) -> None:
         # Only the image's own variables, as on Docker: Podman would add TERM and
         # container=podman, and its commit would bake them into the image.
+        if (config.get("HostConfig") or {}).get("DeviceRequests"):
+            # Podman's Docker API takes DeviceRequests and gives no GPU (it passes GPUs as
+            # CDI devices only): refused rather than a run that silently has none.
+            raise EngineError(
+                "Podman cannot pass GPUs through pienv (--gpus, [run] gpus)",
+                hint="use Docker with the NVIDIA Container Toolkit, or run without --gpus",
+            )
         image = engine.inspect_image(str(config["Image"]))
         config["UnsetEnvAll"] = True
         config["Env"] = list((image.config.get("Env") if image else None) or [])
