@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import git
+from conftest import Pienv, git
 
 from pienv import gitrepo
 from pienv.context import Context
@@ -164,3 +164,20 @@ def test_rebase_abort_after_its_branch_was_deleted_detaches_at_the_old_head(
     refs = store.load_refs()
     assert refs.head_branch is None and refs.head_detached == old
     assert not (store.home / rebase.STATE).exists()
+
+
+@pytest.mark.engine
+def test_checkout_with_code_of_a_commit_twice_on_a_dirty_tree(pienv: Pienv) -> None:
+    """A retry (after a crash, or just again) of `checkout --with-code ID` on a dirty tree:
+    the `at-ID` env branch made the first time is reused, not refused."""
+    repo = pienv.repo
+    pienv("run", "-m", "env1", "--", "touch", "/env1")
+    pienv("show", "HEAD")
+    e1 = pienv.head()
+    (repo / "README").write_text("mine\n")
+    first = pienv("checkout", "--with-code", e1[:12])
+    second = pienv("checkout", "--with-code", e1[:12], check=False)
+    assert second.code == 0, second.err
+    assert first.out != second.out  # a second worktree, named apart
+    assert (repo / "README").read_text() == "mine\n"
+    assert pienv.refs()["branches"][f"at-{e1[:12]}"] == e1

@@ -65,16 +65,28 @@ def _bring(
         restored = tuple(gitrepo.dirty_paths(root)) if code != head else ()
         return CodeResult(moved, commit.id, head, code, str(root), False, restored)
     if branch is None:
-        branch = f"at-{commit.short}"
-        history.create_branch(ctx, branch, commit.id)
+        branch = _at_branch(ctx, commit)
     target = _free_path(root, commit)
     return _worktree(ctx, root, target, commit, branch, head, code, moved)
+
+
+def _at_branch(ctx: Context, commit: Commit) -> str:
+    """The env branch for a detached checkout's worktree: ``at-<id>``, reused while it is
+    still at the commit (a retry after a crash, or a second --with-code), else numbered."""
+    branches = ctx.refs().branches
+    name, n = f"at-{commit.short}", 1
+    while branches.get(name, commit.id) != commit.id:
+        n += 1
+        name = f"at-{commit.short}-{n}"
+    if name not in branches:
+        history.create_branch(ctx, name, commit.id)
+    return name
 
 
 def _free_path(root: Path, commit: Commit) -> Path:
     base = root.parent / f"{root.name}-at-{commit.short}"
     target, n = base, 1
-    while target.exists():
+    while os.path.lexists(target):
         n += 1
         target = Path(f"{base}-{n}")
     return target
