@@ -181,3 +181,20 @@ def test_checkout_with_code_of_a_commit_twice_on_a_dirty_tree(pienv: Pienv) -> N
     assert first.out != second.out  # a second worktree, named apart
     assert (repo / "README").read_text() == "mine\n"
     assert pienv.refs()["branches"][f"at-{e1[:12]}"] == e1
+
+
+def test_recorded_code_with_symlinks_out_of_the_tree_is_exported_as_links(
+    repo: Path, tmp_path: Path
+) -> None:
+    """bisect --with-code exports each commit's code: a repository's absolute or escaping
+    symlink (common; or the agent's) is carried as a link, never followed by the export."""
+    os.symlink("/etc/hostname", repo / "abs")
+    os.symlink("../../../..", repo / "up")
+    git(repo, "add", "abs", "up")
+    git(repo, "commit", "-qm", "links")
+    target = tmp_path / "out"
+    target.mkdir()
+    gitrepo.export_tree(repo, git(repo, "rev-parse", "HEAD"), target)
+    assert os.readlink(target / "abs") == "/etc/hostname"
+    assert os.readlink(target / "up") == "../../../.."
+    assert (target / "README").read_text() == "hello\n"

@@ -493,7 +493,8 @@ def export_tree(root: Path, commit: str, target: Path) -> None:
     import io
 
     with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
-        tar.extractall(target, filter="data")
+        # "tar", not "data": links may point anywhere (they are not followed), paths may not.
+        tar.extractall(target, filter="tar")
 
 
 def record_code(root: Path, message: str) -> tuple[str, str]:
