@@ -70,6 +70,23 @@ def test_limits_reach_the_container_and_a_port_is_published_on_loopback_only(
         first.communicate(timeout=60)
 
 
+def test_a_run_killed_for_memory_says_so(pienv: Pienv) -> None:
+    # the shell holds the whole substitution in memory: it grows until the limit kills it
+    r = pienv(
+        "run",
+        "--no-commit",
+        "--memory",
+        "32m",
+        "--",
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}",
+        check=False,
+    )
+    assert r.code != 0
+    assert "the command was killed for using more than its 32 MiB of memory" in r.err, r.err
+
+
 @pytest.mark.skipif(on_podman(), reason="Podman refuses --gpus before the engine sees it")
 def test_gpus_are_a_device_request_and_refused_clearly_without_a_gpu(pienv: Pienv) -> None:
     r = pienv("run", "--no-commit", "--gpus", "all", "--", "true", check=False)

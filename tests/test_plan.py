@@ -109,7 +109,7 @@ def test_a_later_mount_of_the_same_host_path_wins() -> None:
 def test_network_and_no_privilege_fields_come_from_the_config() -> None:
     spec = make(config=Config(network="none"))
     assert spec.network == "none"
-    assert spec.limits.cpus is None and spec.ports == () and spec.tmpfs == ()
+    assert spec.limits.cpus is None and spec.ports == ()
     assert {"MKNOD", "SETFCAP"} <= set(spec.cap_drop) and not spec.no_new_privileges
     assert make(config=Config(sudo=False)).no_new_privileges
 
@@ -190,3 +190,10 @@ def test_a_port_clash_and_a_missing_gpu_driver_are_one_clear_line() -> None:
     assert "host port 3000" in clash.message and "-p HOST_PORT:PORT" in str(clash.hint)
     gpu = start_failed(EngineError('could not select device driver "" with capabilities: [[gpu]]'))
     assert "cannot pass GPUs" in gpu.message
+
+
+def test_temp_directories_are_a_tmpfs_for_the_run_and_its_install() -> None:
+    config = Config()
+    spec = make(config=config)
+    assert spec.tmpfs == ("/tmp", "/var/tmp")
+    assert install_spec(spec, config.agent, config, "s1").tmpfs == spec.tmpfs

@@ -66,6 +66,24 @@ def test_nothing_changed_adds_no_image(pienv: Pienv) -> None:
     assert len(pienv("log").out.splitlines()) == 2
 
 
+def test_temp_files_of_a_session_make_no_commit(pienv: Pienv) -> None:
+    """/tmp and /var/tmp are a tmpfs (docs/agents.md): an agent's per-session sockets and
+    extracted libraries there never become a commit; and the first run needed no mount
+    point commit for them (the root holds them)."""
+    r = pienv(
+        "run",
+        "--",
+        "sh",
+        "-c",
+        "echo x >/tmp/.abc.so; mkdir /tmp/cc-socks; echo y >/var/tmp/lock; "
+        "stat -c %a /tmp /var/tmp",
+    )
+    assert r.out.split() == ["1777", "1777"]
+    assert "nothing changed" in r.err, r.err
+    assert "prepare" not in pienv("log", "--all-kinds", check=False).out
+    assert len(pienv("log").out.splitlines()) == 1
+
+
 def test_no_commit_discards(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     head = pienv.head()

@@ -111,5 +111,10 @@ def killed_for_memory(exit_code: int, oom: bool, memory: int | None) -> str | No
     """The line a run killed by the kernel for memory gets (the engine's OOMKilled)."""
     if not oom or exit_code == 0:
         return None
-    limit = f"its {memory / 2**30:.1f} GiB of memory" if memory else "the memory it could get"
+    if not memory:
+        limit = "the memory it could get"
+    elif memory < 2**30:  # "0.0 GiB" for a 32m limit said nothing
+        limit = f"its {memory / 2**20:.0f} MiB of memory"
+    else:
+        limit = f"its {memory / 2**30:.1f} GiB of memory"
     return f"the command was killed for using more than {limit} (--memory, [run] memory)"

@@ -19,7 +19,7 @@ from pienv.context import Context
 from pienv.engine import EMPTY_LAYER, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import LABEL, Commit, CommitKind, short
-from pienv.runloop.sandbox import ENV_FILE, WORKSPACE
+from pienv.runloop.sandbox import ENV_FILE, TMPFS, WORKSPACE
 from pienv.runloop.spec import MountPoint
 from pienv.store import crashpoint
 
@@ -29,10 +29,12 @@ ProgressFn = Callable[[int, int], None]
 
 
 def run_mount_points(engine: Engine) -> tuple[MountPoint, ...]:
-    """The mount points of every run: the workspace, the env file and the engine's init;
-    and what the engine itself writes into every run's layer (Podman's `/etc/mtab`)."""
+    """The mount points of every run: the workspace, the env file, the temp directories
+    (tmpfs) and the engine's init; and what the engine itself writes into every run's
+    layer (Podman's `/etc/mtab`)."""
     return (
         MountPoint(WORKSPACE),
+        *(MountPoint(path, mode=0o1777) for path in TMPFS),
         MountPoint(ENV_FILE, directory=False),
         MountPoint(engine.init_path(), directory=False),
         *(MountPoint(path, directory=False, link=link) for path, link in engine.made_paths()),
@@ -73,7 +75,7 @@ def _mount_point_tar(points: Sequence[MountPoint]) -> bytes:
         for m in points:
             entry = tarfile.TarInfo(m.path.strip("/"))
             entry.type = tarfile.DIRTYPE if m.directory else tarfile.REGTYPE
-            entry.mode, entry.mtime = 0o755, now
+            entry.mode, entry.mtime = m.mode, now
             if m.link:
                 entry.type, entry.linkname, entry.mode = tarfile.SYMTYPE, m.link, 0o777
             tar.addfile(entry)

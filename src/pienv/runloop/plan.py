@@ -22,6 +22,7 @@ from pienv.runloop.sandbox import (
     AGENT_HOME,
     ENV_FILE,
     LOGIN_SHELL,
+    TMPFS,
     WORKSPACE,
     WRAPPER,
     container_env,
@@ -183,6 +184,7 @@ def plan(
         cap_drop=tuple(dict.fromkeys((*DROPPED_CAPS, *(boundary.cap_drop if boundary else ())))),
         no_new_privileges=not config.sudo,
         prepare=mount_points(ordered, host.checked, parent),
+        tmpfs=TMPFS,
         **resources(req, config, host),
     )
 
@@ -219,6 +221,7 @@ def install_spec(spec: ContainerSpec, agent: Agent, config: Config, store_id: st
         dns=spec.dns,
         cap_drop=spec.cap_drop,
         limits=spec.limits,  # an install's build runs away like any other
+        tmpfs=spec.tmpfs,  # nor does an install's temp junk enter its commit
         # The install command goes on the container too: it may hold line breaks, which an
         # engine whose commit takes labels as text lines (Podman) keeps only from there.
         extra_labels={

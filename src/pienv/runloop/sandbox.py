@@ -21,6 +21,10 @@ from pienv.runloop.spec import Mount
 
 WORKSPACE = "/workspace"
 ENV_FILE = "/run/pienv/env"
+# A run's temp directories are a tmpfs: what agents leave there every session (sockets,
+# caches, extracted libraries: opencode's /tmp/.<hash>.so, claude's /tmp/cc-socks) never
+# enters an env commit (docs/agents.md).
+TMPFS = ("/tmp", "/var/tmp")
 AGENT_HOME = "/home/agent"
 # The container's entry: load the env file (never container Env, which a commit would keep),
 # let `npm install -g` and `pip install --user` land in the home (the host user cannot write

@@ -19,6 +19,7 @@ class MountPoint:
     path: str
     directory: bool = True
     link: str = ""  # made as a symlink to this (what the engine itself makes, not a mount)
+    mode: int = 0o755
 
 
 @dataclass(frozen=True)
