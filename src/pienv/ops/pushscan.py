@@ -118,9 +118,10 @@ def _wanted(path: str, size: int) -> bool:
 
 def classify(path: str, body: bytes | None) -> str | None:
     """Why ``path`` (with its content, if read) is a credential file; None if it is not."""
-    name = path.rsplit("/", 1)[-1]
-    if name.startswith(".wh."):
-        return None  # a deletion marker, not a file
+    # Deletion markers (.wh.*) are empty and never reach here (callers skip empty files): a
+    # non-empty file named like one holds content like any other.
+    name = path.rsplit("/", 1)[-1].removeprefix(".wh.")
+    path = path.rsplit("/", 1)[0] + "/" + name
     for pattern, what in PATTERNS:
         if pattern.fullmatch(path):
             return what
