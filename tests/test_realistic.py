@@ -127,3 +127,26 @@ def test_realistic_diff_of_800_paths_is_quick(realistic_pienv: Pienv) -> None:
     took = time.monotonic() - start
     assert r.out.splitlines()[0].endswith(": 801 added, 0 changed, 0 deleted"), r.out[:200]
     assert took < 2.0, f"diff of 800 paths took {took:.2f} s"
+
+
+def test_shell_keeps_the_run_path_order_over_etc_profile(realistic_pienv: Pienv) -> None:
+    """Debian's /etc/profile resets PATH: `pienv shell`'s npm must be the one `pienv run`
+    (and `diff --packages`) resolves, ~/.local/bin first."""
+    import os
+    import sys
+
+    run_path = realistic_pienv("run", "--no-commit", "--", "sh", "-c", "echo $PATH").out.strip()
+    assert run_path.split(":")[0].endswith("/.local/bin")
+    proc = subprocess.run(
+        ["script", "-qec", f"{sys.executable} -m pienv shell --no-commit", "/dev/null"],
+        cwd=realistic_pienv.repo,
+        env=realistic_pienv.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        input="echo P=$PATH; exit\n",
+    )
+    line = next(x for x in proc.stdout.splitlines() if x.startswith("P=/"))
+    shell_path = line.removeprefix("P=").strip().split(":")
+    assert shell_path[: len(run_path.split(":"))] == run_path.split(":"), (line, run_path)
+    assert os.sep in shell_path[0]

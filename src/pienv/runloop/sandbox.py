@@ -47,7 +47,27 @@ WRAPPER = (
     'a base image that has it (PIENV_BASE_IMAGE, pienv base build DIR)" >&2; exit 127; }; '
     'exec "$@"'
 )
-LOGIN_SHELL = ("sh", "-c", "if command -v bash >/dev/null 2>&1; then exec bash -l; fi; exec sh -l")
+# `pienv shell`: a login shell (bash if the image has it) with the run wrapper's PATH order
+# kept: /etc/profile resets PATH (Debian: /usr/local/bin first), which made `npm` in the
+# shell another npm than the one `pienv run` and `diff --packages` resolve (~/.local/bin).
+# The rc file goes to /tmp, a tmpfs (never committed); sh reads it as $ENV after its profile.
+_PATH_BACK = (
+    'q="$PATH"; PATH="$PIENV_PATH"; IFS=:; for d in $q; do case ":$PATH:" in *":$d:"*) ;; '
+    '*) PATH="$PATH:$d";; esac; done; unset IFS PIENV_PATH q d'
+)
+_BASH_LOGIN = (
+    "[ -r /etc/profile ] && . /etc/profile; "
+    'for f in "$HOME/.bash_profile" "$HOME/.bash_login" "$HOME/.profile"; do '
+    'if [ -r "$f" ]; then . "$f"; break; fi; done; unset f; ' + _PATH_BACK
+)
+LOGIN_SHELL = (
+    "sh",
+    "-c",
+    'export PIENV_PATH="$PATH"; r="/tmp/.pienv-login-$$"; '
+    "if command -v bash >/dev/null 2>&1; then "
+    f"printf '%s\\n' '{_BASH_LOGIN}' >\"$r\" && exec bash --rcfile \"$r\" -i; fi; "
+    f"printf '%s\\n' '{_PATH_BACK}' >\"$r\"; export ENV=\"$r\"; exec sh -l",
+)
 # Paths never bind-mounted, whatever the config says (rule 4): credentials under a home...
 HOME_SECRETS = (".ssh", ".gnupg", ".aws", ".config/gcloud", ".kube", ".docker", ".azure")
 # ...and the host's system trees (kernel interfaces, devices, its configuration, its sockets).
