@@ -70,6 +70,12 @@ def test_limits_reach_the_container_and_a_port_is_published_on_loopback_only(
         first.communicate(timeout=60)
 
 
+@pytest.mark.xfail(
+    on_podman(),
+    strict=True,
+    reason="Podman 4.3 sets no OOMKilled when the killed process is not the container's "
+    "first (pienv runs an init): exit 137, no line (docs/limits.md)",
+)
 def test_a_run_killed_for_memory_says_so(pienv: Pienv) -> None:
     # the shell holds the whole substitution in memory: it grows until the limit kills it
     r = pienv(
@@ -87,8 +93,9 @@ def test_a_run_killed_for_memory_says_so(pienv: Pienv) -> None:
     assert "the command was killed for using more than its 32 MiB of memory" in r.err, r.err
 
 
-@pytest.mark.skipif(on_podman(), reason="Podman refuses --gpus before the engine sees it")
 def test_gpus_are_a_device_request_and_refused_clearly_without_a_gpu(pienv: Pienv) -> None:
+    # Docker: its create takes the DeviceRequests and the start fails without a GPU driver;
+    # Podman: refused before the create (its API would give no GPU)
     r = pienv("run", "--no-commit", "--gpus", "all", "--", "true", check=False)
     assert r.code == 1 and "Traceback" not in r.err
     assert "cannot pass GPUs through" in r.err, r.err
