@@ -228,3 +228,16 @@ def _podman() -> bool:
     from pienv.engine import Engine
 
     return Engine().dialect.name == "Podman"
+
+
+def test_a_run_with_stdin_closed_leaves_no_lock_record(pienv: Pienv) -> None:
+    """`pienv run <&-`: the lock file opened as fd 0, which the finalizer's /dev/null over
+    its stdio replaced, so the lock's release cleared nothing and the next run said it
+    "took over the lock from dead pid"."""
+    cmd = " ".join([*pienv.command, "run", "--", "touch", "/s"])
+    subprocess.run(
+        ["sh", "-c", f"exec {cmd} <&-"], cwd=pienv.repo, env=pienv.env, check=True, timeout=120
+    )
+    r = pienv("run", "--", "true")
+    assert "took over" not in r.err
+    assert not any(p.read_text().strip() for p in (pienv.home / "locks").glob("*.lock"))

@@ -193,7 +193,7 @@ def acquire(
     can say it took the lock over). ``on_wait`` hears, once, who it waits for.
     """
     locks_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock_path(locks_dir, branch), os.O_RDWR | os.O_CREAT, 0o644)
+    fd = _above_stdio(os.open(lock_path(locks_dir, branch), os.O_RDWR | os.O_CREAT, 0o644))
     start = time.monotonic()
     deadline = None if not wait else start + float(wait)
     told_commit = False
@@ -230,6 +230,19 @@ def acquire(
     lock = BranchLock(locks_dir, branch, fd)
     lock.record(workspace)
     return lock, stale
+
+
+def _above_stdio(fd: int) -> int:
+    """``fd`` moved to 3 or above. With stdin closed (`pienv run <&-`) the lock file opened
+    as fd 0, and the finalizer's /dev/null over its stdio closed it: the lock's release then
+    truncated /dev/null, and the next run found the dead run's record ("took over the lock
+    from dead pid")."""
+    if fd > 2:
+        return fd
+    try:
+        return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    finally:
+        os.close(fd)
 
 
 def finishing(holder: Holder | None) -> bool:
