@@ -241,3 +241,30 @@ def test_a_run_with_stdin_closed_leaves_no_lock_record(pienv: Pienv) -> None:
     r = pienv("run", "--", "true")
     assert "took over" not in r.err
     assert not any(p.read_text().strip() for p in (pienv.home / "locks").glob("*.lock"))
+
+
+def test_a_killed_flatten_leaves_a_container_orphans_lists_and_clean_removes(
+    pienv: Pienv,
+) -> None:
+    """A kill -9 of pienv during a flatten left its Created copy container, which nothing
+    reported: `orphans` lists it with its kind, `clean-orphans` removes it."""
+    pienv("run", "--", "touch", "/a")
+    r = pienv("flatten", env={"PIENV_TEST_CRASH_AT": "flattening"}, check=False)
+    assert r.code == -9, r.err
+    rows = json.loads(pienv("orphans", "--json").out)
+    assert [(o["kind"], o["state"], o["holder_alive"]) for o in rows] == [
+        ("flatten", "created", False)
+    ]
+    assert "flatten" in pienv("orphans").out
+    assert "left by a killed flatten" in pienv("clean-orphans", "--yes").out
+    assert json.loads(pienv("orphans", "--json").out) == []
+    store = pienv.refs()["store_id"]
+    labels = ["--filter", f"label=dev.pienv.store={store}", "--filter", "label=dev.pienv.role"]
+    ps = subprocess.run(
+        ["docker", "ps", "-a", "--format", '{{.Label "dev.pienv.role"}}', *labels],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert "flatten" not in ps
+    pienv("flatten")  # and the flatten itself works again

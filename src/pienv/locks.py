@@ -197,6 +197,7 @@ def acquire(
     start = time.monotonic()
     deadline = None if not wait else start + float(wait)
     told_commit = False
+    unrecorded = 0.0  # when a held lock's record was first seen missing
     while True:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -206,9 +207,11 @@ def acquire(
                 os.close(fd)
                 raise
             holder = read_holder(locks_dir, branch)
-            # No record yet: its holder took the lock a moment ago (or `status` is probing
-            # a free lock). Look again before calling it busy.
-            transient = holder is None and time.monotonic() - start < 0.5
+            # No record: its holder took the lock a moment ago, or is releasing it (record
+            # cleared, descriptor not yet closed), or `status` is probing a free lock. Look
+            # again for a while from when the record went missing before calling it busy.
+            unrecorded = (unrecorded or time.monotonic()) if holder is None else 0.0
+            transient = holder is None and time.monotonic() - unrecorded < 0.5
             if transient or finishing(holder):
                 long_wait = time.monotonic() - start >= QUIET_WAIT
                 if on_wait is not None and holder is not None and long_wait and not told_commit:

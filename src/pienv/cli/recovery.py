@@ -32,11 +32,12 @@ def orphans(as_json: JsonOpt = False) -> None:
         ui.out("no orphans")
         return
     ui.table(
-        ["container", "branch", "parent", "age", "state", "changes", "holder"],
+        ["container", "kind", "branch", "parent", "age", "state", "changes", "holder"],
         keep=("container", "branch", "parent"),
         rows=[
             (
                 o.container[:12],
+                o.kind,
                 name_of(o.branch),
                 o.parent[:12],
                 ui.age(o.started),
@@ -90,8 +91,12 @@ def clean_orphans(
         return
     for o in listed:
         ui.out(
-            f"{'would remove' if dry_run else 'remove'} {o.container[:12]} ({name_of(o.branch)}, "
-            f"{ui.size(o.size)} of changes)"
+            f"{'would remove' if dry_run else 'remove'} {o.container[:12]} "
+            + (
+                f"({name_of(o.branch)}, {ui.size(o.size)} of changes)"
+                if o.kind == "run"
+                else f"(left by a killed {o.kind})"
+            )
         )
     if dry_run:
         return

@@ -66,7 +66,7 @@ def recover(ctx: Context, target: str | None) -> list[Recovered]:
 
 
 def clean(ctx: Context, dry_run: bool) -> list[Orphan]:
-    gone = [o for o in orphans(ctx, with_size=True) if o.recoverable]
+    gone = [o for o in orphans(ctx, with_size=True) if o.removable]
     if not dry_run:
         engine = ctx.engine()
         for o in gone:

@@ -19,6 +19,7 @@ from pienv.context import Context
 from pienv.engine import EMPTY_LAYER, Engine, ImageInfo
 from pienv.errors import EngineError, MaxDepthExceeded
 from pienv.model import LABEL, Commit, CommitKind, short
+from pienv.runloop.helpers import FLATTEN, helper_labels
 from pienv.runloop.sandbox import ENV_FILE, TMPFS, WORKSPACE
 from pienv.runloop.spec import MountPoint
 from pienv.store import crashpoint
@@ -295,8 +296,11 @@ def flatten_image(
         if on_progress is not None:
             on_progress(done, max(info.size, done))
 
-    cid = engine.create_stopped(image_id)
+    # Labelled (the copy is exported, never committed): a kill -9 here leaves it Created,
+    # and `pienv orphans` lists it by these labels.
+    cid = engine.create_stopped(image_id, labels=helper_labels(ctx.store_id, FLATTEN))
     try:
+        crashpoint("flattening")  # tests: pienv killed while its copy container exists
         new_id = _squash_commit(engine, cid, info, draft.labels(ctx.store_id), counted)
     finally:
         engine.remove_container(cid, force=True)

@@ -11,6 +11,7 @@ from pienv.errors import PienvError
 from pienv.model import Commit
 from pienv.runloop.agent import INSTALLED_LABEL
 from pienv.runloop.commits import finish
+from pienv.runloop.helpers import INSTALL, helper_labels
 from pienv.runloop.launch import Sink, create
 from pienv.runloop.spec import ContainerSpec
 
@@ -62,7 +63,10 @@ def install(
     engine = ctx.engine()
     parent = spec.image
     parent_image = engine.inspect_image(parent)
-    cid = create(engine, spec)
+    # Who installs, on the container (its commit overwrites these keys): a kill -9 of pienv
+    # leaves it Created or exited, and `pienv orphans` lists it by them.
+    mine = helper_labels(ctx.store_id, INSTALL)
+    cid = create(engine, replace(spec, extra_labels={**spec.extra_labels, **mine}))
     try:
         err(f"pienv: installing {agent.label}: {agent.install}\n".encode())
         tail = b""  # the end of the install's output: what a failure is read from

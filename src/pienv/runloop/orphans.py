@@ -12,6 +12,7 @@ from pienv.context import Context
 from pienv.locks import name_of
 from pienv.model import INTERNAL, LABEL, JsonResult, RunInfo, short
 from pienv.runloop.finish import finalize
+from pienv.runloop.helpers import KINDS
 from pienv.runloop.sandbox import remove_env_file
 
 if TYPE_CHECKING:
@@ -32,10 +33,16 @@ class Orphan(JsonResult):
     handled: bool  # the branch lock is held: a live run or finalizer owns it
     size: int
     info: RunInfo = field(metadata=INTERNAL)
+    kind: str = "run"  # or a helper's (runloop/helpers.py): flatten, install
 
     @property
     def recoverable(self) -> bool:
-        return self.state != "running" and not self.handled
+        return self.kind == "run" and self.state != "running" and not self.handled
+
+    @property
+    def removable(self) -> bool:
+        """What `clean-orphans` removes: a recoverable run, or a dead pienv's helper."""
+        return self.recoverable or (self.kind != "run" and not self.holder_alive)
 
 
 def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
@@ -79,8 +86,44 @@ def run_containers(ctx: Context, with_size: bool = False) -> list[Orphan]:
 
 
 def orphans(ctx: Context, with_size: bool = True) -> list[Orphan]:
-    """Run containers no live run owns (their pienv died, and no finalizer is at work)."""
-    return [o for o in run_containers(ctx, with_size) if not (o.handled and o.holder_alive)]
+    """Run containers no live run owns (their pienv died, and no finalizer is at work), then
+    the helper containers (a flatten's copy, an install) a dead pienv left."""
+    runs = [o for o in run_containers(ctx, with_size) if not (o.handled and o.holder_alive)]
+    return runs + helper_orphans(ctx)
+
+
+def helper_orphans(ctx: Context) -> list[Orphan]:
+    """Helper containers of this store whose pienv is dead (a kill -9 during a flatten or an
+    install: nothing else removes them)."""
+    engine = ctx.engine()
+    out = []
+    for kind in KINDS:
+        for row in engine.containers(
+            [f"{LABEL}store={ctx.refs().store_id}", f"{LABEL}role={kind}"]
+        ):
+            info = RunInfo.from_labels(dict(row.labels))
+            holder = locks.Holder(info.pid, info.pid_start, info.host, info.started, "", "")
+            if holder.alive():
+                continue  # its pienv is at work on it
+            out.append(
+                Orphan(
+                    container=row.id,
+                    name=row.name,
+                    branch=info.branch,
+                    parent=info.parent,
+                    started=info.started,
+                    state=row.state,
+                    exit_code=None,
+                    holder_pid=info.pid,
+                    holder_alive=False,
+                    handled=False,
+                    size=0,
+                    info=info,
+                    kind=kind,
+                )
+            )
+    out.sort(key=lambda o: o.started)
+    return out
 
 
 def auto_recover(ctx: Context, branch: str | None) -> list[str]:
