@@ -268,3 +268,20 @@ def test_a_killed_flatten_leaves_a_container_orphans_lists_and_clean_removes(
     ).stdout.split()
     assert "flatten" not in ps
     pienv("flatten")  # and the flatten itself works again
+
+
+def test_show_diff_and_branch_say_when_their_commits_are_gone(pienv: Pienv) -> None:
+    """`docker rmi` of a head: `log` and `status` said so, `show`, `diff` and `branch` did
+    not."""
+    pienv("run", "--", "touch", "/a")
+    pienv("run", "--", "touch", "/b")
+    head = pienv.head()
+    subprocess.run(["docker", "rmi", "-f", _tag(pienv, head)], check=True, capture_output=True)
+    for args in (("show", "HEAD~1"), ("diff", "HEAD~1", "HEAD"), ("branch",)):
+        r = pienv(*args, check=False)
+        assert r.code != 3, (args, r.log)
+        if args[0] == "show":
+            assert "gone" not in r.err, args  # what it shows is there
+        else:
+            assert "1 of the" in r.err and "gone from the engine" in r.err, (args, r.err)
+    assert "gone from the engine" in pienv("show", "HEAD", check=False).err

@@ -139,13 +139,15 @@ def _shown(cid: str, commits: Mapping[str, Commit]) -> str:
     return cid
 
 
-def _warn_missing(ctx: Context, store_id: str, starts: list[str]) -> None:
-    """Say what Docker deleted or untagged of the history shown (log works without an
-    engine: then it says nothing)."""
+def _warn_missing(
+    ctx: Context, store_id: str, starts: list[str], what: str = "this history", deep: bool = True
+) -> None:
+    """Say what Docker deleted or untagged of the commits shown (``deep``: and of their
+    ancestors); one image listing. A command that works without an engine says nothing."""
     from pienv.ops.integrity import history_warnings
 
     try:
-        for text in history_warnings(ctx, store_id, starts, "this history"):
+        for text in history_warnings(ctx, store_id, starts, what, deep):
             ctx.report.warn(text)
     except PienvError:
         pass
@@ -192,6 +194,7 @@ def show(ctx: Context, rev: str) -> ShowResult:
     refs = ctx.refs()
     cid = ctx.resolve(rev, refs)
     commit = ctx.commit(cid)
+    _warn_missing(ctx, refs.store_id, [cid], f"commit {short(cid)}", deep=False)
     changes = commit_changes(ctx, commit)
     return ShowResult(commit, tuple(decorations(refs).get(cid, ())), changes)
 
@@ -260,6 +263,7 @@ def diff(
     refs = ctx.refs()
     old = ctx.resolve(rev_a, refs)
     new = ctx.resolve(rev_b, refs) if rev_b else ctx.resolve("HEAD", refs)
+    _warn_missing(ctx, refs.store_id, [old, new], "this diff", deep=False)
     step = ctx.report.progress
     if packages:
         step(f"reading the package databases of {short(old)} and {short(new)}")
@@ -366,6 +370,7 @@ def branches(ctx: Context, remotes: bool = False) -> list[BranchInfo]:
     if remotes:
         listed |= {f"remotes/{n}": c for n, c in tracking_refs(ctx.store).items()}
     ancestry = dag.ancestor_sets(commits, listed.values())
+    _warn_missing(ctx, refs.store_id, list(refs.branches.values()), "the branches")
     out = []
     for name, cid in sorted(listed.items(), key=lambda kv: (kv[0].startswith("remotes/"), kv[0])):
         anc = ancestry[cid]

@@ -59,14 +59,18 @@ def likely_cause(gone: int, total: int) -> str:
     return "`docker rmi`, `docker image prune -a` or `docker system prune -a`?"
 
 
-def history_warnings(ctx: Context, store_id: str, heads: list[str], what: str) -> list[str]:
-    """What a command reading ``heads`` (and their ancestors) should say about images deleted
-    or untagged behind pienv's back: one listing of the store's images, nothing more when all
-    are there. Engine errors propagate (callers that work without an engine catch them)."""
+def history_warnings(
+    ctx: Context, store_id: str, heads: list[str], what: str, ancestors: bool = True
+) -> list[str]:
+    """What a command reading ``heads`` (and, with ``ancestors``, their ancestors) should say
+    about images deleted or untagged behind pienv's back: one listing of the store's images,
+    nothing more when all are there. Engine errors propagate (callers that work without an
+    engine catch them)."""
     commits = ctx.store.commits()
     wanted: set[str] = set(heads)
-    for ancestors in dag.ancestor_sets(commits, [h for h in heads if h in commits]).values():
-        wanted |= ancestors
+    if ancestors:
+        for found in dag.ancestor_sets(commits, [h for h in heads if h in commits]).values():
+            wanted |= found
     if not wanted:
         return []
     engine = ctx.engine()
@@ -74,7 +78,12 @@ def history_warnings(ctx: Context, store_id: str, heads: list[str], what: str) -
     s = survey(engine, store_id, rows, wanted)
     out = []
     gone = s.gone & wanted
-    if gone:
+    if gone and len(wanted) == 1:
+        out.append(
+            f"{what} is gone from the engine (deleted outside pienv: "
+            f"{likely_cause(1, 1)}); docs/recovery.md says the way back"
+        )
+    elif gone:
         out.append(
             f"{len(gone)} of the {len(wanted)} commits of {what} are gone from the engine "
             f"(deleted outside pienv: {likely_cause(len(gone), len(wanted))}); `pienv fsck` "
