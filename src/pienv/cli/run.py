@@ -12,6 +12,40 @@ from pienv.errors import UsageError
 app = family()
 
 
+# The run's limits, ports and GPUs (docs/limits.md).
+CpusOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--cpus", metavar="N", help="Cores the run may use (default: all but one; 0: no limit)."
+    ),
+]
+MemoryOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--memory",
+        metavar="SIZE",
+        help="Memory the run may use, e.g. 4g (default: 3/4 of the host's; 0: no limit).",
+    ),
+]
+PidsOpt = Annotated[
+    str | None,
+    typer.Option("--pids", metavar="N", help="Processes the run may have (default 4096)."),
+]
+PublishOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--publish",
+        "-p",
+        metavar="PORT",
+        help="Publish the container's PORT (or HOST_PORT:PORT) on 127.0.0.1 (repeatable).",
+    ),
+]
+GpusOpt = Annotated[
+    str | None,
+    typer.Option("--gpus", metavar="all|N", help="Pass GPUs through (engines that can)."),
+]
+
+
 @app.command(context_settings={"allow_interspersed_args": False})
 def run(
     command: Annotated[
@@ -53,37 +87,11 @@ def run(
             "allow-list, none, open (default: the branch's `pienv egress` policy).",
         ),
     ] = None,
-    cpus: Annotated[
-        str | None,
-        typer.Option(
-            "--cpus", metavar="N", help="Cores the run may use (default: all but one; 0: no limit)."
-        ),
-    ] = None,
-    memory: Annotated[
-        str | None,
-        typer.Option(
-            "--memory",
-            metavar="SIZE",
-            help="Memory the run may use, e.g. 4g (default: 3/4 of the host's; 0: no limit).",
-        ),
-    ] = None,
-    pids: Annotated[
-        str | None,
-        typer.Option("--pids", metavar="N", help="Processes the run may have (default 4096)."),
-    ] = None,
-    publish: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--publish",
-            "-p",
-            metavar="PORT",
-            help="Publish the container's PORT (or HOST_PORT:PORT) on 127.0.0.1 (repeatable).",
-        ),
-    ] = None,
-    gpus: Annotated[
-        str | None,
-        typer.Option("--gpus", metavar="all|N", help="Pass GPUs through (engines that can)."),
-    ] = None,
+    cpus: CpusOpt = None,
+    memory: MemoryOpt = None,
+    pids: PidsOpt = None,
+    publish: PublishOpt = None,
+    gpus: GpusOpt = None,
 ) -> None:
     """Run the agent (or CMD) in the env branch's container.
 
