@@ -115,7 +115,9 @@ PRESETS: dict[str, Preset] = {
             "opencode-ai",
             "1.18.33",
             env=("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "GEMINI_API_KEY", "OPENROUTER_API_KEY"),
-            state=(".local/share/opencode", ".config/opencode"),
+            # ~/.local/state/opencode: its prompt history, model choice and a locks dir it
+            # touches every session (a "metadata only" commit each time if it were committed).
+            state=(".local/share/opencode", ".config/opencode", ".local/state/opencode"),
         ),
         Preset(
             "aider",
