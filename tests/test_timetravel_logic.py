@@ -199,3 +199,31 @@ def test_code_snapshot_leaves_out_huge_untracked_files(
     assert snap is not None
     assert git(repo, "ls-tree", "-r", "--name-only", snap.code).split() == ["README"]
     assert "untracked files left out" in git(repo, "log", "-1", "--format=%s", snap.code)
+
+
+@pytest.mark.parametrize(
+    ("what", "value"),
+    [
+        ("user", "1000:1000\nRUN touch /pwned"),
+        ("user", "$EVIL"),
+        ("workdir", "/workspace\nRUN id"),
+        ("workdir", "relative"),
+        ("base", "img\nRUN id"),
+        ("base", "${X}"),
+    ],
+)
+def test_export_refuses_labels_that_would_write_dockerfile_lines(what: str, value: str) -> None:
+    """A pulled branch's labels cannot add or change instructions of an exported Dockerfile."""
+    from pienv.errors import PienvError
+    from pienv.ops.export import plain
+
+    with pytest.raises(PienvError, match="not a plain value"):
+        plain(what, value)
+
+
+def test_export_keeps_plain_labels() -> None:
+    from pienv.ops.export import plain
+
+    assert plain("user", "4321:4321") == "4321:4321"
+    assert plain("workdir", "/workspace/sub-dir") == "/workspace/sub-dir"
+    assert plain("base", "pienv-test/realistic:f19ebd9958ca") == "pienv-test/realistic:f19ebd9958ca"

@@ -12,14 +12,34 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from dataclasses import dataclass
 
 from pienv.context import Context
 from pienv.engine import INIT_MOUNTS
+from pienv.errors import PienvError
 from pienv.model import Commit, JsonResult, short
 from pienv.ops import probe, replay
 from pienv.runloop.commits import host_ids
 from pienv.runloop.sandbox import ENV_FILE, WRAPPER
+
+# What a label may hold to become a Dockerfile instruction's argument: labels come with a
+# pulled branch too, and a newline or a `$` there would add or change instructions.
+_PLAIN = {
+    "base": re.compile(r"[A-Za-z0-9][A-Za-z0-9._/:@-]*"),
+    "user": re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:-]*"),
+    "workdir": re.compile(r"/[A-Za-z0-9_./@+,=-]*"),
+}
+
+
+def plain(what: str, value: str) -> str:
+    """``value`` when it is a plain base image, user or working directory; else refuse."""
+    if not _PLAIN[what].fullmatch(value):
+        raise PienvError(
+            f"the recorded {what} {value!r} is not a plain value (a label from another "
+            "store?): not writing it into a Dockerfile"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -109,7 +129,7 @@ def _from_lines(ctx: Context, root: Commit, base: str) -> list[str]:
         ]
     unpack = 'echo "$0" | base64 -d | tar -xzpf - -C /'
     return [
-        f"ARG PIENV_BASE={base}",
+        f"ARG PIENV_BASE={plain('base', base)}",
         "FROM ${PIENV_BASE}",
         _comment(
             f"pienv's root layer ({root.short}): the host user's passwd/group entry, its home "
@@ -148,9 +168,9 @@ def dockerfile(ctx: Context, rev: str | None) -> Exported:
         replayed += 1
         if (item.user or host_ids()) != user:
             user = item.user or host_ids()
-            lines.append(f"USER {user}")
+            lines.append(f"USER {plain('user', user)}")
         if item.workdir != workdir:
             workdir = item.workdir
-            lines.append(f"WORKDIR {workdir}")
+            lines.append(f"WORKDIR {plain('workdir', workdir)}")
         lines.append(run_line(c.command, env, c.exit_code))
     return Exported(head, root.id, "\n".join(lines) + "\n", replayed, by_hand)
