@@ -62,7 +62,7 @@ echo "== denied"; python3 -c 'import urllib.request as u; u.urlopen("https://{pi
 echo "== sudo"; sudo -n true && echo sudo-ok; sudo -n python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)' 2>&1 | tail -1
 sudo -n sh -c 'echo "nameserver 1.1.1.1" > /etc/resolv.conf' 2>&1; getent hosts {pip_host}; echo "getent=$?"
 echo "== key"; echo "$ANTHROPIC_API_KEY $ANTHROPIC_BASE_URL"; env | grep -c {key}; sudo -n grep -rl {key} / --exclude-dir=proc --exclude-dir=sys 2>/dev/null | head -3
-echo "== end"; touch /tmp/changed
+echo "== end"; touch ~/changed  # /tmp is a tmpfs: a change must land elsewhere
 """
     r = p("run", "--", "sh", "-c", script, env={"ANTHROPIC_API_KEY": key}, timeout=300)
     s = sections(r.out)
@@ -95,7 +95,7 @@ echo "== end"; touch /tmp/changed
         "--",
         "sh",
         "-c",
-        f"python3 -c 'import urllib.request as u; u.urlopen(\"https://{pip_host}/simple/six/\", timeout=30)' && touch /tmp/observed",
+        f"python3 -c 'import urllib.request as u; u.urlopen(\"https://{pip_host}/simple/six/\", timeout=30)' && touch ~/observed",
         timeout=300,
     )
     learned = json.loads(p("egress", "learn", "--json").out)
