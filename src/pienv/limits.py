@@ -108,8 +108,10 @@ def gpu_request(text: str) -> dict[str, Any]:
 
 
 def killed_for_memory(exit_code: int, oom: bool, memory: int | None) -> str | None:
-    """The line a run killed by the kernel for memory gets (the engine's OOMKilled)."""
-    if not oom or exit_code == 0:
+    """The line a run killed by the kernel for memory gets. ``oom`` is the engine's
+    OOMKilled; Podman 4.3 never sets it when the killed process is not the container's first
+    (pienv runs an init), so a SIGKILL (exit 137) under a memory limit gets a hedged line."""
+    if exit_code == 0 or not (oom or (exit_code == 137 and memory)):
         return None
     if not memory:
         limit = "the memory it could get"
@@ -117,4 +119,9 @@ def killed_for_memory(exit_code: int, oom: bool, memory: int | None) -> str | No
         limit = f"its {memory / 2**20:.0f} MiB of memory"
     else:
         limit = f"its {memory / 2**30:.1f} GiB of memory"
+    if not oom:
+        return (
+            f"the command was killed (SIGKILL); if it ran out of memory, its limit is {limit[4:]}"
+            " (--memory, [run] memory)"
+        )
     return f"the command was killed for using more than {limit} (--memory, [run] memory)"
