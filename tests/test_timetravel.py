@@ -309,7 +309,9 @@ def test_prune_releases_the_code_snapshots_of_removed_commits(pienv: Pienv) -> N
 
 
 def test_rebase_replays_the_agent_install_once(pienv: Pienv, base_image: str) -> None:
-    install = "mkdir -p ~/.local/bin && printf '#!/bin/sh\\necho hi\\n' > ~/.local/bin/myagent"
+    # The TOML value holds backslash-n for printf, not a line break: Podman's commit refuses
+    # a line break in a label's value (engine/dialects/podman.py).
+    install = "mkdir -p ~/.local/bin && printf '#!/bin/sh\\\\necho hi\\\\n' > ~/.local/bin/myagent"
     install += " && chmod +x ~/.local/bin/myagent"
     pienv.home.mkdir(parents=True, exist_ok=True)
     (pienv.home / "config.toml").write_text(
