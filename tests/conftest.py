@@ -411,8 +411,15 @@ def _cleanup(p: Pienv) -> None:
     # a parent whose child is still there, and commits made in one second tie on Created).
     # Commits fetched from a remote keep the labels of the store that made them: this store
     # only tagged them (pienv/<store id>:<short>).
-    fetched = client.api.images(filters={"reference": f"pienv/{store_id}:*"})
-    for img in client.api.images(filters={"label": f"dev.pienv.store={store_id}"}) + fetched:
+    # Of those, only this store's tags go: the store that made them (a clone's source on the
+    # same engine) keeps its own, or Podman deletes its commits with their last tag.
+    own = f"pienv/{store_id}:"
+    fetched = client.api.images(filters={"reference": f"{own}*"})
+    for img in client.api.images(filters={"label": f"dev.pienv.store={store_id}"}):
         for ref in img.get("RepoTags") or [img["Id"]]:
+            with contextlib.suppress(docker.errors.APIError):
+                client.api.remove_image(ref)
+    for img in fetched:
+        for ref in [t for t in img.get("RepoTags") or [] if t.startswith(own)]:
             with contextlib.suppress(docker.errors.APIError):
                 client.api.remove_image(ref)

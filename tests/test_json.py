@@ -193,7 +193,9 @@ def test_every_json_output_has_the_documented_keys(pienv: Pienv, tmp_path: Path)
         "fsck": ("fsck",),
         "doctor": ("doctor",),
     }.items():
-        outputs[cmd] = json.loads(pienv(*args, "--json", check=False).out)
+        r = pienv(*args, "--json", check=False)
+        assert r.out, (cmd, r.code, r.err)
+        outputs[cmd] = json.loads(r.out)
     shapes = doc_shapes()
     assert set(outputs) == set(shapes)
     missing = []
