@@ -16,7 +16,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pienv.engine import bodies, streams
+import pienv.engine.bodies as bodies
+import pienv.engine.streams as streams
 from pienv.engine.connect import Connection
 from pienv.engine.dialects import INIT_MOUNTS
 from pienv.engine.http import NO_TIMEOUT, HTTPError

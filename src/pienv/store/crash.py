@@ -11,7 +11,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from pienv.store import home
+import pienv.store.home as home
 
 _CRASH_STEP, _, _CRASH_MODE = os.environ.get("PIENV_TEST_CRASH_AT", "").partition("+")
 

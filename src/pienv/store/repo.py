@@ -14,9 +14,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pienv.store.home as homemod
 from pienv.errors import StoreError
 from pienv.model import SCHEMA, Commit
-from pienv.store import home as homemod
 from pienv.store.crash import crashpoint
 from pienv.store.files import Disk, Files, dump, dump_lines, os_error, parse_line
 from pienv.store.index import IndexMixin
