@@ -4,8 +4,11 @@ records, remote locations, the engine's logins, and what the push scan calls a c
 from __future__ import annotations
 
 import base64
+import http.server
 import json
+import threading
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from hypothesis import given
@@ -167,3 +170,39 @@ def test_remote_names_complete_from_the_store(
         json.dumps({"schema": 1, "remotes": {"origin": "a.example/x", "backup": "b.example/y"}})
     )
     assert remote_names() == ["backup", "origin"]
+
+
+class _Flaky(http.server.BaseHTTPRequestHandler):
+    """Answers 500 to the first two requests of each method, then 200."""
+
+    seen: ClassVar[dict[str, int]] = {}
+
+    def _answer(self) -> None:
+        n = self.seen[self.command] = self.seen.get(self.command, 0) + 1
+        self.send_response(500 if n <= 2 else 200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_PUT = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_reads_are_retried_through_a_registrys_passing_server_error_but_writes_are_not() -> None:
+    # Distribution answers 500 to a GET that races another client's PUT of the same tag.
+    _Flaky.seen = {}
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        client = registry.Client(registry.parse_location(f"127.0.0.1:{port}/t/env"))
+        assert client.request("GET", "/manifests/b-main").status == 200
+        assert _Flaky.seen["GET"] == 3
+        with pytest.raises(registry.RegistryError, match="answered 500 to PUT"):
+            client.request("PUT", "/manifests/b-main", body=b"{}")
+        assert _Flaky.seen["PUT"] == 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import subprocess
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -37,6 +38,11 @@ MANIFESTS = (
 )
 DOCKER_HUB = "registry-1.docker.io"
 MAX_TAG_PAGES = 10_000  # of 1,000 tags each
+# Reads are retried on a server error: Distribution's filesystem storage writes a tag's link
+# in place, so a GET racing another client's PUT of that tag can read it half-written and
+# answer 500 (measured: two stores pushing at once). Writes are never retried here.
+_READ_RETRY_PAUSES = (0.2, 0.5, 1.0, 2.0)
+_RETRIED = (429, 500, 502, 503, 504)
 _TAG_OK = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 # host[:port]: a DNS name or IPv4 address, or [IPv6]; nothing else (no user:password@, which
 # pienv would otherwise keep in remotes.json, no spaces or control characters).
@@ -276,6 +282,12 @@ class Client:
         if resp.status == 401 and self._auth is None:
             self._auth = self._authorize(resp.headers.get("www-authenticate", ""))
             resp = self._send(method, url, headers or {}, body)
+        if method in ("GET", "HEAD"):
+            for pause in _READ_RETRY_PAUSES:
+                if resp.status not in _RETRIED:
+                    break
+                time.sleep(pause)
+                resp = self._send(method, url, headers or {}, body)
         if resp.status in ok or resp.status == 404:
             return resp
         if resp.status in (401, 403):
