@@ -99,6 +99,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.engine)
 
 
+def package_registries(require: bool | None = None) -> dict[str, tuple[str, ...]]:
+    """The npm and pip registries this machine's own tools are configured for (read at run time,
+    never named in the repo). Without them the egress tests cannot reach the outside world: in
+    CI that is a failure (a skip there once hid the whole boundary), elsewhere a skip."""
+    from pienv import egress
+
+    regs = egress.registry_hosts()
+    if "npm" in regs and "pip" in regs:
+        return regs
+    reason = f"npm and pip registries not configured here (npm/pip config): {regs}"
+    if REQUIRE_ENGINE if require is None else require:
+        pytest.fail(f"egress tests need the package registries in CI: {reason}")
+    pytest.skip(reason)
+
+
 @pytest.fixture(scope="session")
 def engine_available() -> None:
     try:

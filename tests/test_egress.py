@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from conftest import package_registries
 
 from pienv import egress, egressaudit, egressnet
 from pienv.engine import Engine
@@ -29,10 +30,7 @@ pytestmark = [pytest.mark.engine, pytest.mark.realistic]
 
 @pytest.fixture(scope="module")
 def registries() -> dict[str, tuple[str, ...]]:
-    regs = egress.registry_hosts()
-    if "npm" not in regs or "pip" not in regs:
-        pytest.skip(f"npm and pip registries not configured here: {regs}")
-    return regs
+    return package_registries()
 
 
 @pytest.fixture(scope="module")

@@ -222,3 +222,15 @@ def test_plain_http_forwards_one_request_and_its_body_only(
     got = asyncio.run(scenario())
     assert got.startswith(b"POST /a HTTP/1.1\r\n") and got.endswith(b"\r\n\r\nbody"), got
     assert b"evil.example" not in got, got
+
+
+def test_missing_registries_fail_the_egress_tests_in_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without npm on PATH the registries cannot be read: CI (PIENV_REQUIRE_ENGINE) fails the
+    egress tests instead of skipping the whole boundary; elsewhere they skip."""
+    from conftest import package_registries
+
+    monkeypatch.setenv("PATH", "/nonexistent")
+    with pytest.raises(pytest.fail.Exception, match="need the package registries in CI"):
+        package_registries(require=True)
+    with pytest.raises(pytest.skip.Exception, match="not configured here"):
+        package_registries(require=False)

@@ -11,18 +11,14 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from conftest import NonrootPienv, on_podman
-
-from pienv import egress
+from conftest import NonrootPienv, on_podman, package_registries
 
 pytestmark = [pytest.mark.engine, pytest.mark.realistic, pytest.mark.nonroot]
 
 
 @pytest.fixture(scope="module")
 def registries() -> dict[str, tuple[str, ...]]:
-    regs = egress.registry_hosts()
-    if "npm" not in regs or "pip" not in regs:
-        pytest.skip(f"npm and pip registries not configured here: {regs}")
+    regs = package_registries()
     if on_podman():
         pytest.skip("rootful Podman beside Docker drops internal-network traffic (test_egress.py)")
     return regs
