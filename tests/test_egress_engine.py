@@ -88,7 +88,8 @@ def egressnet_caps() -> tuple[str, ...]:
 @pytest.mark.xfail(
     strict=True,
     reason="the runs of a store share one internal network: an agent reaches another run's "
-    "container directly (docs/security.md: per-run networks would close it, at a cost per run)",
+    "container directly (docs/network.md: enable_icc=false cuts the proxy off too; per-run "
+    "networks would close it at ~0.3 s a run)",
 )
 def test_an_agent_cannot_reach_another_runs_container(
     proxy: tuple[Engine, egressnet.Proxy], base_image: str
