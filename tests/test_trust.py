@@ -285,3 +285,24 @@ def test_show_diff_and_branch_say_when_their_commits_are_gone(pienv: Pienv) -> N
         else:
             assert "1 of the" in r.err and "gone from the engine" in r.err, (args, r.err)
     assert "gone from the engine" in pienv("show", "HEAD", check=False).err
+
+
+@pytest.mark.parametrize(
+    ("kind", "command"),
+    [("diff", ("diff", "--packages", "HEAD~1")), ("export", ("export", "--dockerfile"))],
+)
+def test_a_killed_read_leaves_a_labelled_helper_orphans_lists_and_clean_removes(
+    pienv: Pienv, kind: str, command: tuple[str, ...]
+) -> None:
+    """The never-started containers `diff --packages` and `export` read files from were
+    unlabelled: a kill -9 of pienv mid-read left a Created container nothing named. Now each
+    carries its store and kind, and `orphans` lists it once its pienv is dead."""
+    pienv("run", "--", "touch", "/a")
+    r = pienv(*command, env={"PIENV_TEST_CRASH_AT": f"created-{kind}"}, check=False)
+    assert r.code == -9, (r.out, r.err)
+    rows = json.loads(pienv("orphans", "--json").out)
+    # (diff reads its two commits at once: one helper each)
+    assert {(o["kind"], o["state"], o["holder_alive"]) for o in rows} == {(kind, "created", False)}
+    assert f"left by a killed {kind}" in pienv("clean-orphans", "--yes").out
+    assert json.loads(pienv("orphans", "--json").out) == []
+    assert pienv(*command).code == 0  # and the command itself works again

@@ -8,7 +8,7 @@ from functools import cached_property
 from typing import TYPE_CHECKING
 
 from pienv import config as configmod
-from pienv.errors import UsageError
+from pienv.errors import PienvError, UsageError
 from pienv.locks import name_of
 from pienv.model import Commit, is_hex_prefix, parse_rev, short
 from pienv.report import Reporter
@@ -43,7 +43,17 @@ class Context:
             from pienv.engine import Engine
 
             self._engine = Engine()
+            self._engine.helper_labels = self._helper_labels
         return self._engine
+
+    def _helper_labels(self, kind: str) -> dict[str, str]:
+        """The labels of a helper container this command makes (runloop/helpers.py)."""
+        from pienv.runloop.helpers import helper_labels
+
+        try:
+            return helper_labels(self.store_id, kind)
+        except PienvError:  # no store (yet): nothing of it to label
+            return {}
 
     def refs(self) -> Refs:
         refs = self.store.load_refs()

@@ -42,6 +42,10 @@ class Engine(Connection):
     """A connection to one Docker engine (DOCKER_HOST or the current Docker context) and
     what pienv asks of it: each call returns ids, records (records.py) or plain values."""
 
+    # Labels for a helper container of a kind (Context.engine sets it: runloop/helpers.py);
+    # None: an engine with no store (its helpers are unlabelled).
+    helper_labels: Callable[[str], dict[str, str]] | None = None
+
     # -- engine ----------------------------------------------------------------------------
 
     def version(self) -> EngineVersion:
@@ -255,9 +259,19 @@ class Engine(Connection):
             "(unset DOCKER_HOST, `docker context use default`)",
         )
 
-    def create_stopped(self, image: str, labels: dict[str, str] | None = None) -> str:
-        """A container that is never started (for commits and exports of an image)."""
-        return self._create({"Image": self._ref(image), "Cmd": ["true"], "Labels": labels or {}})
+    def create_stopped(
+        self, image: str, labels: dict[str, str] | None = None, kind: str = "diff"
+    ) -> str:
+        """A container that is never started (for commits and exports of an image). Without
+        ``labels`` it is a helper of ``kind``: labelled by ``helper_labels`` (the store, the
+        kind, the pid that made it), so `pienv orphans` finds it if that pid is killed."""
+        if labels is None and self.helper_labels is not None:
+            labels = self.helper_labels(kind)
+        cid = self._create({"Image": self._ref(image), "Cmd": ["true"], "Labels": labels or {}})
+        from pienv.store.crash import crashpoint
+
+        crashpoint(f"created-{kind}")
+        return cid
 
     def run_streaming(
         self, cid: str, stdin_fd: int | None = None

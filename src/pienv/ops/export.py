@@ -91,7 +91,7 @@ def root_layer(ctx: Context, root: str, base: str) -> bytes | None:
     headers = [h for n, h in latest.items() if n.removeprefix("./").strip("/") not in ours]
     if any(".wh." in h.name or not (h.isfile() or h.isdir() or h.issym()) for h in headers):
         return None
-    cid = engine.create_stopped(root)
+    cid = engine.create_stopped(root, kind="export")
     buf = io.BytesIO()
     try:
         with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as out:

@@ -115,7 +115,7 @@ def _base_with_home(
     ctx: Context, base_image: str, old: str, branch: str | None, home: str
 ) -> Commit:
     engine = ctx.engine()
-    src = engine.create_stopped(old)
+    src = engine.create_stopped(old, kind="reset")
     try:
         data = engine.read_archive(src, home) or b""  # no home in the old env: start clean
     finally:
