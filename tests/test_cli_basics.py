@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from conftest import Pienv, git
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.one_engine]
 
 
 def test_worktree_add_existing_branch_reattaches_it(pienv: Pienv, tmp_path: Path) -> None:

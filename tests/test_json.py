@@ -16,6 +16,9 @@ import pytest
 from conftest import Pienv, _cleanup, on_podman
 from registry import Registry, plant_lost_update, running
 
+# Every --json shape once: which engine answered does not change the keys.
+pytestmark = pytest.mark.one_engine
+
 DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
 
 # A parsed shape: ("obj", {key: shape or None}) or ("list", shape).

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import Pienv
 
-pytestmark = pytest.mark.engine
+pytestmark = [pytest.mark.engine, pytest.mark.one_engine]
 
 
 @pytest.fixture
