@@ -306,3 +306,40 @@ def test_a_killed_read_leaves_a_labelled_helper_orphans_lists_and_clean_removes(
     assert f"left by a killed {kind}" in pienv("clean-orphans", "--yes").out
     assert json.loads(pienv("orphans", "--json").out) == []
     assert pienv(*command).code == 0  # and the command itself works again
+
+
+@pytest.mark.parametrize("step", ["installing", "installed"])
+def test_a_killed_install_loses_nothing_and_the_next_run_installs(pienv: Pienv, step: str) -> None:
+    """A kill -9 of pienv during an agent's install (its container made; its image committed
+    but not yet a commit): the branch is where it was, fsck finds no problem, `orphans` names
+    the install's container, and the next run installs again and runs the agent."""
+    from test_agent import INSTALL_OK, config, remove_volumes
+
+    config(pienv, f'[agent]\ncommand = ["myagent"]\ninstall = "{INSTALL_OK}"\n')
+    try:
+        pienv("run", "--", "true")  # the root commit
+        root = pienv.head()
+        r = pienv("run", env={"PIENV_TEST_CRASH_AT": step}, check=False)
+        assert r.code == -9, (r.out, r.err)
+        assert pienv.head() == root
+        fsck = pienv("fsck", check=False)
+        assert fsck.code == 0, (fsck.out, fsck.err)
+        rows = json.loads(pienv("orphans", "--json").out)
+        assert [(o["kind"], o["holder_alive"]) for o in rows] == [("install", False)]
+        r = pienv("run")
+        assert "hello from myagent" in r.out and "installing myagent" in r.err
+        assert pienv("log").out.count("install myagent") == 1
+        assert "left by a killed install" in pienv("clean-orphans", "--yes").out
+        assert json.loads(pienv("orphans", "--json").out) == []
+        fsck = pienv("fsck", check=False)
+        assert fsck.code == 0, (fsck.out, fsck.err)
+        store = pienv.refs()["store_id"]
+        stray = subprocess.run(
+            ["docker", "images", "-q", "--filter", f"label=dev.pienv.store={store}"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert len(stray) == len(json.loads(pienv("log", "--json").out))  # no unused image
+    finally:
+        remove_volumes(pienv)

@@ -107,7 +107,9 @@ def _check(ctx: Context, r: FsckResult) -> _Seen:
         if c.container and c.container in running:
             seen.in_flight.add(c.id)  # its run (or its recovery) has not indexed it yet
     on_engine = seen.on_engine
-    for cid in sorted(found.untagged):
+    # An untagged image in flight is a commit its run (or install) has made and not yet
+    # tagged: its container still exists, so nothing lost its tag.
+    for cid in sorted(found.untagged - seen.in_flight):
         r.problems.append(
             f"commit {short(cid)} lost its tag {commit_tag(store_id, cid)} (`docker rmi` or "
             "`docker tag` over it?); plain `docker image prune` could delete it"

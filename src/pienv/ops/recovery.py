@@ -13,6 +13,7 @@ from pienv.errors import UsageError
 from pienv.locks import DETACHED, name_of
 from pienv.model import LABEL
 from pienv.runloop.finish import finalize
+from pienv.runloop.helpers import INSTALL
 from pienv.runloop.orphans import Orphan, describe, orphans
 from pienv.runloop.sandbox import remove_env_file, run_token
 
@@ -72,7 +73,21 @@ def clean(ctx: Context, dry_run: bool) -> list[Orphan]:
         for o in gone:
             engine.remove_container(o.container, force=True)
             remove_env_file(ctx.store.runs_dir, o.name)
+            if o.kind == INSTALL:
+                _drop_unfinished_image(ctx, o.container)
     return gone
+
+
+def _drop_unfinished_image(ctx: Context, container: str) -> None:
+    """An install killed after its engine commit and before its commit was indexed left an
+    image labelled with its container that no branch, tag or index entry knows: the install
+    never happened (the next run installs again), so the image goes with its container."""
+    engine = ctx.engine()
+    index = ctx.store.commits()
+    rows = engine.images([f"{LABEL}store={ctx.store_id}", f"{LABEL}container={container}"])
+    for row in rows:
+        if row.id not in index:
+            engine.remove_image(row.id)
 
 
 # A run writes its env file just before it creates its container: younger files may belong

@@ -14,6 +14,7 @@ from pienv.runloop.commits import finish
 from pienv.runloop.helpers import INSTALL, helper_labels
 from pienv.runloop.launch import Sink, create
 from pienv.runloop.spec import ContainerSpec
+from pienv.store import crashpoint
 
 # What an install's output says went wrong, and what to do (first match wins): a missing
 # tool or an unreachable registry is not fixed by another version.
@@ -68,6 +69,7 @@ def install(
     mine = helper_labels(ctx.store_id, INSTALL)
     cid = create(engine, replace(spec, extra_labels={**spec.extra_labels, **mine}))
     try:
+        crashpoint("installing")  # tests: pienv killed with the install's container made
         err(f"pienv: installing {agent.label}: {agent.install}\n".encode())
         tail = b""  # the end of the install's output: what a failure is read from
         for stdout, stderr in engine.run_streaming(cid, None):
@@ -99,6 +101,7 @@ def install(
         labels = draft.labels(ctx.store_id)
         labels[INSTALLED_LABEL] = agent.install
         image_id = engine.commit(cid, parent_image, labels)
+        crashpoint("installed")  # tests: killed with the image made, not yet a commit
         commit = finish(ctx, engine, image_id, draft, None, parent_image)
         with ctx.store.transaction(f"install: {agent.label}") as txn:
             txn.move_head(branch, parent, commit.id)
