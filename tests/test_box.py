@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import NONROOT_UID, NonrootPienv
+from conftest import NONROOT_UID, NonrootPienv, Pienv, on_podman
 from conftest import git as _git
 
 # Written by the agent with sudo: every way the issue found to plant privilege on the host.
@@ -199,6 +199,25 @@ def test_pienv_never_writes_through_a_planted_symlink(nonroot: NonrootPienv) -> 
     assert "Traceback" not in r.err and list(outside.iterdir()) == []
 
 
+@pytest.mark.nonroot
+@pytest.mark.realistic
+def test_doctor_sweeps_what_a_run_killed_with_its_finalizer_planted(
+    nonroot_realistic: NonrootPienv,
+) -> None:
+    """kill -9 of pienv and its finalizer right after the command: no sweep came; `pienv
+    doctor` finds the unfinished run's workspace, defuses what it planted and names it."""
+    p = nonroot_realistic
+    plant = "cd /workspace && sudo cp /bin/bash s && sudo chmod 4755 s && echo PLANTED"
+    r = p("run", "--", "sh", "-c", plant, env={"PIENV_TEST_CRASH_AT": "handed+all"}, check=False)
+    assert "PLANTED" in r.out and (p.home / "crashed-at-handed").exists(), r.err
+    assert privileged(p.repo, NONROOT_UID) == ["setuid/setgid s", "owner 0 s"]
+    r = p("doctor", check=False)
+    line = next(ln for ln in r.out.splitlines() if "privilege" in ln)
+    assert str(p.repo) in line and "s (setuid, owner 0)" in line, r.out
+    assert privileged(p.repo, NONROOT_UID) == []
+    assert "nothing privileged" in p("doctor", check=False).out
+
+
 # -- races: a path swapped between pienv's check and the engine's mount -----------------------
 
 
@@ -289,3 +308,39 @@ def test_a_worktrees_common_dir_entry_swapped_for_a_symlink_is_never_mounted(
         stop.set()
         flip.join()
     assert wins == 0
+
+
+# -- prevented up front, per engine ------------------------------------------------------------
+
+
+def test_podman_dialect_mounts_binds_nosuid_nodev() -> None:
+    """Podman's compatible API takes nosuid,nodev in Binds (Docker's has no way to say it):
+    the dialect moves every bind mount there; a path with ':' stays in Mounts."""
+    from pienv.engine.dialects.podman import _nosuid_binds
+
+    host = {
+        "Mounts": [
+            {"Type": "bind", "Source": "/w", "Target": "/workspace", "ReadOnly": False},
+            {"Type": "bind", "Source": "/g/hooks", "Target": "/h", "ReadOnly": True},
+            {"Type": "bind", "Source": "/a:b", "Target": "/x", "ReadOnly": False},
+            {"Type": "volume", "Source": "state", "Target": "/home/agent/.pi", "ReadOnly": False},
+        ]
+    }
+    _nosuid_binds(host)
+    assert host["Binds"] == ["/w:/workspace:rw,nosuid,nodev", "/g/hooks:/h:ro,nosuid,nodev"]
+    assert [m["Source"] for m in host["Mounts"]] == ["/a:b", "state"]
+
+
+@pytest.mark.engine
+def test_workspace_is_nosuid_nodev_where_the_engine_takes_it(pienv: Pienv) -> None:
+    """On Podman the workspace and git mounts are nosuid,nodev inside the container (a setuid
+    file planted there gives nothing, in the container or through the mount); Docker's API
+    cannot say it, there the sweep does the work (docs/security.md)."""
+    r = pienv("run", "--no-commit", "--", "cat", "/proc/self/mountinfo")
+    lines = [ln.split() for ln in r.out.splitlines() if ln.split()[4:5] == ["/workspace"]]
+    assert lines, r.out
+    options = set(lines[0][5].split(","))
+    if on_podman():
+        assert {"nosuid", "nodev"} <= options, lines[0]
+    else:
+        assert "nosuid" not in options, "Docker took nosuid: say so in docs/security.md"

@@ -76,9 +76,14 @@ def missing_source(config: Mapping[str, Any], message: str) -> str:
     low = message.lower()
     if not any(s in low for s in ("does not exist", "no such file", "making volume mountpoint")):
         return ""
-    for mount in (config.get("HostConfig") or {}).get("Mounts") or ():
+    host = config.get("HostConfig") or {}
+    for mount in host.get("Mounts") or ():
         source = str(mount.get("Source") or "")
         if mount.get("Type") == "bind" and source and source in message:
+            return source
+    for bind in host.get("Binds") or ():  # "source:target:options" (Podman's dialect)
+        source = str(bind).split(":", 1)[0]
+        if source.startswith("/") and source in message:
             return source
     return ""
 

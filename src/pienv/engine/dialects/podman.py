@@ -84,6 +84,7 @@ class Podman(Dialect):
                 "Podman cannot pass GPUs through pienv (--gpus, [run] gpus)",
                 hint="use Docker with the NVIDIA Container Toolkit, or run without --gpus",
             )
+        _nosuid_binds(config.get("HostConfig") or {})
         image = engine.inspect_image(str(config["Image"]))
         config["UnsetEnvAll"] = True
         config["Env"] = list((image.config.get("Env") if image else None) or [])
@@ -103,6 +104,27 @@ class Podman(Dialect):
         # Podman follows a final symlink and answers 404 when its target is missing, yet
         # sends the link's own stat along: the path is there.
         return _PATH_STAT in headers
+
+
+def _nosuid_binds(host_config: dict[str, Any]) -> None:
+    """Bind mounts as ``Binds`` with ``nosuid,nodev`` (rule 13, prevented up front): Podman's
+    compatible API passes these options through (Docker's refuses them, and its ``Mounts``
+    form has no field for them), so a setuid file or a device node the agent makes in the
+    workspace works neither in the container nor through the mount. A source or target
+    holding ':' cannot be written as a ``Binds`` entry and stays in ``Mounts`` (the
+    post-run sweep still covers it)."""
+    mounts = host_config.get("Mounts") or []
+    keep: list[dict[str, Any]] = []
+    binds: list[str] = list(host_config.get("Binds") or [])
+    for m in mounts:
+        source, target = str(m.get("Source") or ""), str(m.get("Target") or "")
+        if m.get("Type") != "bind" or ":" in source + target:
+            keep.append(m)
+            continue
+        binds.append(f"{source}:{target}:{'ro' if m.get('ReadOnly') else 'rw'},nosuid,nodev")
+    if binds:
+        host_config["Mounts"] = keep
+        host_config["Binds"] = binds
 
 
 def changes(conf: Mapping[str, Any], have: Mapping[str, Any]) -> list[str]:
