@@ -217,6 +217,57 @@ def check_git_dirs(f: Found) -> list[Check]:
     return [Check("git dirs", "warn", "; ".join(dict.fromkeys(found)), fix)]
 
 
+def unfinished_runs(f: Found) -> dict[str, float]:
+    """Workspaces of runs that never finished (pienv and its finalizer killed: a stale lock's
+    holder, an orphan container), each with the earliest such run's start (epoch seconds)."""
+    from pienv.model import parse_time
+    from pienv.ops.recovery import orphans
+
+    runs: list[tuple[str, str]] = []
+    locks_dir = f.ctx.store.locks_dir
+    for name in locks.lock_names(locks_dir):
+        holder = locks.read_holder(locks_dir, name)
+        if holder and not locks.is_locked(locks_dir, name):
+            runs.append((holder.workspace, holder.since))
+    runs += [(o.info.workspace, o.started) for o in orphans(f.ctx, with_size=False)]
+    out: dict[str, float] = {}
+    for place, since in runs:
+        try:
+            start = parse_time(since).timestamp()
+        except ValueError:
+            start = 0.0  # unknown: every entry is looked at
+        if place and os.path.isdir(place):
+            out[place] = min(start, out.get(place, start))
+    return out
+
+
+def check_privilege(f: Found) -> list[Check]:
+    """What a run killed with its finalizer planted in its workspace (rule 13): its sweep
+    never came, so doctor does it (runloop/sweep.py: scan as you, fix in a container of the
+    base image) and names the paths."""
+    if f.refs is None or f.engine is None:
+        return []
+    from pienv.runloop.sweep import Sweep, sweep
+
+    places = unfinished_runs(f)
+    if not places:
+        return [Check("privilege", "ok", "no unfinished run left a workspace to sweep")]
+    base = f.refs.base or os.environ.get("PIENV_BASE_IMAGE") or basemod.BASE_TAG
+    found = []
+    for place, since in sorted(places.items()):
+        # The ctime margin the run's own sweep has (its start is recorded a moment late).
+        job = Sweep((place,), since - 5, os.getuid(), os.getgid(), base, str(f.ctx.store.runs_dir))
+        line = sweep(f.engine, job)
+        if line:
+            found.append(f"{place}: {line.removeprefix('warning: ')}")
+    if not found:
+        detail = f"nothing privileged in {len(places)} workspace(s) of unfinished runs"
+        return [Check("privilege", "ok", detail)]
+    level: Level = "fail" if any("NOT fixed" in x for x in found) else "warn"
+    fix = "planted by a killed run's agent: what is NOT fixed, remove as root (`sudo rm`)"
+    return [Check("privilege", level, "; ".join(found), fix)]
+
+
 CHECKS: list[CheckFn] = [
     check_store,
     check_engine,
@@ -229,4 +280,5 @@ CHECKS: list[CheckFn] = [
     check_env_files,
     check_egress_proxy,
     check_git_dirs,
+    check_privilege,
 ]
