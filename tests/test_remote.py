@@ -173,6 +173,7 @@ def test_remote_run_commit_log_status_recover(
     pienv.env.update(remote)
     r = pienv("run", "--", "sh", "-c", f"echo {which} > /over-{which}")
     assert "committed" in r.err
+    assert "is not on this machine: its mounts are not verified" in r.err  # said, not skipped
     assert f"/over-{which}" in pienv("show", "HEAD").out
     assert len(pienv("log", "--json").out) > 2
     # The same engine seen through the proxy: the same product, version, API version,

@@ -247,7 +247,7 @@ def check_privilege(f: Found) -> list[Check]:
     base image) and names the paths."""
     if f.refs is None or f.engine is None:
         return []
-    from pienv.runloop.sweep import Sweep, sweep
+    from pienv.runloop.sweep import Sweep, scan, summary, sweep
 
     places = unfinished_runs(f)
     if not places:
@@ -257,7 +257,11 @@ def check_privilege(f: Found) -> list[Check]:
     for place, since in sorted(places.items()):
         # The ctime margin the run's own sweep has (its start is recorded a moment late).
         job = Sweep((place,), since - 5, os.getuid(), os.getgid(), base, str(f.ctx.store.runs_dir))
-        line = sweep(f.engine, job)
+        if f.engine.local:
+            line = sweep(f.engine, job)
+        else:  # the fix container's mounts would be the engine machine's paths: name them
+            found_here = scan(Path(place), job.since, job.uid)
+            line = summary(found_here, found_here) if found_here else ""
         if line:
             found.append(f"{place}: {line.removeprefix('warning: ')}")
     if not found:

@@ -323,6 +323,12 @@ class Session:
             # until they are verified (runloop/pin.py).
             host = [m for m in spec.mounts if m.target != ENV_FILE]
             self.gate = Gate.make(Path(spec.env_file), env_text(spec.env).encode(), host)
+        else:  # docs/security.md: not skipped silently
+            self.notes.append(
+                f"the engine at {engine.base_url} is not on this machine: its mounts are not "
+                "verified before the command, and the after-run sweep of planted privilege "
+                "looks at this machine's files at the workspace path, not the engine's"
+            )
         self.cid = create(engine, spec)
         if self.gate is not None:
             cid = self.cid
