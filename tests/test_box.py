@@ -218,6 +218,39 @@ def test_doctor_sweeps_what_a_run_killed_with_its_finalizer_planted(
     assert "nothing privileged" in p("doctor", check=False).out
 
 
+@pytest.mark.nonroot
+def test_a_symlink_planted_anywhere_in_the_git_dir_is_moved_aside(nonroot: NonrootPienv) -> None:
+    """Not only top-level entries: a loose ref, a reflog, packed-refs as symlinks make the
+    host's git read (or gc rewrite) where they point. The user's own links are kept."""
+    p = nonroot
+    dotgit = p.repo / ".git"
+    os.symlink("/etc/hostname", dotgit / "info" / "mine")  # the user's own, before the run
+    os.lchown(dotgit / "info" / "mine", NONROOT_UID, NONROOT_UID)
+    plant = (
+        "cd /workspace/.git && mkdir -p refs/heads/deep && ln -s /etc/passwd refs/heads/evil "
+        "&& ln -s /etc/passwd refs/heads/deep/x && rm -f logs/HEAD && ln -s /etc/passwd "
+        "logs/HEAD && ln -s /etc/passwd packed-refs && echo PLANTED"
+    )
+    r = p("run", "--", "sh", "-c", plant)
+    assert "PLANTED" in r.out, r.err
+    links = sorted(
+        str(Path(d, n).relative_to(dotgit))
+        for d, ds, fs in os.walk(dotgit)
+        for n in ds + fs
+        if os.path.islink(os.path.join(d, n)) and "pienv-quarantined" not in n
+    )
+    assert links == ["info/mine"], links
+    for planted in ("refs/heads/evil", "refs/heads/deep/x", "logs/HEAD", "packed-refs"):
+        assert planted in r.err, r.err
+    assert (dotgit / "refs_heads_evil.pienv-quarantined").is_symlink()
+    # The host's git reads no ref through them.
+    out = subprocess.run(
+        ["git", "-C", str(p.repo), "-c", "safe.directory=*", "for-each-ref"],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert "evil" not in out.stdout and "root:" not in out.stdout + out.stderr
+
+
 # -- races: a path swapped between pienv's check and the engine's mount -----------------------
 
 

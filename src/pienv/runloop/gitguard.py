@@ -183,14 +183,16 @@ def _changed_since(path: Path, since: float) -> bool:
         return False
 
 
-def quarantine(path: Path) -> str:
+def quarantine(path: Path, to: Path | None = None) -> str:
     """Move an entry the agent planted in a git dir out of git's way (a rename: a symlink
-    moves as itself, never followed); the note says where."""
-    aside = path.with_name(f"{path.name}.pienv-quarantined")
+    moves as itself, never followed) to ``to`` (default: beside it) + `.pienv-quarantined`;
+    the note says where."""
+    base = to or path
+    aside = base.with_name(f"{base.name}.pienv-quarantined")
     n = 1
     while os.path.lexists(aside):
         n += 1
-        aside = path.with_name(f"{path.name}.pienv-quarantined{n}")
+        aside = base.with_name(f"{base.name}.pienv-quarantined{n}")
     what = (
         f"warning: the run planted {path}, a symlink your git would follow"
         if path.is_symlink()
@@ -200,7 +202,7 @@ def quarantine(path: Path) -> str:
         os.rename(path, aside)
     except OSError as exc:
         return f"{what}; remove it before running git here ({exc.strerror})"
-    return f"{what}; moved it to {aside.name}"
+    return f"{what}; moved it to {aside if to else aside.name}"
 
 
 # Entries of a git dir that make git read another path or run code when a run plants them:
@@ -260,13 +262,41 @@ def _protect_gitdir(host: Path, target: Path, binds: Binds, notes: list[str]) ->
                 return
 
 
+# Not walked for symlinks: objects (huge; git reads objects by name, and what it could
+# follow there only reads), and the git dirs mounted read-only into the run.
+_UNWALKED = frozenset({"objects", "lfs", "worktrees", "modules"})
+
+
 def planted_links(gitdir: Path) -> list[Path]:
-    """Symlinks among a git dir's entries: git makes none there, and through one the host's
-    git (gc, worktree prune, status) reads or deletes where the link points."""
-    try:
-        return sorted(e for e in gitdir.iterdir() if e.is_symlink())
-    except OSError:
-        return []
+    """Symlinks among a git dir's entries, at any depth (`logs/HEAD`, `refs/heads/x`,
+    `packed-refs`, ...): git makes none there, and through one the host's git (gc, worktree
+    prune, status, a loose ref read) reads or deletes where the link points. Entries pienv
+    moved aside are not counted again."""
+    out: list[Path] = []
+    for here, dirnames, filenames in os.walk(gitdir, onerror=None):
+        top = here == str(gitdir)
+        kept = []
+        for name in dirnames + filenames:
+            path = Path(here) / name
+            if ".pienv-quarantined" in name:
+                continue
+            if path.is_symlink():
+                out.append(path)
+            elif name in dirnames and not (top and name in _UNWALKED):
+                kept.append(name)
+        dirnames[:] = kept
+    return sorted(out)
+
+
+def quarantine_link(path: Path, repo: RepoInfo | None) -> str:
+    """``quarantine`` for a planted symlink: one deeper than the git dir's top is moved to
+    the top, where git reads no entry it does not know (`refs/heads/x` aside within `refs/`
+    would still be a ref git reads through the link)."""
+    for gitdir in (repo.gitdir, repo.common_dir) if repo is not None else ():
+        if path.parent != gitdir and _within(path, gitdir):
+            rel = str(path.relative_to(gitdir)).replace("/", "_")
+            return quarantine(path, gitdir / rel)
+    return quarantine(path)
 
 
 def links_of(repo: RepoInfo | None) -> frozenset[Path]:

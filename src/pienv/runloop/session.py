@@ -48,6 +48,7 @@ from pienv.runloop.gitguard import (
     planted_commondir,
     planted_submodules,
     quarantine,
+    quarantine_link,
     quarantine_submodule,
 )
 from pienv.runloop.install import install as install_agent
@@ -503,7 +504,7 @@ def _git_findings(s: Session) -> list[str]:
     if w.commondir is not None and not w.commondir_before and os.path.lexists(w.commondir):
         notes.append(quarantine(w.commondir))
     if s.ctx.config.protect_git:
-        notes += [quarantine(p) for p in sorted(links_of(ws.repo) - w.links)]
+        notes += [quarantine_link(p, ws.repo) for p in sorted(links_of(ws.repo) - w.links)]
         notes += [quarantine(p) for p in planted_alternates(ws.repo, w.started)]
         for nested in planted_submodules(ws.path, ws.repo, w.started, w.gitlinks):
             notes.append(quarantine_submodule(nested))
