@@ -377,3 +377,25 @@ def test_workspace_is_nosuid_nodev_where_the_engine_takes_it(pienv: Pienv) -> No
         assert {"nosuid", "nodev"} <= options, lines[0]
     else:
         assert "nosuid" not in options, "Docker took nosuid: say so in docs/security.md"
+
+
+def test_a_user_namespace_is_read_from_the_engines_security_options() -> None:
+    from pienv.engine.records import EngineInfo
+
+    def info(*options: str) -> EngineInfo:
+        return EngineInfo.from_api({"SecurityOptions": list(options)})
+
+    assert info("name=seccomp,profile=default", "name=userns").userns
+    assert info("name=rootless").userns and info("name=rootless").rootless
+    assert not info("name=seccomp,profile=default", "name=apparmor").userns
+
+
+@pytest.mark.engine
+def test_doctor_says_whether_container_root_is_host_root(pienv: Pienv) -> None:
+    pienv("run", "--", "true")
+    line = next(
+        ln for ln in pienv("doctor", check=False).out.splitlines() if "container root" in ln
+    )
+    assert "MKNOD and SETFCAP dropped" in line, line
+    if on_podman():
+        assert "nosuid,nodev" in line, line

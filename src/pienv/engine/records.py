@@ -199,6 +199,9 @@ class EngineInfo:
     root_dir: str  # where the engine keeps images (on the engine's machine)
     rootless: bool
     host: str  # the engine machine's host name
+    # The engine maps container root to an unprivileged host uid (Docker's userns-remap, or
+    # any rootless engine): root in the container is not root on the workspace's files.
+    userns: bool = False
 
     @classmethod
     def from_api(cls, data: Mapping[str, Any]) -> EngineInfo:
@@ -209,6 +212,8 @@ class EngineInfo:
             # Docker says so in its security options; Podman's compat API has a field.
             rootless=bool(data.get("Rootless")) or any("name=rootless" in o for o in security),
             host=str(data.get("Name") or ""),
+            userns=bool(data.get("Rootless"))
+            or any(n in o for o in security for n in ("name=userns", "name=rootless")),
         )
 
 

@@ -79,6 +79,24 @@ def check_engine(f: Found) -> list[Check]:
     return [Check("engine", "ok", f"{version}, {mode}, at {engine.base_url}")]
 
 
+def check_root(f: Found) -> list[Check]:
+    """Whether root in the container is root on the workspace's files (rule 13), and what
+    prevents or sweeps it on this engine (docs/security.md's per-engine table)."""
+    assert f.engine is not None and f.info is not None
+    up_front = ["MKNOD and SETFCAP dropped"]
+    if f.engine.dialect.name == "Podman":
+        up_front.append("binds nosuid,nodev")
+    if f.info.userns:
+        up_front.insert(0, "a user namespace maps it to an unprivileged uid")
+        detail = "root in the container is not root on the host: " + ", ".join(up_front)
+    else:
+        detail = (
+            "root in the container is root on the workspace's files: "
+            f"{', '.join(up_front)}; the rest swept after every run"
+        )
+    return [Check("container root", "ok", detail)]
+
+
 def check_driver(f: Found) -> list[Check]:
     assert f.info is not None
     driver = f.info.driver
@@ -275,6 +293,7 @@ def check_privilege(f: Found) -> list[Check]:
 CHECKS: list[CheckFn] = [
     check_store,
     check_engine,
+    check_root,
     check_driver,
     check_disk,
     check_base,
