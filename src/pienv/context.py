@@ -48,7 +48,7 @@ class Context:
 
     def _helper_labels(self, kind: str) -> dict[str, str]:
         """The labels of a helper container this command makes (runloop/helpers.py)."""
-        from pienv.runloop.helpers import helper_labels
+        from pienv.locks import helper_labels
 
         try:
             return helper_labels(self.store_id, kind)

@@ -23,7 +23,7 @@ from pathlib import Path
 from urllib.parse import quote, unquote
 
 from pienv.errors import BranchBusy
-from pienv.model import now_rfc3339
+from pienv.model import LABEL, now_rfc3339
 
 # "Detached" has one spelling in pienv's code: a branch of None (``branch: str | None``), as
 # refs.json's HEAD, `status --json` and every result say it. Where a *name* is needed (the
@@ -311,3 +311,16 @@ def clear_record(locks_dir: Path, branch: str) -> None:
     run lock a fresh inode while a live holder keeps its flock on the old one."""
     with contextlib.suppress(FileNotFoundError):
         os.truncate(lock_path(locks_dir, branch), 0)
+
+
+def helper_labels(store_id: str, kind: str) -> dict[str, str]:
+    """The labels of a helper container (runloop/helpers.py): its store, its kind and the
+    process that made it, as a lock holder's record names it (pid and start time)."""
+    pid = os.getpid()
+    return {
+        LABEL + "store": store_id,
+        LABEL + "role": kind,
+        LABEL + "run-host": socket.gethostname(),
+        LABEL + "run-pid": f"{pid}:{process_start(pid)}",
+        LABEL + "run-started": now_rfc3339(),
+    }

@@ -6,11 +6,9 @@ which every commit overwrites (model.COMMIT_KEYS): an install's commit does not 
 
 from __future__ import annotations
 
-import os
-import socket
+from pienv.locks import helper_labels
 
-from pienv.locks import process_start
-from pienv.model import LABEL, now_rfc3339
+__all__ = ["helper_labels"]  # in locks: Context (core) labels the helpers an Engine makes
 
 # Helper kinds `pienv orphans` lists (a run is "run", a keeper is never an orphan).
 FLATTEN = "flatten"
@@ -19,14 +17,3 @@ EXPORT = "export"  # `export`'s read of a root commit's files
 DIFF = "diff"  # `diff`/`show`'s filesystem scans and package reads
 RESET = "reset"  # `reset --system`'s read of the old home
 KINDS = (FLATTEN, INSTALL, EXPORT, DIFF, RESET)
-
-
-def helper_labels(store_id: str, kind: str) -> dict[str, str]:
-    pid = os.getpid()
-    return {
-        LABEL + "store": store_id,
-        LABEL + "role": kind,
-        LABEL + "run-host": socket.gethostname(),
-        LABEL + "run-pid": f"{pid}:{process_start(pid)}",
-        LABEL + "run-started": now_rfc3339(),
-    }
