@@ -164,6 +164,24 @@ def check_branches(f: Found) -> list[Check]:
     return out
 
 
+def check_keepers(f: Found) -> list[Check]:
+    """Every branch head and tag has its keeper (runloop/keeper.py): without one, `docker
+    image prune -a` deletes the commit."""
+    if f.refs is None:
+        return []
+    from pienv.runloop import keeper
+
+    missing = keeper.unkept(f.ctx, f.refs)
+    if not missing:
+        return [Check("keepers", "ok", f"{len(keeper.targets(f.refs))} ref target(s) kept")]
+    names = [n for n, c in sorted({**f.refs.branches, **f.refs.tags}.items()) if c in missing]
+    detail = (
+        f"{len(missing)} ref target(s) without a keeper ({', '.join(names) or 'HEAD'}): "
+        "`docker image prune -a` would delete them (`docker system prune` removed the keepers?)"
+    )
+    return [Check("keepers", "warn", detail, "`pienv fsck --repair` makes them again")]
+
+
 def check_locks(f: Found) -> list[Check]:
     if f.refs is None:
         return []
@@ -298,6 +316,7 @@ CHECKS: list[CheckFn] = [
     check_disk,
     check_base,
     check_branches,
+    check_keepers,
     check_locks,
     check_orphans,
     check_env_files,

@@ -79,7 +79,8 @@ def fsck(ctx: Context, repair: bool, allow_loss: bool = False) -> FsckResult:
         if repair and r.problems:
             _repair(ctx, seen, allow_loss, r)
             r.fixed.append(f"wrote {ctx.store.refs_path}")
-            keeper.sync(ctx)
+        if repair:
+            keeper.sync(ctx)  # also the keepers `docker system prune` removed (`pienv doctor`)
     return r
 
 

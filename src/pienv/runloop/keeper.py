@@ -58,3 +58,12 @@ def _sync(ctx: Context, refs: Refs) -> list[str]:
                 raise
             gone.append(cid)
     return gone
+
+
+def unkept(ctx: Context, refs: Refs) -> list[str]:
+    """The targets no keeper keeps (`docker system prune` removes stopped containers, keepers
+    included; a target whose image is gone is not listed: nothing can keep it)."""
+    engine = ctx.engine()
+    rows = engine.containers([f"{LABEL}store={refs.store_id}", f"{LABEL}role={ROLE}"])
+    kept = {row.image_id for row in rows}
+    return sorted(t for t in targets(refs) - kept if engine.inspect_image(t) is not None)
