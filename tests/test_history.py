@@ -9,7 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BASE_TAG, Pienv, on_podman
+from conftest import BASE_TAG, Pienv
 
 pytestmark = pytest.mark.engine
 
@@ -314,12 +314,6 @@ def test_log_hides_prepare_commits_unless_all_kinds(pienv: Pienv) -> None:
     assert "prepare" not in graph and "touch /made" in graph
 
 
-@pytest.mark.xfail(
-    on_podman(),
-    strict=True,
-    reason="Podman 4.3 frees the layers of an untagged ancestor a kept commit builds on, "
-    "where Docker keeps them: the dry run counts Docker's way (docs/engines.md)",
-)
 def test_prune_dry_run_reports_what_the_real_prune_frees(pienv: Pienv) -> None:
     for i in range(3):
         pienv("run", "--", "sh", "-c", f"head -c 300000 /dev/urandom > /f{i}")

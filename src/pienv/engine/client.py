@@ -130,6 +130,12 @@ class Engine(Connection):
         with contextlib.suppress(HTTPError):
             self._call("DELETE", f"/images/{self._id(ref)}", {"noprune": "0"})
 
+    @property
+    def removes_built_on(self) -> bool:
+        """Whether remove_image removes an image another image builds on (Podman) rather
+        than refusing it (Docker: it stays, untagged)."""
+        return self.dialect.removes_built_on
+
     def remove_image(self, image_id: str) -> bool:
         """Remove an image; False if a container or child still needs it."""
         try:

@@ -187,9 +187,10 @@ def _remove(
         result.removed.append(cid)
         freed = _own_bytes(ctx, known, labelled, cid, base)
         if dry_run:
-            # What the engine will do: an image a kept commit still builds on is only
-            # untagged, its layer stays (children come first, so theirs are decided).
-            if all(child in gone for child in builds_on.get(cid, ())):
+            # What the engine will do: on Docker an image a kept commit still builds on is
+            # only untagged, its layer stays (children come first, so theirs are decided);
+            # Podman removes it all the same.
+            if engine.removes_built_on or all(child in gone for child in builds_on.get(cid, ())):
                 gone.add(cid)
                 result.bytes_freed += freed
             continue

@@ -49,6 +49,9 @@ class Dialect(abc.ABC):
     # The `o` option of a tmpfs-backed local volume (mode 0700, at most 64 MiB where the
     # engine takes a size).
     tmpfs_volume_options: str
+    # Whether removing an image that another image builds on removes it (and frees the
+    # layers only it holds) rather than refusing (Docker: 409, the image stays, untagged).
+    removes_built_on: bool = False
 
     @property
     def init_path(self) -> str:
