@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import pytest
 
 from pienv.errors import UsageError
@@ -73,3 +76,14 @@ def test_killed_for_memory_says_so() -> None:
     assert killed_for_memory(137, oom=False, memory=None) is None
     assert killed_for_memory(1, oom=False, memory=2**30) is None
     assert killed_for_memory(0, oom=True, memory=2**30) is None
+
+
+def test_oom_kill_count_is_read_from_either_cgroup_version(tmp_path: Path) -> None:
+    from pienv.engine.oomwatch import counter_file, kills
+
+    assert kills("oom_kill_disable 0\nunder_oom 0\noom_kill 2\n") == 2  # v1 memory.oom_control
+    assert kills("low 0\nhigh 0\nmax 5\noom 1\noom_kill 1\n") == 1  # v2 memory.events
+    assert kills("oom_kill_disable 0\n") == 0
+    own = counter_file(os.getpid(), tmp_path)  # this process's own cgroup, under a fake root
+    assert own is not None and own.name in {"memory.oom_control", "memory.events"}
+    assert counter_file(2**22 + 1, tmp_path) is None  # no such process

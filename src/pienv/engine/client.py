@@ -11,6 +11,7 @@ first answer.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -297,6 +298,7 @@ class Engine(Connection):
 
             def start() -> None:
                 self._call("POST", f"/containers/{cid}/start")
+                self.dialect.started(self, cid)
 
             yield from streams.attach_unix(self._http, cid, stdin_fd, start, self.base_url)
             return
@@ -326,11 +328,14 @@ class Engine(Connection):
 
     def inspect_container(self, cid: str) -> ContainerState | None:
         try:
-            return ContainerState.from_api(self._call("GET", f"/containers/{cid}/json"))
+            state = ContainerState.from_api(self._call("GET", f"/containers/{cid}/json"))
         except HTTPError as exc:
             if exc.status == 404:
                 return None
             raise
+        if state.status == "exited" and not state.oom_killed and self.dialect.oom_killed(cid):
+            state = dataclasses.replace(state, oom_killed=True)
+        return state
 
     def containers(self, label_filters: list[str]) -> list[ContainerRow]:
         rows = self._call(

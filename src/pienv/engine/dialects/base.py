@@ -22,6 +22,9 @@ class Calls(Protocol):
     @property
     def rootless(self) -> bool: ...
 
+    @property
+    def local(self) -> bool: ...
+
     def inspect_image(self, ref: str) -> ImageInfo | None: ...
 
     def _call(
@@ -52,6 +55,15 @@ class Dialect(abc.ABC):
     # Whether removing an image that another image builds on removes it (and frees the
     # layers only it holds) rather than refusing (Docker: 409, the image stays, untagged).
     removes_built_on: bool = False
+
+    def started(self, engine: Calls, cid: str) -> None:
+        """A run container has just started (the engine reports OOM kills itself: nothing)."""
+        return None
+
+    def oom_killed(self, cid: str) -> bool:
+        """Whether a process of ``cid`` was killed for memory, beyond the engine's own
+        `State.OOMKilled` (which the engine sets itself: nothing more to know)."""
+        return False
 
     @property
     def init_path(self) -> str:

@@ -8,6 +8,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from pienv.engine import oomwatch
 from pienv.engine.dialects.base import Calls, Dialect
 from pienv.errors import EngineError
 
@@ -45,6 +46,26 @@ class Podman(Dialect):
     # Its image removal takes an image a kept commit builds on: the image goes, and prune's
     # dry run counts it as freed, as the real prune does (measured on 4.3).
     removes_built_on = True
+
+    def __init__(self) -> None:
+        self._oom: dict[str, oomwatch.Watch] = {}
+
+    def started(self, engine: Calls, cid: str) -> None:
+        # Podman 4.3 sets no OOMKilled (oomwatch.py says what was measured): on this
+        # machine, watch the container's memory cgroup while it runs.
+        if not engine.local:
+            return
+        pid = int(
+            ((engine._call("GET", f"/containers/{cid}/json") or {}).get("State") or {}).get("Pid")
+            or 0
+        )
+        path = oomwatch.counter_file(pid) if pid else None
+        if path is not None and path.is_file():
+            self._oom[cid] = oomwatch.Watch(path)
+
+    def oom_killed(self, cid: str) -> bool:
+        watch = self._oom.get(cid)
+        return watch is not None and watch.killed()
 
     def label_filters(self, filters: list[str]) -> list[str]:
         # Podman 4.3 answers nothing when given two label filters: send the first.
