@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import http.server
+import os
 import secrets
 import socket
 import subprocess
@@ -50,18 +51,48 @@ ROOTFUL_PODMAN_GAP = (
 )
 
 
+def _podman_bridge(network: str) -> str:
+    """The host interface of a Podman network (libpod API: the compat one does not say)."""
+    import docker
+
+    api = docker.from_env().api
+    info = api.get(f"{api.base_url}/v4.0.0/libpod/networks/{network}/json").json()
+    return str(info["network_interface"])
+
+
+@contextlib.contextmanager
+def _docker_user_accept(bridge: str) -> Iterator[None]:
+    """docs/network.md's one-line fix for rootful Podman beside Docker: accept traffic between
+    containers of that one bridge (an internal network: no route out), removed afterwards."""
+    rule = ["DOCKER-USER", "-i", bridge, "-o", bridge, "-j", "ACCEPT"]
+    subprocess.run(["iptables", "-I", *rule], check=True, capture_output=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["iptables", "-D", *rule], check=False, capture_output=True)
+
+
 @pytest.fixture(scope="module")
 def proxy(
     engine_proxy: tuple[Engine, egressnet.Proxy], realistic_image: str
-) -> tuple[Engine, egressnet.Proxy]:
-    """The proxy, where an agent on the internal network can reach it."""
+) -> Iterator[tuple[Engine, egressnet.Proxy]]:
+    """The proxy, where an agent on the internal network can reach it: on rootful Podman beside
+    Docker only with the documented DOCKER-USER rule (applied here when running as root)."""
     engine, px = engine_proxy
-    if engine.dialect.name == "Podman" and not engine.rootless:
-        net = egressnet.RunNetwork("x" * 32, px.network, (px.address,), {})
-        _, out = run_agent(realistic_image, net, f"curl -sS -m 5 http://{px.address}:3128/ 2>&1")
-        if "timed out" in out:
-            pytest.skip(ROOTFUL_PODMAN_GAP)
-    return engine, px
+    if engine.dialect.name != "Podman" or engine.rootless:
+        yield engine, px
+        return
+    net = egressnet.RunNetwork("x" * 32, px.network, (px.address,), {})
+    probe = f"curl -sS -m 5 http://{px.address}:3128/ 2>&1"
+    if "timed out" not in run_agent(realistic_image, net, probe)[1]:
+        yield engine, px
+        return
+    docker_user = subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True)
+    if os.geteuid() != 0 or docker_user.returncode != 0:
+        pytest.skip(ROOTFUL_PODMAN_GAP)
+    with _docker_user_accept(_podman_bridge(px.network)):
+        assert "timed out" not in run_agent(realistic_image, net, probe)[1]
+        yield engine, px
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +183,10 @@ echo "== end"
     # No name resolves, allowed or not: the proxy is the only resolver and answers REFUSED.
     assert "rc=2" in sections["dns"] and "resolve4 EREFUSED" in sections["dns"], out
     assert "inet6" not in sections["ipv6"] and "rc=0" not in sections["ipv6"], out
-    assert "REACHED" not in sections["host"], out  # Docker: the bridge has no host address
+    # Docker: the bridge has no host address. Rootful Podman 4.3 cannot say so: the host's
+    # services on the gateway stay reachable (docs/network.md, known gap 2).
+    if engine.dialect.name != "Podman" or engine.rootless:
+        assert "REACHED" not in sections["host"], out
     assert "Operation not permitted" in sections["raw"], out
     by_host = {(a.host, a.allowed) for a in audit}
     assert (npm_host, True) in by_host and (pip_host, False) in by_host, audit
