@@ -261,7 +261,9 @@ echo "== route"; awk 'NR>1 && $2=="00000000"' /proc/net/route | wc -l
 
 
 # Last in this file: it replaces the module's proxy.
-def test_proxy_is_shared_and_restarted_when_gone(proxy: tuple[Engine, egressnet.Proxy]) -> None:
+def test_proxy_is_shared_and_restarted_when_gone(
+    proxy: tuple[Engine, egressnet.Proxy], base_image: str
+) -> None:
     engine, px = proxy
     store_id = px.network.removeprefix(egressnet.PREFIX)
     # ensure_proxy takes the store id; the names only keep its first 12 hex
@@ -273,7 +275,7 @@ def test_proxy_is_shared_and_restarted_when_gone(proxy: tuple[Engine, egressnet.
     assert fresh.container != px.container and fresh.network == px.network
     # an unregistered client (no token) is refused
     _, out = run_agent(
-        "pienv-test/busybox-git:2",
+        base_image,
         egressnet.RunNetwork("x" * 32, fresh.network, (fresh.address,), {}),
         f"printf 'CONNECT a.example:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {fresh.address} 3128",
     )
