@@ -54,7 +54,9 @@ CONF
     exit 0
   fi
   rm -f "$sock"
-  (setsid podman system service --time=0 "unix://$sock" >"$dir/service.log" 2>&1 &
+  # From DIR: conmon writes an empty `oom` file into its working directory when it sees an
+  # OOM kill (not where Podman looks for it), which left one in the repository (9474d4a).
+  (cd "$dir" && setsid podman system service --time=0 "unix://$sock" >"$dir/service.log" 2>&1 &
    echo $! >"$dir/service.pid")
   for _ in $(seq 1 100); do
     curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && { echo "unix://$sock"; exit 0; }
