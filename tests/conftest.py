@@ -97,6 +97,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "engine_available" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.engine)
+        if item.get_closest_marker("presets"):
+            item.add_marker(pytest.mark.timeout(3600))  # downloads an agent, twice
 
 
 def package_registries(require: bool | None = None) -> dict[str, tuple[str, ...]]:

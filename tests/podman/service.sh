@@ -56,8 +56,11 @@ CONF
   rm -f "$sock"
   # From DIR: conmon writes an empty `oom` file into its working directory when it sees an
   # OOM kill (not where Podman looks for it), which left one in the repository (9474d4a).
-  (cd "$dir" && setsid podman system service --time=0 "unix://$sock" >"$dir/service.log" 2>&1 &
-   echo $! >"$dir/service.pid")
+  # exec: the pid file names podman itself, and no shell is left holding the caller's stdout
+  # (a $(...) or a captured subprocess would wait on it for ever).
+  (cd "$dir" && exec setsid podman system service --time=0 "unix://$sock" \
+    >"$dir/service.log" 2>&1 </dev/null) &
+  echo $! >"$dir/service.pid"
   for _ in $(seq 1 100); do
     curl -sf --unix-socket "$sock" http://d/_ping >/dev/null 2>&1 && { echo "unix://$sock"; exit 0; }
     sleep 0.2
@@ -79,6 +82,12 @@ stop)
   if [ "$(id -u)" != 0 ] && [ "${XDG_RUNTIME_DIR:-}" = "$dir/xdg" ] && [ -f "$pause" ]; then
     kill "$(cat "$pause")" 2>/dev/null || true
     rm -f "$pause"
+  fi
+  # Rootful Podman mounts its overlay store on itself (and a container's layers under it) and
+  # leaves them when the service stops: unmount what lies under DIR, so rm -rf DIR works.
+  if [ "$(id -u)" = 0 ]; then
+    awk -v d="$dir/" 'index($2, d) == 1 {print $2}' /proc/self/mounts | sort -r |
+      while read -r m; do umount -l "$m" 2>/dev/null || true; done
   fi
   ;;
 *)
