@@ -399,3 +399,62 @@ def test_doctor_says_whether_container_root_is_host_root(pienv: Pienv) -> None:
     assert "MKNOD and SETFCAP dropped" in line, line
     if on_podman():
         assert "nosuid,nodev" in line, line
+
+
+# -- bisect probes and rebase replays: the same box as a run ---------------------------------
+
+# What a probe's command does as root in the container (pienv run by root: the busybox base
+# has no sudo): every kind of plant a run's box stops or undoes.
+PROBE_PLANT = (
+    "cd /workspace && cp /bin/busybox s && chmod 4755 s; mknod -m 444 rng c 1 8; "
+    "printf '#!/bin/sh\\ntouch {m}\\n' > .git/hooks/post-checkout; "
+    "chmod +x .git/hooks/post-checkout; printf '[core]\\n\\thooksPath = /tmp\\n' >> .git/config; "
+    "ln -s /etc .git/planted; echo 'gitdir: ..' > .git/commondir; echo PLANTED; exit 0"
+)
+
+
+@pytest.mark.engine
+def test_a_bisect_probe_gets_the_box_of_a_run(pienv: Pienv, tmp_path: Path) -> None:
+    """`pienv bisect run` starts the agent's images with the workspace mounted read-write:
+    its probes get a run's dropped capabilities, read-only git metadata, and its after-run
+    sweep and quarantine."""
+    pienv("run", "-m", "one", "--", "touch", "/one")
+    pienv("run", "-m", "two", "--", "touch", "/two")
+    config = (pienv.repo / ".git" / "config").read_text()
+    marker = tmp_path / "hooked"
+    pienv("bisect", "start", "main", "main~2")
+    r = pienv("bisect", "run", "--", "sh", "-c", PROBE_PLANT.format(m=marker))
+    dotgit = pienv.repo / ".git"
+    assert privileged(pienv.repo, 0) == [], r.err
+    assert not (dotgit / "hooks" / "post-checkout").exists(), r.err
+    assert (dotgit / "config").read_text() == config
+    assert not (dotgit / "planted").is_symlink() and (dotgit / "planted.pienv-quarantined").is_symlink()
+    assert not os.path.lexists(dotgit / "commondir"), r.err
+    assert "setuid" in r.err and "planted" in r.err and "commondir" in r.err, r.err
+    assert not marker.exists()
+
+
+@pytest.mark.engine
+def test_a_bisect_probe_refuses_a_workspace_the_mount_policy_refuses(pienv: Pienv) -> None:
+    pienv("run", "-m", "one", "--", "touch", "/one")
+    pienv("run", "-m", "two", "--", "touch", "/two")
+    pienv("bisect", "start", "main", "main~2")
+    r = pienv("bisect", "run", "-w", "/etc", "--", "true", check=False)
+    assert r.code == 1 and "refusing to mount /etc" in r.err, r.err
+
+
+@pytest.mark.engine
+def test_a_rebase_replay_gets_the_capabilities_of_a_run(pienv: Pienv, base_image: str) -> None:
+    """A replay runs a recorded command again: with no more than its run had (no MKNOD)."""
+    from test_timetravel import ctx_of, second_base
+
+    from pienv.ops import rebase
+
+    cmd = "touch /ran; mknod /dev-node c 1 8 2>/dev/null && touch /made; true"
+    pienv("run", "-m", "a", "--", "sh", "-c", cmd)
+    assert pienv("run", "--", "sh", "-c", "ls /ran /made", check=False).code != 0
+    out = rebase.start(ctx_of(pienv), second_base(base_image))
+    assert not out.stopped_at, out.reason
+    r = pienv("run", "--", "sh", "-c", "ls /ran /base2; ls /made /dev-node", check=False)
+    assert "/ran" in r.out and "/base2" in r.out, r.out + r.err
+    assert "/made" not in r.out and "/dev-node" not in r.out, r.out
