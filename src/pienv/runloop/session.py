@@ -15,7 +15,6 @@ import contextlib
 import os
 import signal
 import socket
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,13 +24,12 @@ from pienv import locks
 from pienv.config import Agent
 from pienv.context import Context
 from pienv.errors import EngineError, UsageError
-from pienv.gitrepo import gitlinks
 from pienv.limits import host_defaults, killed_for_memory
 from pienv.locks import BranchLock, name_of
 from pienv.model import RunInfo, check_ref_name, now_rfc3339, short
 from pienv.runloop import agent as agent_step
-from pienv.runloop import orphans
-from pienv.runloop.baseimage import BASE_TAG
+from pienv.runloop import box, orphans
+from pienv.runloop.box import GitWatch
 from pienv.runloop.commits import (
     flatten_image,
     host_ids,
@@ -41,19 +39,9 @@ from pienv.runloop.commits import (
 )
 from pienv.runloop.finalizer import Finalizer, Job, Report
 from pienv.runloop.finish import RunResult, finalize
-from pienv.runloop.gitguard import (
-    git_mounts,
-    links_of,
-    planted_alternates,
-    planted_commondir,
-    planted_submodules,
-    quarantine,
-    quarantine_link,
-    quarantine_submodule,
-)
 from pienv.runloop.install import install as install_agent
 from pienv.runloop.launch import Sink, attach, attach_failed, create, has_input
-from pienv.runloop.pin import REFUSED, Gate
+from pienv.runloop.pin import Gate
 from pienv.runloop.plan import (
     Boundary,
     HostFacts,
@@ -64,17 +52,9 @@ from pienv.runloop.plan import (
     install_spec,
     plan,
 )
-from pienv.runloop.sandbox import (
-    ENV_FILE,
-    MountPolicy,
-    env_file,
-    env_text,
-    run_name,
-    validate_mount,
-    write_env_file,
-)
+from pienv.runloop.sandbox import env_file, run_name, validate_mount, write_env_file
 from pienv.runloop.spec import ContainerSpec, Mount
-from pienv.runloop.sweep import Sweep, sweep
+from pienv.runloop.sweep import sweep
 from pienv.runloop.workspace import Workspace, find_workspace, select_branch
 from pienv.secrets import Redaction
 from pienv.store import crashpoint
@@ -127,18 +107,6 @@ def commits_in_background(ctx: Context, req: RunRequest) -> bool:
 
 
 @dataclass
-class GitWatch:
-    """What the after-run checks compare with: the git metadata as the run found it."""
-
-    commondir: Path | None = None
-    commondir_before: bool = False
-    had_dotgit: bool = False
-    started: float = 0.0
-    gitlinks: frozenset[str] = frozenset()
-    links: frozenset[Path] = frozenset()  # symlinks among the git dirs' entries
-
-
-@dataclass
 class Session:
     """One run's state, filled in step by step (see the module's docstring)."""
 
@@ -175,13 +143,11 @@ class Session:
     ) -> Session:
         """Check the workspace and mounts, pick the branch, take its lock."""
         ws = find_workspace(cwd, req.workdir)
-        engine = ctx.engine()
         # Before anything is written: a workspace holding the store, the config or the
         # engine's socket would hand the agent what widens its own sandbox (rules 4 and 9).
-        policy = MountPolicy.of(ctx.store.home, ctx.store.config_path, engine.base_url)
-        policy.check(ws.path, "the workspace")
+        policy = box.policy(ctx)
+        git, git_notes = box.checked(ctx, ws.path, ws.repo, policy)
         configured = [validate_mount(spec, policy) for spec in ctx.config.mounts]
-        git, git_notes = git_mounts(ws.path, ws.repo, policy, ctx.config.protect_git)
         ctx.store.init()
         branch, rule = select_branch(ctx.refs(), req.branch, environ, ws.path)
         if branch:
@@ -189,7 +155,7 @@ class Session:
         lock, stale = locks.acquire(
             ctx.store.locks_dir, name_of(branch), str(ws.path), req.wait, ctx.report.note
         )
-        s = cls(ctx, req, environ, err, ws, (*git.values(), *configured), branch, rule, lock)
+        s = cls(ctx, req, environ, err, ws, (*git, *configured), branch, rule, lock)
         s.notes.extend(git_notes)
         if stale and stale.pid != os.getpid():
             s.notes.append(f"took over the lock of {name_of(branch)!r} from dead pid {stale.pid}")
@@ -319,21 +285,15 @@ class Session:
         self.parent = spec.image
         self.spec = spec
         engine = self.ctx.engine()
-        if engine.local and os.path.exists("/proc/self/mountinfo"):
-            # The env file becomes the gate: the container waits there, its mounts made,
-            # until they are verified (runloop/pin.py).
-            host = [m for m in spec.mounts if m.target != ENV_FILE]
-            self.gate = Gate.make(Path(spec.env_file), env_text(spec.env).encode(), host)
-        else:  # docs/security.md: not skipped silently
-            self.notes.append(
-                f"the engine at {engine.base_url} is not on this machine: its mounts are not "
-                "verified before the command, and the after-run sweep of planted privilege "
-                "looks at this machine's files at the workspace path, not the engine's"
-            )
+        # The env file becomes the gate: the container waits there, its mounts made, until
+        # they are verified (runloop/pin.py).
+        self.gate, unverified = box.gate(engine, spec)
+        if unverified:
+            self.notes.append(unverified)
         self.cid = create(engine, spec)
         if self.gate is not None:
             cid = self.cid
-            self.gate.open(lambda: _container_pid(cid))
+            self.gate.open(lambda: box.container_pid(cid))
         if self.egress is not None:
             self.egress.registered()  # its write overlapped the create
 
@@ -349,25 +309,10 @@ class Session:
             workspace=str(self.ws.path),
             env_file=self.env_path,
             rule=self.rule,
-            sweep=self._sweep(),
+            sweep=box.sweep_job(self.ctx, self.spec.mounts, self.watch.started),
         )
         self.finalizer = Finalizer(job, self.lock, report)
         self.finalizer.start(str(self.ctx.store.log_path))
-
-    def _sweep(self) -> Sweep:
-        """What the run can write on the host and must be swept after it (rule 13): its
-        writable host mounts (the workspace, a worktree's common git dir, `[run] mounts`)."""
-        assert self.spec is not None
-        rw = sorted(m.source for m in self.spec.mounts if not (m.volume or m.read_only))
-        roots = [r for r in rw if not any(r != o and r.startswith(o + "/") for o in rw)]
-        return Sweep(
-            roots=tuple(roots),
-            since=self.watch.started,
-            uid=os.getuid(),
-            gid=os.getgid(),
-            base=self.ctx.refs().base or os.environ.get("PIENV_BASE_IMAGE") or BASE_TAG,
-            fifo_dir=str(self.ctx.store.runs_dir),
-        )
 
     def attach(self, out: Sink, stdin_fd: int | None) -> int:
         if self.watch.commondir_before:
@@ -410,23 +355,23 @@ class Session:
     def _check_gate(self, code: int) -> None:
         """Refuse the run when a mount was not what the policy checked (runloop/pin.py):
         the command never ran; its container goes, uncommitted."""
-        gate = self.gate
-        if gate is None or code != REFUSED:
-            return
-        gate.done.wait(10)
-        if not gate.problems:
+        problems = box.refused(self.gate, code)
+        if not problems:
             return
         with contextlib.suppress(EngineError):
             self.ctx.engine().remove_container(self.cid, force=True)
         raise UsageError(
             "refusing the run: a host path changed between pienv's check and the engine's "
-            f"mount ({'; '.join(gate.problems)}); nothing ran",
+            f"mount ({'; '.join(problems)}); nothing ran",
             hint="something is moving that path (another run's agent?): check it",
         )
 
     def after(self) -> None:
         """What the run left in the git metadata that would make the host's git run it."""
-        self.notes.extend(_git_findings(self))
+        ws = self.ws
+        self.notes.extend(
+            box.git_findings(ws.path, ws.repo, self.watch, self.ctx.config.protect_git)
+        )
 
     # -- hand over, finalize -------------------------------------------------------------
 
@@ -481,44 +426,6 @@ class Session:
                 self.env_path.unlink()
 
 
-def _git_watch(s: Session) -> GitWatch:
-    """The git metadata as the run starts (compared after it by ``_git_findings``)."""
-    ws, protect = s.ws, s.ctx.config.protect_git
-    commondir = planted_commondir(ws.path, ws.repo) if protect else None
-    return GitWatch(
-        commondir=commondir,
-        commondir_before=commondir is not None and os.path.lexists(commondir),
-        had_dotgit=os.path.lexists(ws.path / ".git"),
-        # ctimes are the filesystem's clock (whole seconds on some): a margin, not a race.
-        started=time.time() - 1.0,
-        links=links_of(ws.repo) if protect else frozenset(),
-        # Cheap without submodules: the index is only parsed when it holds a gitlink.
-        gitlinks=frozenset(gitlinks(ws.repo.gitdir))
-        if protect and ws.repo is not None and not ws.repo.link_problem
-        else frozenset(),
-    )
-
-
-def _git_findings(s: Session) -> list[str]:
-    ws, w, notes = s.ws, s.watch, []
-    if w.commondir is not None and not w.commondir_before and os.path.lexists(w.commondir):
-        notes.append(quarantine(w.commondir))
-    if s.ctx.config.protect_git:
-        notes += [quarantine_link(p, ws.repo) for p in sorted(links_of(ws.repo) - w.links)]
-        notes += [quarantine(p) for p in planted_alternates(ws.repo, w.started)]
-        for nested in planted_submodules(ws.path, ws.repo, w.started, w.gitlinks):
-            notes.append(quarantine_submodule(nested))
-    new_repo = ws.path / ".git"
-    if ws.repo is None and not w.had_dotgit and os.path.lexists(new_repo):
-        # Not pienv's to remove (the agent may have meant it), but the host's git would
-        # run what its config and hooks say: say so.
-        notes.append(
-            f"warning: the run created {new_repo}; its config and hooks are the agent's "
-            "and run when you use git here (docs/security.md)"
-        )
-    return notes
-
-
 def run(
     ctx: Context,
     req: RunRequest,
@@ -547,19 +454,10 @@ def run(
         spec = s.plan(forward_stdin=not req.interactive and has_input(stdin_fd))
         spec = s.install(spec)
         s.create(spec)
-        s.watch = _git_watch(s)
+        s.watch = box.watch(s.ws.path, s.ws.repo, ctx.config.protect_git)
         s.start_finalizer(report)
         exit_code = s.attach(out, stdin_fd)
         s.after()
         return s.finish(exit_code, report is not None and commits_in_background(ctx, req))
     finally:
         s.close()
-
-
-def _container_pid(cid: str) -> int:
-    """The container's first process on this host (asked on a connection of its own: the
-    gate's thread runs while the attach streams on the session's)."""
-    from pienv.engine import Engine
-
-    state = Engine().inspect_container(cid)
-    return state.pid if state else 0
