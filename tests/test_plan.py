@@ -6,7 +6,15 @@ from pathlib import Path
 
 from pienv.config import Config
 from pienv.model import LABEL, RunInfo
-from pienv.runloop.plan import HostFacts, Parent, RunRequest, install_spec, plan
+from pienv.runloop.plan import (
+    Boundary,
+    HostFacts,
+    Parent,
+    RunRequest,
+    install_spec,
+    plan,
+    probe_spec,
+)
 from pienv.runloop.sandbox import ENV_FILE, WORKSPACE
 from pienv.runloop.spec import Mount
 from pienv.runloop.workspace import Workspace
@@ -112,6 +120,25 @@ def test_network_and_no_privilege_fields_come_from_the_config() -> None:
     assert spec.limits.cpus is None and spec.ports == ()
     assert {"MKNOD", "SETFCAP"} <= set(spec.cap_drop) and not spec.no_new_privileges
     assert make(config=Config(sudo=False)).no_new_privileges
+
+
+def test_a_probe_gets_the_box_of_a_run() -> None:
+    """bisect's probes and rebase's replays run the agent's images: the run's dropped
+    capabilities whatever the network, its git metadata mounts over the workspace, no new
+    privileges with sudo = false; no record, no volumes."""
+    hooks = Mount("/src/proj/.git/hooks", "/workspace/.git/hooks", True, "git: hooks, read-only")
+    labels = {LABEL + "role": "probe"}
+    spec = probe_spec("img", ("true",), "/src/proj", {"HOME": "/home/agent"}, Config(),
+                      host(checked=(hooks,)), labels)  # fmt: skip
+    assert [m.target for m in spec.mounts] == [ENV_FILE, WORKSPACE, "/workspace/.git/hooks"]
+    assert not any(m.volume for m in spec.mounts) and spec.info is None
+    assert {"MKNOD", "SETFCAP"} <= set(spec.cap_drop) and not spec.no_new_privileges
+    assert spec.entrypoint[3:] == (ENV_FILE, "true") and spec.labels == labels
+    fenced = host(boundary=Boundary("net", ("10.0.0.2",), {"HTTP_PROXY": "p"}, ("NET_RAW",)))
+    spec = probe_spec("img", ("true",), None, {}, Config(sudo=False), fenced, {}, "/x")
+    assert [m.target for m in spec.mounts] == [ENV_FILE] and spec.workdir == "/x"
+    assert set(spec.cap_drop) == {"MKNOD", "SETFCAP", "NET_RAW"} and spec.no_new_privileges
+    assert (spec.network, spec.dns, spec.env) == ("net", ("10.0.0.2",), {"HTTP_PROXY": "p"})
 
 
 def test_install_step_gets_env_file_and_volumes_not_the_workspace() -> None:

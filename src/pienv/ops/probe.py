@@ -1,6 +1,9 @@
 """A command in a throwaway container from an env commit: bisect's probes, rebase's and
 export's replays. The same wrapper and run user as `pienv run` (so PATH, HOME and the
-npm prefix are what a run sees), no env commit, no ref moved."""
+npm prefix are what a run sees), and the same box (runloop/box.py): these containers run
+images the agent made, some with the workspace mounted read-write, so they get a run's
+dropped capabilities, git metadata protections, mount gate, and after-run sweep and
+quarantine. No env commit, no ref moved."""
 
 from __future__ import annotations
 
@@ -9,22 +12,24 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from pienv import gitrepo
 from pienv.context import Context
+from pienv.errors import UsageError
+from pienv.gitrepo import RepoInfo
 from pienv.model import LABEL, SCHEMA
+from pienv.runloop import box
+from pienv.runloop.box import GitWatch
 from pienv.runloop.commits import host_ids
-from pienv.runloop.sandbox import (
-    ENV_FILE,
-    WORKSPACE,
-    WRAPPER,
-    container_env,
-    env_file,
-    run_name,
-    write_env_file,
-)
+from pienv.runloop.launch import create
+from pienv.runloop.pin import Gate
+from pienv.runloop.plan import Boundary, HostFacts, probe_spec
+from pienv.runloop.sandbox import container_env, env_file, run_name, write_env_file
+from pienv.runloop.spec import Mount
+from pienv.runloop.sweep import Sweep, sweep
+from pienv.runloop.workspace import find_workspace
 
 OUTPUT_KEEP = 4000  # bytes of a probe's output kept for its result
 
@@ -33,6 +38,37 @@ OUTPUT_KEEP = 4000  # bytes of a probe's output kept for its result
 class ProbeResult:
     exit_code: int
     output: str  # the last OUTPUT_KEEP bytes of stdout + stderr
+    notes: tuple[str, ...] = ()  # what the after-run checks defused (also on ctx.report)
+
+
+@dataclass
+class Probe:
+    """A created probe container and what is checked after it (runloop/box.py)."""
+
+    cid: str
+    gate: Gate | None = None
+    root: Path | None = None  # the workspace mounted read-write (None: none)
+    repo: RepoInfo | None = None
+    watch: GitWatch = field(default_factory=GitWatch)
+    sweep: Sweep | None = None
+    ended: bool = False  # the after-run checks ran
+
+    def after(self, ctx: Context) -> list[str]:
+        """What the command left on the host, defused: git metadata moved aside, planted
+        privilege swept (each said on ``ctx.report`` too)."""
+        if self.ended:
+            return []
+        self.ended = True
+        notes: list[str] = []
+        if self.root is not None:
+            protect = ctx.config.protect_git
+            notes += box.git_findings(self.root, self.repo, self.watch, protect)
+        if self.sweep is not None:
+            swept = sweep(ctx.engine(), self.sweep)
+            notes += [swept] if swept else []
+        for line in notes:
+            ctx.report.note(line)
+        return notes
 
 
 def probe_labels(ctx: Context, role: str) -> dict[str, str]:
@@ -48,6 +84,20 @@ def replay_env(ctx: Context, branch: str | None) -> dict[str, str]:
     return container_env(ctx.config, {}, (), branch)
 
 
+def _checked(
+    ctx: Context, workspace: Path | None
+) -> tuple[Path | None, RepoInfo | None, tuple[Mount, ...]]:
+    """The workspace's real path, its repository and its git metadata mounts, through the
+    mount policy as a run's (box.checked); nothing without a workspace."""
+    if workspace is None:
+        return None, None, ()
+    ws = find_workspace(workspace, workspace)
+    checked, notes = box.checked(ctx, ws.path, ws.repo)
+    for line in notes:
+        ctx.report.note(line)
+    return ws.path, ws.repo, checked
+
+
 @contextlib.contextmanager
 def container(
     ctx: Context,
@@ -58,41 +108,60 @@ def container(
     user: str = "",
     workdir: str = "",
     branch: str | None = None,
-) -> Iterator[str]:
+) -> Iterator[Probe]:
     """A created (not started) container running ``command`` the way a run on ``branch``
-    does (the same wrapper, env file, run user, and the branch's egress policy: a probe or a
-    replay runs the agent's environment, so it gets the agent's network boundary), removed
-    on the way out."""
+    does (the same wrapper, env file, run user, the branch's egress policy, and a run's box:
+    a probe or a replay runs the agent's environment), removed on the way out."""
     from pienv.runloop import egressrun
 
+    root, repo, checked = _checked(ctx, workspace)
     token = os.urandom(6).hex()
     env_path = env_file(ctx.store.runs_dir, token)
     ctx.store.runs_dir.mkdir(parents=True, exist_ok=True)
     agent = ctx.config.agent_named(None)
     boundary = egressrun.prepare(ctx, branch, None, agent, {}, False)
-    env = replay_env(ctx, branch) | dict(boundary.env if boundary else {})
-    write_env_file(env_path, env)
-    binds = {str(env_path): {"bind": ENV_FILE, "mode": "ro"}}
-    if workspace:
-        binds[str(workspace)] = {"bind": WORKSPACE, "mode": "rw"}
-    cid = ""
+    host = HostFacts(
+        user=user or host_ids(),
+        environ={},
+        env_file=str(env_path),
+        name=run_name(ctx.store_id, token) + f"-{role}",
+        store_id=ctx.store_id,
+        checked=checked,
+        boundary=Boundary(boundary.network, boundary.dns, boundary.env, boundary.cap_drop)
+        if boundary
+        else None,
+    )
+    spec = probe_spec(
+        image,
+        command,
+        str(root) if root else None,
+        replay_env(ctx, branch),
+        ctx.config,
+        host,
+        probe_labels(ctx, role),
+        workdir,
+    )
+    write_env_file(env_path, spec.env)
+    engine = ctx.engine()
+    gate, unverified = box.gate(engine, spec)
+    if unverified and root is not None:
+        ctx.report.note(unverified)
+    probe: Probe | None = None
     try:
-        cid = ctx.engine().create(
-            image,
-            entrypoint=["/bin/sh", "-c", WRAPPER, ENV_FILE, *command],
-            user=user or host_ids(),
-            workdir=workdir or WORKSPACE,
-            binds=binds,
-            labels=probe_labels(ctx, role),
-            network=boundary.network if boundary else ctx.config.network,
-            dns=boundary.dns if boundary else (),
-            cap_drop=boundary.cap_drop if boundary else (),
-            name=run_name(ctx.store_id, token) + f"-{role}",
-        )
-        yield cid
+        cid = create(engine, spec)
+        probe = Probe(cid, gate, root, repo)
+        if gate is not None:
+            gate.open(lambda: box.container_pid(cid))
+        if root is not None:  # the workspace and its git dirs as the command finds them
+            probe.watch = box.watch(root, repo, ctx.config.protect_git)
+            probe.sweep = box.sweep_job(ctx, spec.mounts, probe.watch.started)
+        yield probe
     finally:
-        if cid:
-            ctx.engine().remove_container(cid, force=True)
+        if gate is not None:
+            gate.close()
+        if probe is not None:
+            ctx.engine().remove_container(probe.cid, force=True)
+            probe.after(ctx)  # interrupted: what it left is defused all the same
         if boundary is not None and boundary.audit_id:
             # Kept as a run's is (`pienv egress log` shows what a probe reached).
             with contextlib.suppress(Exception):
@@ -101,17 +170,29 @@ def container(
             env_path.unlink()
 
 
-def start(ctx: Context, cid: str) -> ProbeResult:
-    """Start ``cid``, collect its output, and return its exit code (the container stays)."""
+def start(ctx: Context, probe: Probe) -> ProbeResult:
+    """Start the probe's container, collect its output, and return its exit code (the
+    container stays); then what it left on the host is defused (``Probe.after``). A probe
+    whose mounts were not what the policy checked is refused (nothing of it ran)."""
     engine = ctx.engine()
     out = bytearray()
-    for chunk_out, chunk_err in engine.run_streaming(cid):
+    for chunk_out, chunk_err in engine.run_streaming(probe.cid):
         for chunk in (chunk_out, chunk_err):
             if chunk:
                 out += chunk
                 del out[:-OUTPUT_KEEP]
-    code = engine.wait(cid)
-    return ProbeResult(code, out.decode(errors="replace"))
+    code = engine.wait(probe.cid)
+    if probe.gate is not None:
+        probe.gate.close()
+    problems = box.refused(probe.gate, code)
+    notes = probe.after(ctx)
+    if problems:
+        raise UsageError(
+            "refusing the probe: a host path changed between pienv's check and the engine's "
+            f"mount ({'; '.join(problems)}); nothing ran",
+            hint="something is moving that path (another run's agent?): check it",
+        )
+    return ProbeResult(code, out.decode(errors="replace"), tuple(notes))
 
 
 def run(
@@ -122,8 +203,8 @@ def run(
     branch: str | None = None,
 ) -> ProbeResult:
     """``command`` in a throwaway container from ``image``; the container is removed."""
-    with container(ctx, image, command, workspace, "probe", branch=branch) as cid:
-        return start(ctx, cid)
+    with container(ctx, image, command, workspace, "probe", branch=branch) as probe:
+        return start(ctx, probe)
 
 
 @contextlib.contextmanager

@@ -158,8 +158,9 @@ def _replay_one(ctx: Context, state: State, item: replay.Item) -> tuple[str, str
         raise EngineError(f"the image of commit {short(state.tip)} is gone from the engine")
     with probe.container(
         ctx, state.tip, old.command, None, "rebase", old.user, item.workdir, state.branch
-    ) as cid:
-        result = probe.start(ctx, cid)
+    ) as replayed:
+        cid = replayed.cid
+        result = probe.start(ctx, replayed)
         if result.exit_code not in (0, old.exit_code):
             tail = result.output.strip().splitlines()[-1:] or [""]
             return "", f"`{' '.join(old.command)}` exited {result.exit_code}: {tail[0][:200]}"

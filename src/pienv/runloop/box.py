@@ -5,7 +5,7 @@ probe is not a way around what a run holds:
 
 - ``checked``: the workspace through the mount policy, and its git metadata read-only or
   pre-made (gitguard.git_mounts, every source through the same policy);
-- the capabilities plan.DROPPED_CAPS, whatever the network;
+- the capabilities plan.DROPPED_CAPS (plan.cap_drop), whatever the network;
 - ``gate``: every bind mount verified after the container is created and before its command
   starts (runloop/pin.py), ``refused`` when one is not what the policy checked;
 - ``watch`` before the command and ``git_findings`` after it: a symlink, `commondir`,

@@ -181,11 +181,58 @@ def plan(
         dns=boundary.dns if boundary else (),
         tty=req.interactive,
         stdin=req.interactive or host.forward_stdin,
-        cap_drop=tuple(dict.fromkeys((*DROPPED_CAPS, *(boundary.cap_drop if boundary else ())))),
+        cap_drop=cap_drop(boundary),
         no_new_privileges=not config.sudo,
         prepare=mount_points(ordered, host.checked, parent),
         tmpfs=TMPFS,
         **resources(req, config, host),
+    )
+
+
+def cap_drop(boundary: Boundary | None) -> tuple[str, ...]:
+    """The capabilities a container of the agent's images goes without: DROPPED_CAPS always,
+    and what its network boundary drops."""
+    return tuple(dict.fromkeys((*DROPPED_CAPS, *(boundary.cap_drop if boundary else ()))))
+
+
+def probe_spec(
+    image: str,
+    command: tuple[str, ...],
+    workspace: str | None,
+    env: Mapping[str, str],
+    config: Config,
+    host: HostFacts,
+    labels: Mapping[str, str],
+    workdir: str = "",
+) -> ContainerSpec:
+    """A container another command starts from an env commit (bisect's probe, rebase's
+    replay): a run's wrapper, env file and user, and a run's box: its dropped capabilities,
+    no new privileges with `[run] sudo = false`, the network boundary ``host.boundary``, and
+    the ``workspace`` (a checked real path, or None) with its git metadata mounts
+    (``host.checked``, gitguard.git_mounts). Not a run: no record, no agent state or cache
+    volumes, no limits."""
+    boundary = host.boundary
+    env_mount = Mount(host.env_file, ENV_FILE, True, "the run's variables", directory=False)
+    mounts: dict[str, Mount] = {host.env_file: env_mount}
+    if workspace:
+        mounts[workspace] = Mount(workspace, WORKSPACE, False, "the workspace")
+    for m in host.checked:
+        mounts[m.source] = m
+    return ContainerSpec(
+        image=image,
+        name=host.name,
+        entrypoint=("/bin/sh", "-c", WRAPPER, ENV_FILE, *command),
+        user=host.user,
+        workdir=workdir or WORKSPACE,
+        env={**env, **(boundary.env if boundary else {})},
+        env_file=host.env_file,
+        mounts=tuple(mounts.values()),
+        info=None,
+        network=boundary.network if boundary else config.network,
+        dns=boundary.dns if boundary else (),
+        cap_drop=cap_drop(boundary),
+        no_new_privileges=not config.sudo,
+        extra_labels=labels,
     )
 
 
