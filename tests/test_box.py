@@ -435,6 +435,25 @@ def test_a_bisect_probe_gets_the_box_of_a_run(pienv: Pienv, tmp_path: Path) -> N
     assert not marker.exists()
 
 
+@pytest.mark.nonroot
+def test_a_bisect_probe_of_a_non_root_user_is_swept_and_checked(nonroot: NonrootPienv) -> None:
+    """The same as a non-root user (the sweep's fix container, not pienv, strips the bit)."""
+    p = nonroot
+    p("run", "-m", "one", "--", "touch", "/home/agent/one")
+    p("run", "-m", "two", "--", "touch", "/home/agent/two")
+    p("bisect", "start", "main", "main~2")
+    plant = (
+        "cd /workspace && cp /bin/busybox s && chmod 4755 s; echo x > .git/hooks/x; "
+        "ln -s /etc .git/planted; echo PLANTED"
+    )
+    r = p("bisect", "run", "--", "sh", "-c", plant)
+    dotgit = p.repo / ".git"
+    assert privileged(p.repo, NONROOT_UID) == [], r.err
+    assert (p.repo / "s").read_bytes()[:4] == b"\x7fELF"  # stripped, its data kept
+    assert not (dotgit / "hooks" / "x").exists()
+    assert (dotgit / "planted.pienv-quarantined").is_symlink() and "s (setuid)" in r.err
+
+
 @pytest.mark.engine
 def test_a_bisect_probe_refuses_a_workspace_the_mount_policy_refuses(pienv: Pienv) -> None:
     pienv("run", "-m", "one", "--", "touch", "/one")
