@@ -3,7 +3,10 @@ gets, where a port is published, and the one line a port clash or a missing GPU 
 
 from __future__ import annotations
 
+import shlex
 import socket
+import subprocess
+import sys
 import time
 
 import docker
@@ -87,6 +90,26 @@ def test_a_run_killed_for_memory_says_so(pienv: Pienv) -> None:
     # Podman 4.3 sets no OOMKilled: its dialect reads the container's memory cgroup instead
     said = "the command was killed for using more than its 32 MiB of memory"
     assert said in r.err, r.err
+
+
+def test_an_interactive_run_killed_for_memory_says_so(pienv: Pienv) -> None:
+    """On a terminal (the docker CLI's attach), the same line as a piped run: on Podman too,
+    whose dialect must find the container's memory cgroup without pienv's own start."""
+    grow = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}"
+    run = [sys.executable, "-m", "pienv", "run", "--no-commit", "--memory", "32m"]
+    cmd = shlex.join([*run, "--", "sh", "-c", grow])
+    proc = subprocess.run(
+        ["script", "-qec", cmd, "/dev/null"],
+        cwd=pienv.repo,
+        env=pienv.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.returncode != 0
+    said = "the command was killed for using more than its 32 MiB of memory"
+    assert said in proc.stdout, proc.stdout
 
 
 def test_gpus_are_a_device_request_and_refused_clearly_without_a_gpu(pienv: Pienv) -> None:

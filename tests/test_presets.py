@@ -35,6 +35,11 @@ QUIT = {
     "aider": [b"\x03", b"\x03", b"\x04"],
 }
 QUIT_CODES = {0, 130}
+# What a user of a pip preset on a stock Node image does first (pienv's message says so).
+PIP_INSTALL = (
+    "sudo apt-get update -qq >/dev/null && sudo DEBIAN_FRONTEND=noninteractive"
+    " apt-get install -y -qq python3-pip >/dev/null"
+)
 
 
 def tty_session(p: NonrootPienv, keys: list[bytes], ready: bytes, wait: float) -> tuple[int, str]:
@@ -99,11 +104,13 @@ def test_two_sessions_of_a_preset_make_one_commit_at_most(
     try:
         if preset.manager == "pip":
             # The realistic base has python3 but no pip (on purpose: a stock Node image): the
-            # install fails saying so, before any interface starts.
+            # install fails saying so, before any interface starts...
             r = p("run", check=False)
             assert r.code == 1, r.out + r.err
             assert "pip" in r.err and "missing" in r.err, r.err
-            return
+            # ...and works once the user installed pip the way the message says (a run of
+            # their own, with the image's sudo), as on a Python base.
+            p("run", "--", "sh", "-c", PIP_INSTALL)
         code, out = tty_session(p, QUIT[name], f"installed {name}".encode(), wait=900)
         assert f"installed {name} {preset.version} as" in out, out[-3000:]
         assert code in QUIT_CODES, (code, out[-3000:])

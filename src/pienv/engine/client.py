@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import re
+import threading
+import time
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -314,7 +316,27 @@ class Engine(Connection):
 
     def attach_interactive(self, cid: str, detach_keys: str = "ctrl-^,ctrl-q") -> int:
         """Start and attach through the docker CLI (raw TTY, resize, signals): its exit code."""
+        if self.dialect.watches_starts and self.local:
+            threading.Thread(
+                target=self._when_running, args=(cid,), name="pienv-started", daemon=True
+            ).start()
         return streams.attach_interactive(self._cli_host, cid, detach_keys)
+
+    def _when_running(self, cid: str, limit: float = 30.0) -> None:
+        """Tell the dialect once the CLI has started ``cid`` (polled: the CLI says nothing).
+        A container that ends first was never seen running: nothing to tell."""
+        deadline = time.monotonic() + limit
+        while time.monotonic() < deadline:
+            try:
+                state = (self._call("GET", f"/containers/{cid}/json") or {}).get("State") or {}
+            except EngineError:
+                return
+            if state.get("Pid"):
+                self.dialect.started(self, cid)
+                return
+            if state.get("Status") in ("exited", "dead"):
+                return
+            time.sleep(0.02)
 
     def wait(self, cid: str, timeout: int | None = None) -> int:
         result = self._call(

@@ -55,6 +55,9 @@ class Dialect(abc.ABC):
     # Whether removing an image that another image builds on removes it (and frees the
     # layers only it holds) rather than refusing (Docker: 409, the image stays, untagged).
     removes_built_on: bool = False
+    # Whether `started` must see every run container start, the docker CLI's interactive
+    # attach (which starts it without pienv's own call) included.
+    watches_starts: bool = False
 
     def started(self, engine: Calls, cid: str) -> None:
         """A run container has just started (the engine reports OOM kills itself: nothing)."""

@@ -46,6 +46,7 @@ class Podman(Dialect):
     # Its image removal takes an image a kept commit builds on: the image goes, and prune's
     # dry run counts it as freed, as the real prune does (measured on 4.3).
     removes_built_on = True
+    watches_starts = True
 
     def __init__(self) -> None:
         self._oom: dict[str, oomwatch.Watch] = {}
