@@ -111,8 +111,9 @@ def test_two_sessions_of_a_preset_make_one_commit_at_most(
             # ...and works once the user installed pip the way the message says (a run of
             # their own, with the image's sudo), as on a Python base.
             p("run", "--", "sh", "-c", PIP_INSTALL)
-        code, out = tty_session(p, QUIT[name], f"installed {name} {preset.version} as".encode(), wait=900)
-        assert f"installed {name} {preset.version} as" in out, out[-3000:]
+        said = f"installed {name} {preset.version} as"  # pienv's line, not pip's
+        code, out = tty_session(p, QUIT[name], said.encode(), wait=900)
+        assert said in out, out[-3000:]
         assert code in QUIT_CODES, (code, out[-3000:])
         _await_background_commits(p.home, timeout=120)
         # A login where the preset keeps it: a volume, so no commit and no layer.
