@@ -263,6 +263,21 @@ class Pienv:
             text=True,
         )
 
+    def in_terminal(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """pienv ARGS under a pseudo-terminal (`script`), so it takes the docker CLI's
+        interactive path; the terminal's output (stdout and stderr) is the result's stdout."""
+        import shlex
+
+        return subprocess.run(
+            ["script", "-qec", shlex.join([*self.command, *args]), "/dev/null"],
+            cwd=self.repo,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+
     def refs(self) -> dict:  # type: ignore[type-arg]
         import json
 

@@ -3,10 +3,7 @@ gets, where a port is published, and the one line a port clash or a missing GPU 
 
 from __future__ import annotations
 
-import shlex
 import socket
-import subprocess
-import sys
 import time
 
 import docker
@@ -96,16 +93,8 @@ def test_an_interactive_run_killed_for_memory_says_so(pienv: Pienv) -> None:
     """On a terminal (the docker CLI's attach), the same line as a piped run: on Podman too,
     whose dialect must find the container's memory cgroup without pienv's own start."""
     grow = "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo ${#x}"
-    run = [sys.executable, "-m", "pienv", "run", "--no-commit", "--memory", "32m"]
-    cmd = shlex.join([*run, "--", "sh", "-c", grow])
-    proc = subprocess.run(
-        ["script", "-qec", cmd, "/dev/null"],
-        cwd=pienv.repo,
-        env=pienv.env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        stdin=subprocess.DEVNULL,
+    proc = pienv.in_terminal(
+        "run", "--no-commit", "--memory", "32m", "--", "sh", "-c", grow, timeout=120
     )
     assert proc.returncode != 0
     said = "the command was killed for using more than its 32 MiB of memory"

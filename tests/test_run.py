@@ -267,16 +267,7 @@ def test_closed_standard_stream_still_runs_and_commits(pienv: Pienv, closed: str
 
 def test_interactive_tty_path(pienv: Pienv) -> None:
     # `script` gives pienv a real pseudo-terminal: the docker CLI attach path is used.
-    cmd = f"{os.sys.executable} -m pienv run -- sh -c 'tty; touch /tty-was-here; exit 5'"
-    proc = subprocess.run(
-        ["script", "-qec", cmd, "/dev/null"],
-        cwd=pienv.repo,
-        env=pienv.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        stdin=subprocess.DEVNULL,
-    )
+    proc = pienv.in_terminal("run", "--", "sh", "-c", "tty; touch /tty-was-here; exit 5")
     assert "/dev/pts/" in proc.stdout
     assert proc.returncode == 5
     assert pienv("run", "--", "ls", "/tty-was-here").out.strip() == "/tty-was-here"
