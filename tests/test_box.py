@@ -10,8 +10,10 @@ may come from a path the agent moved between pienv's check and the engine's moun
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import threading
@@ -452,6 +454,75 @@ def test_a_bisect_probe_of_a_non_root_user_is_swept_and_checked(nonroot: Nonroot
     assert (p.repo / "s").read_bytes()[:4] == b"\x7fELF"  # stripped, its data kept
     assert not (dotgit / "hooks" / "x").exists()
     assert (dotgit / "planted.pienv-quarantined").is_symlink() and "s (setuid)" in r.err
+
+
+# Plants, says so, then lasts: the probe's pienv is killed while its command runs.
+PROBE_STALL = (
+    "cd /workspace && cp /bin/busybox s && chmod 4755 s; ln -s /etc .git/planted; "
+    "touch started; sleep 300"
+)
+
+
+def _bisect_stalled(pienv: Pienv) -> subprocess.Popen[str]:
+    """`pienv bisect run` whose probe has planted and is still running."""
+    pienv("run", "-m", "one", "--", "touch", "/one")
+    pienv("run", "-m", "two", "--", "touch", "/two")
+    pienv("bisect", "start", "main", "main~2")
+    proc = pienv.popen("bisect", "run", "--", "sh", "-c", PROBE_STALL)
+    deadline = time.monotonic() + 90
+    while not (pienv.repo / "started").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the probe never started"
+        time.sleep(0.2)
+    return proc
+
+
+def _store_containers(pienv: Pienv) -> list[str]:
+    store_id = pienv.refs()["store_id"]
+    out = subprocess.run(
+        ["docker", "ps", "-aq", "--filter", f"label=dev.pienv.store={store_id}",
+         "--filter", "label=dev.pienv.role=probe"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return out.stdout.split()
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP])
+def test_a_bisect_probe_whose_pienv_is_signalled_is_swept_and_checked(
+    pienv: Pienv, sig: signal.Signals
+) -> None:
+    """SIGTERM or SIGHUP (a closed terminal) while a probe's command runs: as for a run, its
+    container is stopped, what it planted is defused, and pienv exits 128+n."""
+    proc = _bisect_stalled(pienv)
+    proc.send_signal(sig)
+    _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, err
+    assert privileged(pienv.repo, 0) == [], err
+    assert (pienv.repo / ".git" / "planted.pienv-quarantined").is_symlink(), err
+    assert "setuid" in err and "planted" in err, err
+    assert _store_containers(pienv) == []
+
+
+@pytest.mark.engine
+def test_a_bisect_probe_killed_with_its_pienv_is_found_by_orphans_and_doctor(
+    pienv: Pienv,
+) -> None:
+    """kill -9 of pienv while its probe runs: nothing of it swept the workspace. `pienv
+    orphans` lists the probe's container (its pienv is dead), and `pienv doctor` removes it
+    (it still runs the agent's code in the workspace) and sweeps what it planted."""
+    proc = _bisect_stalled(pienv)
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert privileged(pienv.repo, 0) == ["setuid/setgid s"]
+    listed = json.loads(pienv("orphans", "--json").out)
+    assert [o["kind"] for o in listed] == ["probe"], listed
+    r = pienv("doctor", check=False)
+    line = next(ln for ln in r.out.splitlines() if "privilege" in ln)
+    assert str(pienv.repo) in line and "s (setuid" in line, r.out
+    assert privileged(pienv.repo, 0) == []
+    assert _store_containers(pienv) == [], r.out
+    assert "planted" in r.out  # named by the git dirs check (moved aside by the next run)
 
 
 @pytest.mark.engine
