@@ -11,7 +11,7 @@ import sys
 from typing import NoReturn
 
 from pienv import ui
-from pienv.errors import PienvError
+from pienv.errors import Interrupted, PienvError
 
 
 def main(argv: list[str] | None = None) -> NoReturn:
@@ -23,6 +23,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         code = exc.code
     except KeyboardInterrupt:
         code = 130
+    except Interrupted as exc:  # SIGTERM/SIGHUP while a container ran (what it left defused)
+        code = 128 + exc.signum
     except BrokenPipeError:
         code = 0
     except Exception as exc:

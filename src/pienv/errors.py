@@ -21,6 +21,16 @@ class PienvError(Exception):
         return self.message if not self.hint else f"{self.message} ({self.hint})"
 
 
+class Interrupted(BaseException):
+    """SIGHUP/SIGTERM while a container runs the agent's command, raised by pienv's signal
+    handler (runloop/launch.py). A BaseException (as KeyboardInterrupt is), so no ``except
+    Exception`` on the way can swallow it; the console script exits 128+n."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
 class UsageError(PienvError):
     """Bad input: unknown ref, bad name, refused path."""
 

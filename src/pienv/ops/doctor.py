@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -44,6 +44,8 @@ class Found:
     refs: Refs | None = None
     engine: Engine | None = None
     info: EngineInfo | None = None
+    # (workspace, start) of the probes check_probes removed: check_privilege sweeps them.
+    probed: list[tuple[str, str]] = field(default_factory=list)
 
 
 CheckFn = Callable[[Found], list[Check]]
@@ -207,6 +209,34 @@ def check_orphans(f: Found) -> list[Check]:
     return [Check("orphans", "warn" if found else "ok", f"{len(found)} orphan run(s)", fix)]
 
 
+def check_probes(f: Found) -> list[Check]:
+    """A `bisect run` probe or `rebase` replay whose pienv was killed (kill -9) mid-command
+    still runs the agent's code, with the workspace mounted read-write: removed here (a
+    probe is never committed: nothing in it is lost), so that check_privilege sweeps a
+    workspace nothing writes to any more."""
+    if f.refs is None or f.engine is None:
+        return []
+    from pienv.ops.recovery import orphans
+    from pienv.runloop.helpers import PROBE, REBASE
+    from pienv.runloop.sandbox import remove_env_file
+
+    gone = []
+    for o in orphans(f.ctx, with_size=False):
+        if o.kind not in (PROBE, REBASE):
+            continue
+        try:
+            f.engine.remove_container(o.container, force=True)
+        except PienvError:
+            continue  # still listed by `pienv orphans`
+        remove_env_file(f.ctx.store.runs_dir, o.name)
+        f.probed.append((o.info.workspace, o.started))
+        gone.append(f"{o.container[:12]} ({o.kind}, pid {o.holder_pid})")
+    if not gone:
+        return [Check("probes", "ok", "no probe left by a killed pienv")]
+    detail = f"removed {len(gone)} container(s) a killed pienv left running: {', '.join(gone)}"
+    return [Check("probes", "warn", detail, "their workspaces are swept below")]
+
+
 def check_env_files(f: Found) -> list[Check]:
     if f.refs is None:
         return []
@@ -255,7 +285,8 @@ def check_git_dirs(f: Found) -> list[Check]:
 
 def unfinished_runs(f: Found) -> dict[str, float]:
     """Workspaces of runs that never finished (pienv and its finalizer killed: a stale lock's
-    holder, an orphan container), each with the earliest such run's start (epoch seconds)."""
+    holder, an orphan container) and of killed pienvs' probes, each with the earliest such
+    run's start (epoch seconds)."""
     from pienv.model import parse_time
     from pienv.ops.recovery import orphans
 
@@ -265,7 +296,9 @@ def unfinished_runs(f: Found) -> dict[str, float]:
         holder = locks.read_holder(locks_dir, name)
         if holder and not locks.is_locked(locks_dir, name):
             runs.append((holder.workspace, holder.since))
+    # An orphan run, a killed pienv's probe (a helper labelled with its workspace).
     runs += [(o.info.workspace, o.started) for o in orphans(f.ctx, with_size=False)]
+    runs += f.probed
     out: dict[str, float] = {}
     for place, since in runs:
         try:
@@ -319,6 +352,7 @@ CHECKS: list[CheckFn] = [
     check_keepers,
     check_locks,
     check_orphans,
+    check_probes,
     check_env_files,
     check_egress_proxy,
     check_git_dirs,

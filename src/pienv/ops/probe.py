@@ -23,7 +23,8 @@ from pienv.model import LABEL, SCHEMA
 from pienv.runloop import box
 from pienv.runloop.box import GitWatch
 from pienv.runloop.commits import host_ids
-from pienv.runloop.launch import create
+from pienv.runloop.helpers import helper_labels
+from pienv.runloop.launch import create, interruptible, uninterrupted
 from pienv.runloop.pin import Gate
 from pienv.runloop.plan import Boundary, HostFacts, probe_spec
 from pienv.runloop.sandbox import container_env, env_file, run_name, write_env_file
@@ -71,10 +72,15 @@ class Probe:
         return notes
 
 
-def probe_labels(ctx: Context, role: str) -> dict[str, str]:
-    # The store's label: two stores never see each other's probes; `role` keeps them out of
-    # the orphan search (which looks for role=run).
-    return {LABEL + "schema": str(SCHEMA), LABEL + "store": ctx.store_id, LABEL + "role": role}
+def probe_labels(ctx: Context, role: str, workspace: Path | None) -> dict[str, str]:
+    """The store (two stores never see each other's probes), the role (a helper kind, not
+    a run: runloop/helpers.py), the pienv that made it and when, and the workspace it mounts
+    read-write: a probe whose pienv was killed (kill -9) is listed by `pienv orphans`, and
+    `pienv doctor` removes it and sweeps that workspace (ops/doctor.py)."""
+    labels = {LABEL + "schema": str(SCHEMA), **helper_labels(ctx.store_id, role)}
+    if workspace is not None:
+        labels[LABEL + "workspace"] = str(workspace)
+    return labels
 
 
 def replay_env(ctx: Context, branch: str | None) -> dict[str, str]:
@@ -111,7 +117,23 @@ def container(
 ) -> Iterator[Probe]:
     """A created (not started) container running ``command`` the way a run on ``branch``
     does (the same wrapper, env file, run user, the branch's egress policy, and a run's box:
-    a probe or a replay runs the agent's environment), removed on the way out."""
+    a probe or a replay runs the agent's environment), removed on the way out, and what it
+    left defused: also on SIGTERM/SIGHUP (``Interrupted``, exit 128+n) or Ctrl-C, as a
+    run's."""
+    with interruptible():
+        yield from _container(ctx, image, command, workspace, role, user, workdir, branch)
+
+
+def _container(
+    ctx: Context,
+    image: str,
+    command: tuple[str, ...],
+    workspace: Path | None,
+    role: str,
+    user: str,
+    workdir: str,
+    branch: str | None,
+) -> Iterator[Probe]:
     from pienv.runloop import egressrun
 
     root, repo, checked = _checked(ctx, workspace)
@@ -138,7 +160,7 @@ def container(
         replay_env(ctx, branch),
         ctx.config,
         host,
-        probe_labels(ctx, role),
+        probe_labels(ctx, role, root),
         workdir,
     )
     write_env_file(env_path, spec.env)
@@ -157,17 +179,18 @@ def container(
             probe.sweep = box.sweep_job(ctx, spec.mounts, probe.watch.started)
         yield probe
     finally:
-        if gate is not None:
-            gate.close()
-        if probe is not None:
-            ctx.engine().remove_container(probe.cid, force=True)
-            probe.after(ctx)  # interrupted: what it left is defused all the same
-        if boundary is not None and boundary.audit_id:
-            # Kept as a run's is (`pienv egress log` shows what a probe reached).
-            with contextlib.suppress(Exception):
-                egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
-        with contextlib.suppress(OSError):
-            env_path.unlink()
+        with uninterrupted():  # a second signal does not cut the sweep short
+            if gate is not None:
+                gate.close()
+            if probe is not None:
+                ctx.engine().remove_container(probe.cid, force=True)
+                probe.after(ctx)  # interrupted: what it left is defused all the same
+            if boundary is not None and boundary.audit_id:
+                # Kept as a run's is (`pienv egress log` shows what a probe reached).
+                with contextlib.suppress(Exception):
+                    egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
+            with contextlib.suppress(OSError):
+                env_path.unlink()
 
 
 def start(ctx: Context, probe: Probe) -> ProbeResult:

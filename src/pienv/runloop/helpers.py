@@ -16,4 +16,6 @@ INSTALL = "install"
 EXPORT = "export"  # `export`'s read of a root commit's files
 DIFF = "diff"  # `diff`/`show`'s filesystem scans and package reads
 RESET = "reset"  # `reset --system`'s read of the old home
-KINDS = (FLATTEN, INSTALL, EXPORT, DIFF, RESET)
+PROBE = "probe"  # a `bisect run` probe (ops/probe.py), labelled with the workspace it mounts
+REBASE = "rebase"  # a `rebase` replay
+KINDS = (FLATTEN, INSTALL, EXPORT, DIFF, RESET, PROBE, REBASE)

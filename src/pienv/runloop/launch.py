@@ -7,10 +7,10 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
-from pienv.errors import EngineError
+from pienv.errors import EngineError, Interrupted
 from pienv.runloop.spec import ContainerSpec
 
 if TYPE_CHECKING:
@@ -54,17 +54,46 @@ def bodies_resources(spec: ContainerSpec) -> dict[str, Any]:
     )
 
 
-class Interrupted(BaseException):
-    """SIGHUP/SIGTERM during the attach, raised by the signal handler. A BaseException (as
-    KeyboardInterrupt is), so no ``except Exception`` on the way can swallow it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
 def _raise_interrupted(signum: int, _frame: Any) -> None:
     raise Interrupted(signum)
+
+
+@contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGHUP and SIGTERM raise ``Interrupted`` inside (as Ctrl-C raises KeyboardInterrupt),
+    so that the ``finally`` of whoever started a container still removes it and defuses what
+    it left (``uninterrupted`` around that cleanup). Outside the main thread (no signal
+    handler can be set there) it does nothing."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGHUP, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, _raise_interrupted) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig in sigs:
+            signal.signal(sig, previous[sig])
+
+
+@contextlib.contextmanager
+def uninterrupted() -> Iterator[None]:
+    """No SIGHUP, SIGTERM or SIGINT breaks what runs inside (a cleanup that must finish: the
+    sweep of planted privilege); the handlers are restored after it."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    sigs = (signal.SIGHUP, signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in sigs}
+    try:
+        yield
+    finally:
+        for sig in sigs:
+            signal.signal(sig, previous[sig])
 
 
 def has_input(fd: int | None) -> bool:
