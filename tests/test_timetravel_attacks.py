@@ -198,3 +198,26 @@ def test_recorded_code_with_symlinks_out_of_the_tree_is_exported_as_links(
     assert os.readlink(target / "abs") == "/etc/hostname"
     assert os.readlink(target / "up") == "../../../.."
     assert (target / "README").read_text() == "hello\n"
+
+
+def test_a_planted_replace_ref_does_not_change_the_recorded_code(
+    repo: Path, tmp_path: Path
+) -> None:
+    """The agent writes `refs/` in a run: a `refs/replace/<id>` makes git read another commit
+    for a recorded id, so `bisect run --with-code` would test (and `checkout --with-code`
+    bring back) code of the agent's choosing. The code of a recorded id is that id's."""
+    (repo / "README").write_text("recorded\n")
+    snap = gitrepo.snapshot_code(repo)
+    (repo / "README").write_text("agent's\n")
+    other = gitrepo.snapshot_code(repo)
+    assert snap is not None and other is not None and snap.code != other.code
+    replace = repo / ".git" / "refs" / "replace"
+    replace.mkdir(parents=True)
+    (replace / snap.code).write_text(other.code + "\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    gitrepo.export_tree(repo, snap.code, out)
+    assert (out / "README").read_text() == "recorded\n"
+    git(repo, "checkout", "-q", "--", "README")
+    assert gitrepo.restore_code(repo, snap.head, snap.code)
+    assert (repo / "README").read_text() == "recorded\n"
