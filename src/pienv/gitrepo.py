@@ -266,8 +266,11 @@ def home_dir() -> Path:
 
 CODE_REF_PREFIX = "refs/pienv/code/"
 # Host git run on a tree the agent wrote: no hooks, no fsmonitor, no submodule recursion,
-# no pager; the repository's config stays (it is read-only inside a run, rule 6).
+# no pager; the repository's config stays (it is read-only inside a run, rule 6). No replace
+# refs: the agent writes `refs/` in a run, and a `refs/replace/<id>` would make a recorded
+# commit id read as another commit of its choosing (the code `--with-code` brings back).
 _SAFE = (
+    "--no-replace-objects",
     "-c",
     "core.hooksPath=/dev/null",
     "-c",
