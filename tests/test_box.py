@@ -510,7 +510,8 @@ def test_a_bisect_probe_killed_with_its_pienv_is_found_by_orphans_and_doctor(
 ) -> None:
     """kill -9 of pienv while its probe runs: nothing of it swept the workspace. `pienv
     orphans` lists the probe's container (its pienv is dead), and `pienv doctor` removes it
-    (it still runs the agent's code in the workspace) and sweeps what it planted."""
+    (it still runs the agent's code in the workspace), moves aside what it planted in the git
+    dir and sweeps the privilege it planted."""
     proc = _bisect_stalled(pienv)
     proc.kill()
     proc.communicate(timeout=60)
@@ -522,7 +523,10 @@ def test_a_bisect_probe_killed_with_its_pienv_is_found_by_orphans_and_doctor(
     assert str(pienv.repo) in line and "s (setuid" in line, r.out
     assert privileged(pienv.repo, 0) == []
     assert _store_containers(pienv) == [], r.out
-    assert "planted" in r.out  # named by the git dirs check (moved aside by the next run)
+    # Its after-run check, from the record the probe left in the store: moved aside.
+    assert (pienv.repo / ".git" / "planted.pienv-quarantined").is_symlink(), r.out
+    assert "planted" in next(ln for ln in r.out.splitlines() if "probes" in ln), r.out
+    assert list((pienv.home / "runs").glob("*.watch.json")) == []
 
 
 @pytest.mark.engine

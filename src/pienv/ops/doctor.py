@@ -6,6 +6,7 @@ more ``Check`` rows; to add one, write a function and put it in ``CHECKS``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable
@@ -212,15 +213,19 @@ def check_orphans(f: Found) -> list[Check]:
 def check_probes(f: Found) -> list[Check]:
     """A `bisect run` probe or `rebase` replay whose pienv was killed (kill -9) mid-command
     still runs the agent's code, with the workspace mounted read-write: removed here (a
-    probe is never committed: nothing in it is lost), so that check_privilege sweeps a
-    workspace nothing writes to any more."""
+    probe is never committed: nothing in it is lost), then what it planted in the git dirs
+    is moved aside as its after-run check would have (from the record it left,
+    box.save_watch), and check_privilege sweeps a workspace nothing writes to any more."""
     if f.refs is None or f.engine is None:
         return []
+    from pienv import gitrepo
     from pienv.ops.recovery import orphans
+    from pienv.runloop import box
     from pienv.runloop.helpers import PROBE, REBASE
-    from pienv.runloop.sandbox import remove_env_file
+    from pienv.runloop.sandbox import remove_env_file, run_token
 
-    gone = []
+    gone: list[str] = []
+    moved: list[str] = []
     for o in orphans(f.ctx, with_size=False):
         if o.kind not in (PROBE, REBASE):
             continue
@@ -231,9 +236,18 @@ def check_probes(f: Found) -> list[Check]:
         remove_env_file(f.ctx.store.runs_dir, o.name)
         f.probed.append((o.info.workspace, o.started))
         gone.append(f"{o.container[:12]} ({o.kind}, pid {o.holder_pid})")
+        record = box.watch_file(f.ctx.store.runs_dir, run_token(o.name))
+        watch = box.load_watch(record)
+        root = Path(o.info.workspace) if o.info.workspace else None
+        if watch is not None and root is not None and root.is_dir():
+            found = box.git_findings(root, gitrepo.find(root), watch, f.ctx.config.protect_git)
+            moved += [line.removeprefix("warning: ") for line in found]
+        with contextlib.suppress(OSError):
+            record.unlink()
     if not gone:
         return [Check("probes", "ok", "no probe left by a killed pienv")]
     detail = f"removed {len(gone)} container(s) a killed pienv left running: {', '.join(gone)}"
+    detail += "".join(f"; {line}" for line in moved)
     return [Check("probes", "warn", detail, "their workspaces are swept below")]
 
 

@@ -168,15 +168,20 @@ def _container(
     gate, unverified = box.gate(engine, spec)
     if unverified and root is not None:
         ctx.report.note(unverified)
+    # The workspace and its git dirs as the command will find them, taken before the
+    # container exists: a signal at any point after it finds them known (not the user's own
+    # symlinks taken for planted ones).
+    watch = box.watch(root, repo, ctx.config.protect_git) if root is not None else GitWatch()
+    job = box.sweep_job(ctx, spec.mounts, watch.started) if root is not None else None
+    record = box.watch_file(ctx.store.runs_dir, token)
     probe: Probe | None = None
     try:
+        if root is not None:  # for `pienv doctor`, if this pienv is killed (kill -9)
+            box.save_watch(record, watch)
         cid = create(engine, spec)
-        probe = Probe(cid, gate, root, repo)
+        probe = Probe(cid, gate, root, repo, watch, job)
         if gate is not None:
             gate.open(lambda: box.container_pid(cid))
-        if root is not None:  # the workspace and its git dirs as the command finds them
-            probe.watch = box.watch(root, repo, ctx.config.protect_git)
-            probe.sweep = box.sweep_job(ctx, spec.mounts, probe.watch.started)
         yield probe
     finally:
         with uninterrupted():  # a second signal does not cut the sweep short
@@ -189,8 +194,9 @@ def _container(
                 # Kept as a run's is (`pienv egress log` shows what a probe reached).
                 with contextlib.suppress(Exception):
                     egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
-            with contextlib.suppress(OSError):
-                env_path.unlink()
+            for path in (env_path, record):
+                with contextlib.suppress(OSError):
+                    path.unlink()
 
 
 def start(ctx: Context, probe: Probe) -> ProbeResult:

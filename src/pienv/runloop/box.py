@@ -124,6 +124,47 @@ def watch(root: Path, repo: RepoInfo | None, protect: bool) -> GitWatch:
     )
 
 
+def watch_file(runs_dir: Path, token: str) -> Path:
+    """Where a probe keeps its ``GitWatch`` while its command runs (beside its env file)."""
+    return runs_dir / f"{token}.watch.json"
+
+
+def save_watch(path: Path, w: GitWatch) -> None:
+    """``w`` written for `pienv doctor`: a probe's pienv killed (kill -9) before its after-run
+    check leaves what the check compares with (the store is out of the container's reach)."""
+    import json
+
+    data = {
+        "commondir": str(w.commondir) if w.commondir is not None else "",
+        "commondir_before": w.commondir_before,
+        "had_dotgit": w.had_dotgit,
+        "started": w.started,
+        "gitlinks": sorted(w.gitlinks),
+        "links": sorted(str(p) for p in w.links),
+    }
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f)
+
+
+def load_watch(path: Path) -> GitWatch | None:
+    """A ``save_watch`` record; None when there is none or it cannot be read."""
+    import json
+
+    try:
+        data = json.loads(path.read_text())
+        return GitWatch(
+            commondir=Path(data["commondir"]) if data["commondir"] else None,
+            commondir_before=bool(data["commondir_before"]),
+            had_dotgit=bool(data["had_dotgit"]),
+            started=float(data["started"]),
+            gitlinks=frozenset(str(x) for x in data["gitlinks"]),
+            links=frozenset(Path(x) for x in data["links"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def git_findings(root: Path, repo: RepoInfo | None, w: GitWatch, protect: bool) -> list[str]:
     """What the command left in the git metadata that would make the host's git run it or
     read elsewhere, moved aside; one note each."""
