@@ -505,8 +505,9 @@ def test_a_bisect_probe_whose_pienv_is_signalled_is_swept_and_checked(
 
 
 @pytest.mark.engine
+@pytest.mark.parametrize("cleaned", [False, True], ids=["doctor", "clean-orphans-first"])
 def test_a_bisect_probe_killed_with_its_pienv_is_found_by_orphans_and_doctor(
-    pienv: Pienv,
+    pienv: Pienv, cleaned: bool
 ) -> None:
     """kill -9 of pienv while its probe runs: nothing of it swept the workspace. `pienv
     orphans` lists the probe's container (its pienv is dead), and `pienv doctor` removes it
@@ -518,6 +519,8 @@ def test_a_bisect_probe_killed_with_its_pienv_is_found_by_orphans_and_doctor(
     assert privileged(pienv.repo, 0) == ["setuid/setgid s"]
     listed = json.loads(pienv("orphans", "--json").out)
     assert [o["kind"] for o in listed] == ["probe"], listed
+    if cleaned:  # the container goes without its checks: doctor still does them
+        assert "left by a killed probe" in pienv("clean-orphans", "--yes").out
     r = pienv("doctor", check=False)
     line = next(ln for ln in r.out.splitlines() if "privilege" in ln)
     assert str(pienv.repo) in line and "s (setuid" in line, r.out

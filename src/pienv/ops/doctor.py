@@ -18,7 +18,7 @@ from pienv import locks
 from pienv.context import Context
 from pienv.engine import MAX_DEPTH
 from pienv.errors import PienvError, StoreError
-from pienv.model import JsonResult, short
+from pienv.model import LABEL, JsonResult, short
 from pienv.runloop import baseimage as basemod
 from pienv.store import Refs
 
@@ -45,8 +45,9 @@ class Found:
     refs: Refs | None = None
     engine: Engine | None = None
     info: EngineInfo | None = None
-    # (workspace, start) of the probes check_probes removed: check_privilege sweeps them.
-    probed: list[tuple[str, str]] = field(default_factory=list)
+    # (workspace, start in epoch seconds) of the probes whose pienv was killed: swept by
+    # check_privilege.
+    probed: list[tuple[str, float]] = field(default_factory=list)
 
 
 CheckFn = Callable[[Found], list[Check]]
@@ -224,8 +225,10 @@ def check_probes(f: Found) -> list[Check]:
     from pienv.runloop.helpers import PROBE, REBASE
     from pienv.runloop.sandbox import remove_env_file, run_token
 
+    runs_dir = f.ctx.store.runs_dir
+    # Listed before the containers: a record is written once its container exists.
+    records = sorted(runs_dir.glob("*.watch.json"))
     gone: list[str] = []
-    moved: list[str] = []
     for o in orphans(f.ctx, with_size=False):
         if o.kind not in (PROBE, REBASE):
             continue
@@ -233,21 +236,31 @@ def check_probes(f: Found) -> list[Check]:
             f.engine.remove_container(o.container, force=True)
         except PienvError:
             continue  # still listed by `pienv orphans`
-        remove_env_file(f.ctx.store.runs_dir, o.name)
-        f.probed.append((o.info.workspace, o.started))
+        remove_env_file(runs_dir, o.name)
         gone.append(f"{o.container[:12]} ({o.kind}, pid {o.holder_pid})")
-        record = box.watch_file(f.ctx.store.runs_dir, run_token(o.name))
-        watch = box.load_watch(record)
-        root = Path(o.info.workspace) if o.info.workspace else None
-        if watch is not None and root is not None and root.is_dir():
+        if o.info.workspace and not box.watch_file(runs_dir, run_token(o.name)).exists():
+            # Killed between the record's removal and its checks: swept all the same.
+            f.probed.append((o.info.workspace, _epoch(o.started)))
+    # Every probe's record whose container is gone (removed above, by `clean-orphans`, or
+    # by hand): its after-run check never came; it comes now, then its sweep.
+    live = {run_token(row.name) for row in f.engine.containers([f"{LABEL}store={f.refs.store_id}"])}
+    moved: list[str] = []
+    for record in records:
+        if record.name.removesuffix(".watch.json") in live:
+            continue
+        loaded = box.load_watch(record)
+        if loaded is not None and loaded[0].is_dir():
+            root, watch = loaded
             found = box.git_findings(root, gitrepo.find(root), watch, f.ctx.config.protect_git)
             moved += [line.removeprefix("warning: ") for line in found]
+            f.probed.append((str(root), watch.started))
         with contextlib.suppress(OSError):
             record.unlink()
-    if not gone:
+    if not gone and not f.probed:
         return [Check("probes", "ok", "no probe left by a killed pienv")]
-    detail = f"removed {len(gone)} container(s) a killed pienv left running: {', '.join(gone)}"
-    detail += "".join(f"; {line}" for line in moved)
+    said = [f"removed what a killed pienv left running: {', '.join(gone)}"] if gone else []
+    said += [f"{len(f.probed)} workspace(s) of killed probes checked", *moved]
+    detail = "; ".join(said)
     return [Check("probes", "warn", detail, "their workspaces are swept below")]
 
 
@@ -297,11 +310,19 @@ def check_git_dirs(f: Found) -> list[Check]:
     return [Check("git dirs", "warn", "; ".join(dict.fromkeys(found)), fix)]
 
 
+def _epoch(since: str) -> float:
+    from pienv.model import parse_time
+
+    try:
+        return parse_time(since).timestamp()
+    except ValueError:
+        return 0.0  # unknown: every entry is looked at
+
+
 def unfinished_runs(f: Found) -> dict[str, float]:
     """Workspaces of runs that never finished (pienv and its finalizer killed: a stale lock's
     holder, an orphan container) and of killed pienvs' probes, each with the earliest such
     run's start (epoch seconds)."""
-    from pienv.model import parse_time
     from pienv.ops.recovery import orphans
 
     runs: list[tuple[str, str]] = []
@@ -312,14 +333,13 @@ def unfinished_runs(f: Found) -> dict[str, float]:
             runs.append((holder.workspace, holder.since))
     # An orphan run, a killed pienv's probe (a helper labelled with its workspace).
     runs += [(o.info.workspace, o.started) for o in orphans(f.ctx, with_size=False)]
-    runs += f.probed
     out: dict[str, float] = {}
     for place, since in runs:
-        try:
-            start = parse_time(since).timestamp()
-        except ValueError:
-            start = 0.0  # unknown: every entry is looked at
+        start = _epoch(since)
         if place and os.path.isdir(place):
+            out[place] = min(start, out.get(place, start))
+    for place, start in f.probed:  # killed pienvs' probes (check_probes)
+        if os.path.isdir(place):
             out[place] = min(start, out.get(place, start))
     return out
 

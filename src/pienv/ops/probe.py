@@ -176,10 +176,12 @@ def _container(
     record = box.watch_file(ctx.store.runs_dir, token)
     probe: Probe | None = None
     try:
-        if root is not None:  # for `pienv doctor`, if this pienv is killed (kill -9)
-            box.save_watch(record, watch)
         cid = create(engine, spec)
         probe = Probe(cid, gate, root, repo, watch, job)
+        if root is not None:  # for `pienv doctor`, if this pienv is killed (kill -9):
+            # written once the container exists, removed before it goes, so that a record
+            # without its container is a killed pienv's.
+            box.save_watch(record, root, watch)
         if gate is not None:
             gate.open(lambda: box.container_pid(cid))
         yield probe
@@ -187,6 +189,8 @@ def _container(
         with uninterrupted():  # a second signal does not cut the sweep short
             if gate is not None:
                 gate.close()
+            with contextlib.suppress(OSError):
+                record.unlink()
             if probe is not None:
                 ctx.engine().remove_container(probe.cid, force=True)
                 probe.after(ctx)  # interrupted: what it left is defused all the same
@@ -194,9 +198,8 @@ def _container(
                 # Kept as a run's is (`pienv egress log` shows what a probe reached).
                 with contextlib.suppress(Exception):
                     egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
-            for path in (env_path, record):
-                with contextlib.suppress(OSError):
-                    path.unlink()
+            with contextlib.suppress(OSError):
+                env_path.unlink()
 
 
 def start(ctx: Context, probe: Probe) -> ProbeResult:

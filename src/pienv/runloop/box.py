@@ -129,12 +129,14 @@ def watch_file(runs_dir: Path, token: str) -> Path:
     return runs_dir / f"{token}.watch.json"
 
 
-def save_watch(path: Path, w: GitWatch) -> None:
-    """``w`` written for `pienv doctor`: a probe's pienv killed (kill -9) before its after-run
-    check leaves what the check compares with (the store is out of the container's reach)."""
+def save_watch(path: Path, root: Path, w: GitWatch) -> None:
+    """``w`` of the workspace ``root`` written for `pienv doctor`: a probe's pienv killed
+    (kill -9) before its after-run check leaves what the check compares with, whatever
+    becomes of its container (the store is out of the container's reach)."""
     import json
 
     data = {
+        "root": str(root),
         "commondir": str(w.commondir) if w.commondir is not None else "",
         "commondir_before": w.commondir_before,
         "had_dotgit": w.had_dotgit,
@@ -147,13 +149,14 @@ def save_watch(path: Path, w: GitWatch) -> None:
         json.dump(data, f)
 
 
-def load_watch(path: Path) -> GitWatch | None:
-    """A ``save_watch`` record; None when there is none or it cannot be read."""
+def load_watch(path: Path) -> tuple[Path, GitWatch] | None:
+    """A ``save_watch`` record: the workspace and its watch; None when there is none or it
+    cannot be read."""
     import json
 
     try:
         data = json.loads(path.read_text())
-        return GitWatch(
+        return Path(data["root"]), GitWatch(
             commondir=Path(data["commondir"]) if data["commondir"] else None,
             commondir_before=bool(data["commondir_before"]),
             had_dotgit=bool(data["had_dotgit"]),
