@@ -221,3 +221,17 @@ def test_a_planted_replace_ref_does_not_change_the_recorded_code(
     git(repo, "checkout", "-q", "--", "README")
     assert gitrepo.restore_code(repo, snap.head, snap.code)
     assert (repo / "README").read_text() == "recorded\n"
+
+
+def test_a_recorded_id_is_never_an_option_to_git_archive(repo: Path, tmp_path: Path) -> None:
+    """The code label of a pulled branch is someone else's text: as `--output=FILE` it made
+    `bisect run --with-code`'s export truncate a file of the user's (git opens it before it
+    finds no tree-ish); as `--remote=URL` it would reach out with the user's ssh."""
+    victim = tmp_path / "bashrc"
+    victim.write_text("# mine\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    for bad in (f"--output={victim}", "--remote=/nonexistent", "HEAD~1"):
+        with pytest.raises(UsageError, match="not a git commit id"):
+            gitrepo.export_tree(repo, bad, out)
+    assert victim.read_text() == "# mine\n"
