@@ -417,7 +417,9 @@ def _untracked_bytes(root: Path, stop_at: int) -> int:
 
 
 def has_commit(root: Path, commit: str) -> bool:
-    return bool(commit) and bool(_git(root, "cat-file", "-t", commit, check=False) == "commit")
+    # A recorded id (a pulled branch's label) is never an option or revision expression.
+    ok = _is_object_id(commit)
+    return ok and bool(_git(root, "cat-file", "-t", commit, check=False) == "commit")
 
 
 def dirty_paths(root: Path) -> list[str]:
@@ -486,6 +488,7 @@ def export_tree(root: Path, commit: str, target: Path) -> None:
     import subprocess
     import tarfile
 
+    _check_object_id(commit)  # never an option (`--output=FILE`, `--remote=URL`)
     proc = subprocess.run(
         ["git", *_SAFE, "archive", "--format=tar", commit],
         cwd=root,
