@@ -118,22 +118,8 @@ def container(
     """A created (not started) container running ``command`` the way a run on ``branch``
     does (the same wrapper, env file, run user, the branch's egress policy, and a run's box:
     a probe or a replay runs the agent's environment), removed on the way out, and what it
-    left defused: also on SIGTERM/SIGHUP (``Interrupted``, exit 128+n) or Ctrl-C, as a
-    run's."""
-    with interruptible():
-        yield from _container(ctx, image, command, workspace, role, user, workdir, branch)
-
-
-def _container(
-    ctx: Context,
-    image: str,
-    command: tuple[str, ...],
-    workspace: Path | None,
-    role: str,
-    user: str,
-    workdir: str,
-    branch: str | None,
-) -> Iterator[Probe]:
+    left defused: also when ``start`` is interrupted by SIGTERM/SIGHUP (``Interrupted``,
+    exit 128+n) or Ctrl-C, as a run's attach is."""
     from pienv.runloop import egressrun
 
     root, repo, checked = _checked(ctx, workspace)
@@ -208,12 +194,15 @@ def start(ctx: Context, probe: Probe) -> ProbeResult:
     whose mounts were not what the policy checked is refused (nothing of it ran)."""
     engine = ctx.engine()
     out = bytearray()
-    for chunk_out, chunk_err in engine.run_streaming(probe.cid):
-        for chunk in (chunk_out, chunk_err):
-            if chunk:
-                out += chunk
-                del out[:-OUTPUT_KEEP]
-    code = engine.wait(probe.cid)
+    # SIGTERM/SIGHUP while the command runs raise Interrupted: ``container``'s way out
+    # removes the container and defuses what it left (a commit after it is not interrupted).
+    with interruptible():
+        for chunk_out, chunk_err in engine.run_streaming(probe.cid):
+            for chunk in (chunk_out, chunk_err):
+                if chunk:
+                    out += chunk
+                    del out[:-OUTPUT_KEEP]
+        code = engine.wait(probe.cid)
     if probe.gate is not None:
         probe.gate.close()
     problems = box.refused(probe.gate, code)
