@@ -95,6 +95,30 @@ def test_privilege_planted_through_the_workspace_does_not_survive_the_run(
 
 @pytest.mark.nonroot
 @pytest.mark.realistic
+def test_a_sweep_killed_with_its_pienv_leaves_a_container_orphans_names(
+    nonroot_realistic: NonrootPienv,
+) -> None:
+    """The sweep's fix container was unlabelled: a pienv killed between its create and its
+    removal left a Created container nothing named (seen twice after -m presets runs). It
+    carries the store, kind and pid now: `orphans` lists it, `clean-orphans` removes it."""
+    p = nonroot_realistic
+    p("run", "--", "true")  # the root commit
+    (p.home / "config.toml").write_text('[run]\ncommit = "foreground"\n')  # the sweep in pienv
+    os.chown(p.home / "config.toml", NONROOT_UID, NONROOT_UID)
+    plant = "cd /workspace && sudo cp /bin/bash s && sudo chmod 4755 s"
+    crash = {"PIENV_TEST_CRASH_AT": "created-sweep"}
+    r = p("run", "--", "sh", "-c", plant, env=crash, check=False, timeout=600)
+    assert r.code in (-9, 137), (r.out, r.err)  # killed (through runuser: 128 + 9)
+    rows = json.loads(p("orphans", "--json").out)
+    assert ("sweep", "created", False) in {
+        (o["kind"], o["state"], o["holder_alive"]) for o in rows
+    }, rows
+    assert "left by a killed sweep" in p("clean-orphans", "--yes").out
+    assert [o for o in json.loads(p("orphans", "--json").out) if o["kind"] == "sweep"] == []
+
+
+@pytest.mark.nonroot
+@pytest.mark.realistic
 def test_sudo_installs_of_setuid_packages_still_work(nonroot_realistic: NonrootPienv) -> None:
     """Dropping MKNOD and SETFCAP costs apt nothing: openssh-client ships a setuid helper."""
     p = nonroot_realistic

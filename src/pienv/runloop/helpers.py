@@ -18,4 +18,5 @@ DIFF = "diff"  # `diff`/`show`'s filesystem scans and package reads
 RESET = "reset"  # `reset --system`'s read of the old home
 PROBE = "probe"  # a `bisect run` probe (ops/probe.py), labelled with the workspace it mounts
 REBASE = "rebase"  # a `rebase` replay
-KINDS = (FLATTEN, INSTALL, EXPORT, DIFF, RESET, PROBE, REBASE)
+SWEEP = "sweep"  # the privilege sweep's fix container (runloop/sweep.py)
+KINDS = (FLATTEN, INSTALL, EXPORT, DIFF, RESET, PROBE, REBASE, SWEEP)

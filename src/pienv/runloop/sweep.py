@@ -31,6 +31,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pienv.runloop.helpers import SWEEP
+from pienv.store.crash import crashpoint
+
 if TYPE_CHECKING:
     from pienv.engine import Engine
 
@@ -190,10 +193,14 @@ def fix_in_container(engine: Engine, job: Sweep, found: list[Finding]) -> list[F
         cap_drop=("ALL",),
         cap_add=("CHOWN", "FOWNER", "DAC_OVERRIDE", "DAC_READ_SEARCH"),
         no_new_privileges=True,
+        # The store, the kind and the pid that made it: a pienv killed before it removed the
+        # container leaves one `pienv orphans` names and `clean-orphans` removes.
+        extra_labels=engine.helper_labels(SWEEP) if engine.helper_labels is not None else {},
     )
     cid = ""
     try:
         cid = create(engine, spec)
+        crashpoint("created-sweep")
         gate.open(lambda: _pid(cid))
         for _ in engine.run_streaming(cid, None):
             pass
