@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """No-op run with an egress policy against `docker run --rm`, beside run_overhead.py.
 
-Usage: python bench/egress_overhead.py [--rounds N] [--only busybox|realistic]
+Usage: python bench/egress_overhead.py [--rounds N] [--clean-venv] [--only busybox|realistic]
 
 Per base (the busybox test base, the realistic base): one store whose branch has an
 allow-list (`pienv egress allow --no-agent example.org`: every run goes through the store's
@@ -11,7 +11,10 @@ finalizer copies its audit out), one store without a policy (open), and
 pienv's exit (the commit and the audit copy are in the background finalizer, waited for
 untimed). Target: policy no-op <= 1.3x docker run. The proxy is started once, before the
 rounds (it is long-lived and shared by the store's runs); the stores, their images and the
-proxy are removed afterwards.
+proxy are removed afterwards. pienv runs under this interpreter, or with --clean-venv under a
+fresh venv holding only pienv and its dependencies (what `pipx install .` gives a user: its
+modules compiled once at install; a development tree under PYTHONDONTWRITEBYTECODE compiles
+every module pienv imports on every run, ~60 ms here).
 """
 
 from __future__ import annotations
@@ -24,15 +27,17 @@ import tempfile
 from pathlib import Path
 
 import _store
-from run_overhead import BUSYBOX, Subject, realistic, timed
+from run_overhead import BUSYBOX, Subject, clean_venv, realistic, timed
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--clean-venv", action="store_true", help="measure pienv from a fresh venv")
     ap.add_argument("--only", choices=["busybox", "realistic"])
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
+        python = clean_venv(Path(tmp) / "venv") if args.clean_venv else sys.executable
         bases = []
         if args.only != "realistic":
             bases.append(("busybox", BUSYBOX))
@@ -40,10 +45,10 @@ def main() -> None:
             bases.append(("realistic", realistic()))
         pairs = []
         for name, base in bases:
-            open_s = Subject(f"{name}-open", base, sys.executable, tmp)
-            policy_s = Subject(f"{name}-policy", base, sys.executable, tmp)
+            open_s = Subject(f"{name}-open", base, python, tmp)
+            policy_s = Subject(f"{name}-policy", base, python, tmp)
             timed(
-                [sys.executable, "-m", "pienv", "egress", "allow", "--no-agent", "example.org"],
+                [python, "-m", "pienv", "egress", "allow", "--no-agent", "example.org"],
                 policy_s.env,
                 policy_s.ws,
             )
@@ -81,9 +86,11 @@ def main() -> None:
                 + " ".join(f"{x:.2f}" for x in os.getloadavg())
             )
             med = {k: statistics.median(v) for k, v in times.items()}
-            print(f"medians of {args.rounds} interleaved rounds")
+            where = "a clean venv" if args.clean_venv else python
+            print(f"pienv from {where}; medians of {args.rounds} interleaved rounds")
             print(
-                f"{'base':<10} {'docker run':>10} {'open':>8} {'ratio':>6} {'policy':>8} {'ratio':>6}"
+                f"{'base':<10} {'docker run':>10} {'open':>8} {'ratio':>6}"
+                f" {'policy':>8} {'ratio':>6}"
                 f" {'docker run --network internal':>30} {'policy ratio to it':>19}"
             )
             for name, _, _ in pairs:
