@@ -58,7 +58,10 @@ CONF
   # OOM kill (not where Podman looks for it), which left one in the repository (9474d4a).
   # exec: the pid file names podman itself, and no shell is left holding the caller's stdout
   # (a $(...) or a captured subprocess would wait on it for ever).
-  (cd "$dir" && exec setsid podman system service --time=0 "unix://$sock" \
+  # Its compatible API's image load keeps a copy of each upload in TMPDIR (/var/tmp by
+  # default) and never removes it: keep them in DIR.
+  mkdir -p "$dir/tmp"
+  (cd "$dir" && TMPDIR="$dir/tmp" exec setsid podman system service --time=0 "unix://$sock" \
     >"$dir/service.log" 2>&1 </dev/null) &
   echo $! >"$dir/service.pid"
   for _ in $(seq 1 100); do
