@@ -87,3 +87,21 @@ def test_oom_kill_count_is_read_from_either_cgroup_version(tmp_path: Path) -> No
     own = counter_file(os.getpid(), tmp_path)  # this process's own cgroup, under a fake root
     assert own is not None and own.name in {"memory.oom_control", "memory.events"}
     assert counter_file(2**22 + 1, tmp_path) is None  # no such process
+
+
+def test_podman_watch_of_a_command_that_ended_at_once_is_no_error() -> None:
+    """Podman's inspect of a container whose process just ended can fail reading its cgroup
+    ("read /proc/N/cgroup: no such process"): a run of `touch /a` failed with that line in
+    CI. The OOM watch then has nothing to watch, and the run goes on."""
+    from pienv.engine.dialects.podman import Podman
+    from pienv.errors import EngineError
+
+    class Gone:
+        local = True
+
+        def _call(self, *args: object, **kwargs: object) -> object:
+            raise EngineError("Podman: read /proc/5678/cgroup: no such process")
+
+    podman = Podman()
+    podman.started(Gone(), "c1")  # type: ignore[arg-type]
+    assert podman.oom_killed("c1") is False

@@ -56,10 +56,14 @@ class Podman(Dialect):
         # machine, watch the container's memory cgroup while it runs.
         if not engine.local:
             return
-        pid = int(
-            ((engine._call("GET", f"/containers/{cid}/json") or {}).get("State") or {}).get("Pid")
-            or 0
-        )
+        try:
+            state = (engine._call("GET", f"/containers/{cid}/json") or {}).get("State") or {}
+        except EngineError:
+            # A command that ended at once: Podman's inspect can fail reading the gone
+            # process's cgroup ("read /proc/N/cgroup: no such process"). Nothing to watch;
+            # the run's own wait and inspect tell how it ended.
+            return
+        pid = int(state.get("Pid") or 0)
         path = oomwatch.counter_file(pid) if pid else None
         if path is not None and path.is_file():
             self._oom[cid] = oomwatch.Watch(path)
