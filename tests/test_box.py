@@ -20,8 +20,9 @@ import threading
 import time
 from pathlib import Path
 
+import docker
 import pytest
-from conftest import NONROOT_UID, NonrootPienv, Pienv, on_podman
+from conftest import NONROOT_UID, NonrootPienv, Pienv, _await_background_commits, on_podman
 from conftest import git as _git
 
 # Written by the agent with sudo: every way the issue found to plant privilege on the host.
@@ -115,6 +116,30 @@ def test_a_sweep_killed_with_its_pienv_leaves_a_container_orphans_names(
     }, rows
     assert "left by a killed sweep" in p("clean-orphans", "--yes").out
     assert [o for o in json.loads(p("orphans", "--json").out) if o["kind"] == "sweep"] == []
+    # The finalizer takes the killed run over and sweeps again: whatever it leaves mounting
+    # the workspace carries the store (an unlabelled fix container stayed after CI runs).
+    _await_background_commits(p.home, timeout=120)
+    sid = p.refs()["store_id"]
+    client = docker.from_env()
+    mounting = [
+        c
+        for c in client.containers.list(all=True)
+        if any(m.get("Source", "").startswith(str(p.repo)) for m in c.attrs.get("Mounts", []))
+    ]
+    assert all(c.labels.get("dev.pienv.store") == sid for c in mounting), [
+        (c.name, c.status, c.labels) for c in mounting
+    ]
+
+
+def test_helpers_of_an_engine_a_context_was_given_are_labelled(tmp_path: Path) -> None:
+    """The finalizer opens its own engine for its Context: the helper containers it makes
+    (the sweep's fix, a flatten, an install) must carry the store's labels all the same."""
+    from pienv.context import Context
+    from pienv.engine import Engine
+    from pienv.store import Store
+
+    given = Engine()
+    assert Context(store=Store(tmp_path), _engine=given).engine().helper_labels is not None
 
 
 @pytest.mark.nonroot

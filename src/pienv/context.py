@@ -43,6 +43,7 @@ class Context:
             from pienv.engine import Engine
 
             self._engine = Engine()
+        if self._engine.helper_labels is None:  # also one the caller made (the finalizer's)
             self._engine.helper_labels = self._helper_labels
         return self._engine
 
