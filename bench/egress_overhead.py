@@ -5,7 +5,7 @@ Usage: python bench/egress_overhead.py [--rounds N] [--clean-venv] [--only busyb
 
 Per base (the busybox test base, the realistic base): one store whose branch has an
 allow-list (`pienv egress allow --no-agent example.org`: every run goes through the store's
-proxy, is registered with it, gets the internal network and the proxy as resolver; the
+proxy, is registered with it, joins its egress slot with the proxy as resolver; the
 finalizer copies its audit out), one store without a policy (open), and
 `docker run --rm -v WS:/workspace HEAD true`. Medians of N interleaved rounds, timed to
 pienv's exit (the commit and the audit copy are in the background finalizer, waited for
@@ -53,15 +53,13 @@ def main() -> None:
                 policy_s.ws,
             )
             policy_s.pienv(policy_s.noop)  # starts the proxy (and builds its image): untimed
-            # The same container on the proxy's network as plain Docker runs it: what the
-            # engine itself costs for an internal network with a resolver set.
-            net, address = proxy_network(policy_s.home)
+            # The same container in the proxy's slot as plain Docker runs it: what the engine
+            # itself costs for joining the slot's network namespace.
+            holder = slot_holder(policy_s.home)
             policy_s.docker_internal = [  # type: ignore[attr-defined]
                 *policy_s.docker[:3],
                 "--network",
-                net,
-                "--dns",
-                address,
+                f"container:{holder}",
                 "--cap-drop",
                 "NET_RAW",
                 *policy_s.docker[3:],
@@ -91,7 +89,7 @@ def main() -> None:
             print(
                 f"{'base':<10} {'docker run':>10} {'open':>8} {'ratio':>6}"
                 f" {'policy':>8} {'ratio':>6}"
-                f" {'docker run --network internal':>30} {'policy ratio to it':>19}"
+                f" {'docker run in the slot':>30} {'policy ratio to it':>19}"
             )
             for name, _, _ in pairs:
                 if (name, "policy") not in med:
@@ -108,15 +106,14 @@ def main() -> None:
                 _store.drop(policy_s.home)
 
 
-def proxy_network(home: Path) -> tuple[str, str]:
+def slot_holder(home: Path) -> str:
+    """The holder of the store's first egress slot (made by the untimed first run)."""
     import json
 
     from pienv import egressnet
-    from pienv.engine import Engine
 
     store_id = json.loads((home / "refs.json").read_text())["store_id"]
-    proxy = egressnet.ensure_proxy(Engine(), store_id)
-    return proxy.network, proxy.address
+    return egressnet.names(store_id) + ".0"
 
 
 def drop_proxy(home: Path) -> None:

@@ -18,7 +18,8 @@ import socket
 import subprocess
 import threading
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 from conftest import package_registries
@@ -34,12 +35,24 @@ def registries() -> dict[str, tuple[str, ...]]:
     return package_registries()
 
 
+class Px(NamedTuple):
+    engine: Engine
+    proxy: egressnet.Proxy
+    slot: egressnet.Slot
+    store_id: str
+    locks: Path
+
+
 @pytest.fixture(scope="module")
-def engine_proxy(engine_available: None) -> Iterator[tuple[Engine, egressnet.Proxy]]:
+def engine_proxy(engine_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Px]:
     engine = Engine()
     store_id = secrets.token_hex(16)
+    locks = tmp_path_factory.mktemp("slots")
     try:
-        yield engine, egressnet.ensure_proxy(engine, store_id)
+        px = egressnet.ensure_proxy(engine, store_id)
+        slot = egressnet.claim(engine, px, store_id, locks)
+        yield Px(engine, px, slot, store_id, locks)
+        slot.release()
     finally:
         assert egressnet.remove(engine, store_id)
 
@@ -73,26 +86,24 @@ def _docker_user_accept(bridge: str) -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def proxy(
-    engine_proxy: tuple[Engine, egressnet.Proxy], realistic_image: str
-) -> Iterator[tuple[Engine, egressnet.Proxy]]:
-    """The proxy, where an agent on the internal network can reach it: on rootful Podman beside
-    Docker only with the documented DOCKER-USER rule (applied here when running as root)."""
-    engine, px = engine_proxy
+def proxy(engine_proxy: Px, realistic_image: str) -> Iterator[Px]:
+    """The proxy, where an agent in its slot can reach it: on rootful Podman beside Docker
+    only with the documented DOCKER-USER rule (applied here when running as root)."""
+    engine, slot = engine_proxy.engine, engine_proxy.slot
     if engine.dialect.name != "Podman" or engine.rootless:
-        yield engine, px
+        yield engine_proxy
         return
-    net = egressnet.RunNetwork("x" * 32, px.network, (px.address,), {})
-    probe = f"curl -sS -m 5 http://{px.address}:3128/ 2>&1"
-    if "timed out" not in run_agent(realistic_image, net, probe)[1]:
-        yield engine, px
+    net = egressnet.RunNetwork("x" * 32, slot.mode, (), {})
+    probe = f"curl -sS -m 5 http://{slot.address}:3128/ 2>&1"
+    if "timed out" not in run_agent(realistic_image, net, probe, slot)[1]:
+        yield engine_proxy
         return
     docker_user = subprocess.run(["iptables", "-S", "DOCKER-USER"], capture_output=True)
     if os.geteuid() != 0 or docker_user.returncode != 0:
         pytest.skip(ROOTFUL_PODMAN_GAP)
-    with _docker_user_accept(_podman_bridge(px.network)):
-        assert "timed out" not in run_agent(realistic_image, net, probe)[1]
-        yield engine, px
+    with _docker_user_accept(_podman_bridge(slot.network)):
+        assert "timed out" not in run_agent(realistic_image, net, probe, slot)[1]
+        yield engine_proxy
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +122,11 @@ def host_service() -> Iterator[int]:
         server.shutdown()
 
 
-def run_agent(image: str, net: egressnet.RunNetwork, script: str) -> tuple[int, str]:
+def run_agent(
+    image: str, net: egressnet.RunNetwork, script: str, slot: egressnet.Slot
+) -> tuple[int, str]:
+    """The script as a run's agent in ``slot``: the holder's namespace, the slot's read-only
+    resolver and hosts, a non-root user, NET_RAW and NET_ADMIN dropped."""
     import docker
 
     client = docker.from_env()
@@ -124,8 +139,8 @@ def run_agent(image: str, net: egressnet.RunNetwork, script: str) -> tuple[int, 
             "HOME": "/tmp",
             "NODE_EXTRA_CA_CERTS": "/etc/ssl/certs/ca-certificates.crt",
         },
-        network=net.network,
-        dns=list(net.dns),
+        network_mode=net.network,
+        volumes={src: {"bind": dst, "mode": "ro"} for dst, src in slot.files.items()},
         cap_drop=["NET_RAW", "NET_ADMIN"],
         security_opt=["no-new-privileges"],
         working_dir="/tmp",
@@ -147,16 +162,16 @@ def host_addresses() -> list[str]:
 
 
 def test_allowed_denied_direct_ip_dns_ipv6_host_and_audit(
-    proxy: tuple[Engine, egressnet.Proxy],
+    proxy: Px,
     registries: dict[str, tuple[str, ...]],
     realistic_image: str,
     host_service: int,
 ) -> None:
-    engine, px = proxy
+    engine, px, slot = proxy.engine, proxy.proxy, proxy.slot
     npm_host, pip_host = registries["npm"][0], registries["pip"][0]
     npm_ip = socket.gethostbyname(npm_host)
     policy = egress.DEFAULT.allowing([npm_host])
-    net = egressnet.register(engine, px, policy, "main")
+    net = egressnet.register(engine, px, slot, policy, "main")
     hosts = " ".join(host_addresses())
     script = f"""
 echo "== allowed"; npm view is-number name 2>&1 | tail -1
@@ -172,7 +187,7 @@ echo "== host"; for a in {hosts} $(python3 -c 'import socket,struct; print(" ".j
 echo "== raw"; python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)' 2>&1 | tail -1
 echo "== end"
 """
-    _, out = run_agent(realistic_image, net, script)
+    _, out = run_agent(realistic_image, net, script, slot)
     audit = egressaudit.parse(egressnet.collect(engine, px, net.token).splitlines())
     sections = dict(s.split("\n", 1) for s in out.split("== ")[1:])
     assert sections["allowed"].strip() == "is-number", out
@@ -197,11 +212,11 @@ echo "== end"
 
 
 def test_injected_key_reaches_only_its_host(
-    proxy: tuple[Engine, egressnet.Proxy],
+    proxy: Px,
     registries: dict[str, tuple[str, ...]],
     realistic_image: str,
 ) -> None:
-    engine, px = proxy
+    engine, px, slot = proxy.engine, proxy.proxy, proxy.slot
     npm_host, pip_host = registries["npm"][0], registries["pip"][0]
     key = "pienv-planted-" + secrets.token_hex(12)
     # A provider route whose upstream is the npm registry: the real outside world here.
@@ -211,18 +226,24 @@ def test_injected_key_reaches_only_its_host(
     other = egress.Provider("other", "OTHER_API_KEY", f"https://{pip_host}", "x-other-key")
     policy = egress.DEFAULT.allowing([npm_host])
     net = egressnet.register(
-        engine, px, policy, "main", {"fake": key, "other": key}, {"fake": fake, "other": other}
+        engine,
+        px,
+        slot,
+        policy,
+        "main",
+        {"fake": key, "other": key},
+        {"fake": fake, "other": other},
     )
     assert key not in repr(net.env)
     script = f"""
 echo "== route"; curl -sS -m 30 "$FAKE_BASE_URL/is-number" | head -c 200; echo
 echo "== viaproxy"; curl -sS -m 30 -x "$HTTP_PROXY" "$FAKE_BASE_URL/is-number" | head -c 200; echo
-echo "== other"; curl -sS -m 10 {px.route_url(net.token, "other")}/simple/six/; echo
+echo "== other"; curl -sS -m 10 {slot.route_url(net.token, "other")}/simple/six/; echo
 echo "== env"; env | grep -c {key}
 echo "== files"; grep -rl {key} / --exclude-dir=proc --exclude-dir=sys 2>/dev/null | head; echo
 echo "== key"; echo "$FAKE_API_KEY"
 """
-    _, out = run_agent(realistic_image, net, script)
+    _, out = run_agent(realistic_image, net, script, slot)
     egressnet.collect(engine, px, net.token)
     sections = dict(s.split("\n", 1) for s in out.split("== ")[1:])
     assert '"name":"is-number"' in sections["route"].replace(" ", ""), out
@@ -235,23 +256,23 @@ echo "== key"; echo "$FAKE_API_KEY"
 
 
 def test_fails_closed_on_every_engine(
-    engine_proxy: tuple[Engine, egressnet.Proxy],
+    engine_proxy: Px,
     registries: dict[str, tuple[str, ...]],
     realistic_image: str,
 ) -> None:
     """Whatever the engine's firewall does to the internal network, nothing gets out around
     the proxy: no DNS answer, no direct connection, no route."""
-    engine, px = engine_proxy
+    engine, px, slot = engine_proxy.engine, engine_proxy.proxy, engine_proxy.slot
     npm_host = registries["npm"][0]
     npm_ip = socket.gethostbyname(npm_host)
-    net = egressnet.register(engine, px, egress.DEFAULT.allowing(["example.org"]), "main")
+    net = egressnet.register(engine, px, slot, egress.DEFAULT.allowing(["example.org"]), "main")
     script = f"""
 echo "== dns"; getent hosts {npm_host} example.com; echo "rc=$?"
 echo "== direct"; curl -sS -m 5 --noproxy '*' -k https://{npm_ip}/ 2>&1; echo "rc=$?"
 echo "== denied"; curl -sS -m 10 https://{npm_host}/ 2>&1; echo "rc=$?"
 echo "== route"; awk 'NR>1 && $2=="00000000"' /proc/net/route | wc -l
 """
-    _, out = run_agent(realistic_image, net, script)
+    _, out = run_agent(realistic_image, net, script, slot)
     egressnet.collect(engine, px, net.token)
     sections = dict(s.split("\n", 1) for s in out.split("== ")[1:])
     assert "rc=2" in sections["dns"], out
@@ -261,22 +282,31 @@ echo "== route"; awk 'NR>1 && $2=="00000000"' /proc/net/route | wc -l
 
 
 # Last in this file: it replaces the module's proxy.
-def test_proxy_is_shared_and_restarted_when_gone(
-    proxy: tuple[Engine, egressnet.Proxy], base_image: str
-) -> None:
-    engine, px = proxy
-    store_id = px.network.removeprefix(egressnet.PREFIX)
+def test_proxy_is_shared_and_restarted_when_gone(proxy: Px, base_image: str) -> None:
+    """The store's proxy is found again, replaced when gone, and a slot made for the old one
+    is mended on its next claim: a new holder whose resolver is the new proxy."""
+    engine, px, slot = proxy.engine, proxy.proxy, proxy.slot
     # ensure_proxy takes the store id; the names only keep its first 12 hex
-    again = egressnet.ensure_proxy(engine, store_id + "0" * 20)
+    again = egressnet.ensure_proxy(engine, proxy.store_id[:12] + "0" * 20)
     assert again.container == px.container
     with contextlib.suppress(Exception):
         engine._call("DELETE", f"/containers/{px.container}", {"force": "1"})
-    fresh = egressnet.ensure_proxy(engine, store_id + "0" * 20)
-    assert fresh.container != px.container and fresh.network == px.network
-    # an unregistered client (no token) is refused
-    _, out = run_agent(
-        base_image,
-        egressnet.RunNetwork("x" * 32, fresh.network, (fresh.address,), {}),
-        f"printf 'CONNECT a.example:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {fresh.address} 3128",
-    )
-    assert "407" in out, out
+    fresh = egressnet.ensure_proxy(engine, proxy.store_id)
+    assert fresh.container != px.container and fresh.name == px.name
+    slot.release()
+    mended = egressnet.claim(engine, fresh, proxy.store_id, proxy.locks)
+    try:
+        assert mended.network == slot.network and mended.holder != slot.holder
+        state = engine._call("GET", f"/containers/{fresh.container}/json")
+        assert state["NetworkSettings"]["Networks"][mended.network]["IPAddress"] == mended.address
+        # an unregistered client (no token) is refused
+        _, out = run_agent(
+            base_image,
+            egressnet.RunNetwork("x" * 32, mended.mode, (), {}),
+            "cat /etc/resolv.conf; "
+            f"printf 'CONNECT a.example:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {mended.address} 3128",
+            mended,
+        )
+    finally:
+        mended.release()
+    assert f"nameserver {mended.address}" in out and "407" in out, out

@@ -1,13 +1,16 @@
+# ruff: noqa: E501  (the agent scripts are shell, one attempt a line)
 """The egress boundary fails closed on every engine (Docker and Podman tiers), on the busybox
-base: an agent on the store's internal network gets nowhere but the proxy, and the proxy
-refuses what its run's policy does not allow. (Allowed traffic, DNS and key injection against
-the real registries: test_egress.py, on the realistic base.)"""
+base: an agent in its egress slot gets nowhere but the proxy, the proxy refuses what its run's
+policy does not allow, and the runs of a store cannot reach each other. (Allowed traffic, DNS
+and key injection against the real registries: test_egress.py, on the realistic base.)"""
 
 from __future__ import annotations
 
 import secrets
 import socket
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -17,50 +20,66 @@ from pienv.engine import Engine
 pytestmark = pytest.mark.engine
 
 
+class Px(NamedTuple):
+    engine: Engine
+    proxy: egressnet.Proxy
+    slot: egressnet.Slot
+    store_id: str
+    locks: Path
+
+
 @pytest.fixture(scope="module")
-def proxy(engine_available: None) -> Iterator[tuple[Engine, egressnet.Proxy]]:
+def proxy(engine_available: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Px]:
     engine = Engine()
     store_id = secrets.token_hex(16)
+    locks = tmp_path_factory.mktemp("slots")
     try:
-        yield engine, egressnet.ensure_proxy(engine, store_id)
+        px = egressnet.ensure_proxy(engine, store_id)
+        slot = egressnet.claim(engine, px, store_id, locks)
+        yield Px(engine, px, slot, store_id, locks)
+        slot.release()
     finally:
         assert egressnet.remove(engine, store_id)
 
 
-def test_nothing_gets_out_around_the_proxy(
-    proxy: tuple[Engine, egressnet.Proxy], base_image: str
-) -> None:
-    import base64
-
+def agent_container(image: str, slot: egressnet.Slot, script: str, **kw: object) -> object:
+    """An agent's container in ``slot`` as a run's is: the holder's namespace, the slot's
+    read-only resolver and hosts, NET_RAW and NET_ADMIN dropped."""
     import docker
 
-    engine, px = proxy
-    net = egressnet.register(engine, px, egress.DEFAULT.allowing(["example.org"]), "main")
+    return docker.from_env().containers.create(
+        image,
+        ["sh", "-c", script],
+        network_mode=slot.mode,
+        cap_drop=list(egressnet_caps()),
+        volumes={src: {"bind": dst, "mode": "ro"} for dst, src in slot.files.items()},
+        labels={egressnet.SLOT_LABEL: slot.network},
+        **kw,
+    )
+
+
+def test_nothing_gets_out_around_the_proxy(proxy: Px, base_image: str) -> None:
+    import base64
+
+    engine, px, slot = proxy.engine, proxy.proxy, proxy.slot
+    net = egressnet.register(engine, px, slot, egress.DEFAULT.allowing(["example.org"]), "main")
     target = egress.registry_hosts().get("npm", ("localhost",))[0]
     ip = socket.gethostbyname(target)
     auth = base64.b64encode(f"pienv:{net.token}".encode()).decode()
     # observe (open, recorded): a private address written as a number, not a dotted quad, is
     # still an address (getaddrinfo takes it), and a private one needs an exact allow rule
-    seen = egressnet.register(engine, px, egress.Policy("open", (), ()), "main")
+    seen = egressnet.register(engine, px, slot, egress.Policy("open", (), ()), "main")
     oauth = base64.b64encode(f"pienv:{seen.token}".encode()).decode()
     numeric = f"CONNECT 184549375:443 HTTP/1.1\\r\\nProxy-Authorization: Basic {oauth}\\r\\n\\r\\n"
     connect = f"CONNECT {target}:443 HTTP/1.1\\r\\nProxy-Authorization: Basic {auth}\\r\\n\\r\\n"
     script = f"""
 echo "== direct"; nc -w 3 {ip} 443 </dev/null; echo "rc=$?"
-echo "== denied"; printf '{connect}' | nc -w 5 {px.address} 3128
-echo "== numeric"; printf '{numeric}' | nc -w 5 {px.address} 3128
-echo "== noauth"; printf 'CONNECT example.org:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {px.address} 3128
+echo "== denied"; printf '{connect}' | nc -w 5 {slot.address} 3128
+echo "== numeric"; printf '{numeric}' | nc -w 5 {slot.address} 3128
+echo "== noauth"; printf 'CONNECT example.org:443 HTTP/1.1\\r\\n\\r\\n' | nc -w 5 {slot.address} 3128
 echo "== end"
 """
-    client = docker.from_env()
-    c = client.containers.create(
-        base_image,
-        ["sh", "-c", script],
-        network=net.network,
-        dns=list(net.dns),
-        cap_drop=list(egressnet_caps()),
-        environment=net.env,
-    )
+    c: Any = agent_container(base_image, slot, script, environment=net.env)
     try:
         c.start()
         c.wait(timeout=120)
@@ -85,29 +104,74 @@ def egressnet_caps() -> tuple[str, ...]:
     return CAP_DROP
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the runs of a store share one internal network: an agent reaches another run's "
-    "container directly (docs/network.md: enable_icc=false cuts the proxy off too; per-run "
-    "networks would close it at ~0.3 s a run)",
-)
-def test_an_agent_cannot_reach_another_runs_container(
-    proxy: tuple[Engine, egressnet.Proxy], base_image: str
-) -> None:
-    import docker
+def test_an_agent_cannot_reach_another_runs_container(proxy: Px, base_image: str) -> None:
+    """Two runs of one store at once are in two slots: neither reaches the other directly,
+    nor through the proxy with an allow rule naming the other's address exactly."""
+    import base64
 
-    _, px = proxy
-    client = docker.from_env()
-    common: dict[str, object] = {"network": px.network, "cap_drop": list(egressnet_caps())}
-    peer = client.containers.run(
-        base_image, ["sh", "-c", "echo peer-secret | nc -l -p 8080"], detach=True, **common
-    )
+    engine, px = proxy.engine, proxy.proxy
+    other = egressnet.claim(engine, px, proxy.store_id, proxy.locks)
     try:
-        peer.reload()
-        ip = peer.attrs["NetworkSettings"]["Networks"][px.network]["IPAddress"]
-        out = client.containers.run(
-            base_image, ["sh", "-c", f"nc -w 5 {ip} 8080 </dev/null"], remove=True, **common
+        assert other.network != proxy.slot.network and other.address != proxy.slot.address
+        peer: Any = agent_container(
+            base_image, proxy.slot, "echo peer-secret | nc -l -p 8080", detach=True
         )
+        peer.start()
+        try:
+            state = engine._call("GET", f"/containers/{proxy.slot.holder}/json")
+            ip = state["NetworkSettings"]["Networks"][proxy.slot.network]["IPAddress"]
+            net = egressnet.register(
+                engine, px, other, egress.DEFAULT.allowing([ip, f"{ip}:8080"]), "main"
+            )
+            auth = base64.b64encode(f"pienv:{net.token}".encode()).decode()
+            connect = (
+                f"CONNECT {ip}:8080 HTTP/1.1\\r\\nProxy-Authorization: Basic {auth}\\r\\n\\r\\n"
+            )
+            script = f"""
+echo "== direct"; nc -w 5 {ip} 8080 </dev/null; echo "rc=$?"
+echo "== proxy"; printf '{connect}' | nc -w 5 {other.address} 3128
+echo "== end"
+"""
+            c: Any = agent_container(base_image, other, script, environment=net.env)
+            try:
+                c.start()
+                c.wait(timeout=120)
+                out = c.logs().decode(errors="replace")
+            finally:
+                c.remove(force=True)
+            egressnet.collect(engine, px, net.token)
+        finally:
+            peer.remove(force=True)
     finally:
-        peer.remove(force=True)
-    assert b"peer-secret" not in out, out
+        other.release()
+    assert "peer-secret" not in out, out
+    s = dict(part.split("\n", 1) for part in out.split("== ")[1:])
+    assert "rc=0" not in s["direct"], out
+    if not (engine.dialect.name == "Podman" and not engine.rootless):
+        assert "403" in s["proxy"], out  # the proxy never connects into its own networks
+
+
+def test_a_slot_is_claimed_once_and_passed_over_while_a_killed_runs_container_runs(
+    proxy: Px, base_image: str
+) -> None:
+    """The claim is a lock: a second claim gets another slot. A slot whose lock is free but
+    which a run container still uses (its pienv and finalizer killed) is passed over."""
+    engine, px = proxy.engine, proxy.proxy
+    second = egressnet.claim(engine, px, proxy.store_id, proxy.locks)
+    name = second.network
+    orphan: Any = agent_container(base_image, second, "sleep 60", detach=True)
+    orphan.start()
+    try:
+        second.release()  # as a kill -9 of pienv and its finalizer would
+        third = egressnet.claim(engine, px, proxy.store_id, proxy.locks)
+        try:
+            assert third.network not in (name, proxy.slot.network), third
+        finally:
+            third.release()
+    finally:
+        orphan.remove(force=True)
+    again = egressnet.claim(engine, px, proxy.store_id, proxy.locks)
+    try:
+        assert again.network == name  # free again once its container is gone
+    finally:
+        again.release()

@@ -224,3 +224,46 @@ def test_temp_directories_are_a_tmpfs_for_the_run_and_its_install() -> None:
     spec = make(config=config)
     assert spec.tmpfs == ("/tmp", "/var/tmp")
     assert install_spec(spec, config.agent, config, "s1").tmpfs == spec.tmpfs
+
+
+def test_a_run_in_an_egress_slot_gets_its_namespace_files_and_label_and_no_port() -> None:
+    """A run with a policy joins its slot's holder (egressnet.py): the slot's resolver, hosts
+    and hostname read-only over the holder's shared ones, in the run and in its install, the
+    slot label on the container (a killed run's slot is passed over), and no published port
+    (nothing could reach it there): one clear refusal instead."""
+    import pytest
+
+    from pienv.errors import UsageError
+    from pienv.runloop.plan import NETWORK_FILES
+
+    files = tuple(
+        Mount(f"/store/egress-slots/0.{t.rsplit('/', 1)[1]}", t, True, "slot", directory=False)
+        for t in NETWORK_FILES
+    )
+    slot = {LABEL + "egress-slot": "pienv-egress-s1.0"}
+    fenced = Boundary("container:h0", (), {"HTTP_PROXY": "p"}, ("NET_RAW",), slot, files)
+    config = Config()
+    spec = make(boundary=fenced)
+    assert (spec.network, spec.dns) == ("container:h0", ())
+    assert {m.target: m.read_only for m in spec.mounts if m in files} == dict.fromkeys(
+        NETWORK_FILES, True
+    )
+    assert spec.labels[LABEL + "egress-slot"] == "pienv-egress-s1.0"
+    step = install_spec(spec, config.agent, config, "s1")
+    assert set(NETWORK_FILES) <= {m.target for m in step.mounts}
+    assert step.network == "container:h0"
+    probe = probe_spec("img", ("true",), None, {}, config, host(boundary=fenced), {})
+    assert set(NETWORK_FILES) <= {m.target for m in probe.mounts}
+    assert probe.labels[LABEL + "egress-slot"] == "pienv-egress-s1.0"
+    with pytest.raises(UsageError, match="--port needs an open network"):
+        make(RunRequest(command=("true",), ports=("3000",)), boundary=fenced)
+
+
+def test_a_commit_never_carries_the_slot_of_the_run_it_was_made_from() -> None:
+    """Docker merges a run container's labels into its commit: every commit names the slot
+    label empty, so a container of the image is never taken for a run in that slot."""
+    from pienv.model import Commit
+
+    commit = Commit(id="sha256:" + "b" * 64, parents=(), branch="main", message="m", created="t")
+    labels = commit.labels("s1")
+    assert labels[LABEL + "egress-slot"] == ""

@@ -83,6 +83,7 @@ COMMIT_KEYS = (
     "container",  # the run container it was made from: recovery finds an unindexed commit
     "egress",  # the hash of the egress policy the run ran under (egress.py); "": open
     "egress-audit",  # the run whose connection audit the store keeps (egress/audit/RUN.jsonl)
+    "egress-slot",  # a run container's egress slot (egressnet.py); "" on every commit
 )
 
 
@@ -209,6 +210,9 @@ class Commit:
             "container": self.container,
             "egress": self.egress,
             "egress-audit": self.egress_audit,
+            # The run container's slot: Docker would merge it into the commit, and every
+            # container of the image would then seem to be in that slot.
+            "egress-slot": "",
         }
         assert set(values) == set(COMMIT_KEYS)
         return {LABEL + k: v for k, v in values.items()}

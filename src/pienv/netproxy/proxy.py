@@ -221,11 +221,38 @@ async def resolve(host: str, port: int, exact: bool = False) -> list[tuple[Any, 
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError as exc:
         raise Denied(502, f"cannot resolve {host}: {exc}") from exc
-    never = BLOCKED if exact else BLOCKED + PRIVATE
+    never = BLOCKED + own_networks() + ([] if exact else PRIVATE)
     good = [i for i in infos if not any(_address(i) in net for net in never if _same(i, net))]
     if not good:
         raise Denied(403, f"{host} resolves only to addresses pienv never connects to")
     return good
+
+
+def own_networks() -> list[Any]:
+    """The networks the proxy is on, read as it connects (pienv adds a slot's network while
+    it runs): the engine host's gateways, and the slots of the store's other runs, whose
+    containers an allow rule naming an address there must not reach."""
+    nets = []
+    try:
+        with open("/proc/net/route") as f:
+            rows = f.read().splitlines()[1:]
+    except OSError:
+        return []
+    for row in rows:
+        cols = row.split()
+        if len(cols) < 8 or cols[1] == "00000000":  # the default route
+            continue
+        try:
+            dest = int(cols[1], 16).to_bytes(4, "little")
+            mask = int(cols[7], 16).to_bytes(4, "little")
+            nets.append(
+                ipaddress.ip_network(
+                    f"{ipaddress.IPv4Address(dest)}/{ipaddress.IPv4Address(mask)}", strict=False
+                )
+            )
+        except ValueError:
+            continue
+    return nets
 
 
 def _address(info: tuple[Any, ...]) -> Any:

@@ -135,7 +135,14 @@ def container(
         name=run_name(ctx.store_id, token) + f"-{role}",
         store_id=ctx.store_id,
         checked=checked,
-        boundary=Boundary(boundary.network, boundary.dns, boundary.env, boundary.cap_drop)
+        boundary=Boundary(
+            boundary.network,
+            boundary.dns,
+            boundary.env,
+            boundary.cap_drop,
+            boundary.labels,
+            boundary.mounts,
+        )
         if boundary
         else None,
     )
@@ -170,6 +177,8 @@ def container(
             box.save_watch(record, root, watch)
         if gate is not None:
             gate.open(lambda: box.container_pid(cid))
+        if boundary is not None:
+            boundary.registered()  # its write overlapped the create
         yield probe
     finally:
         with uninterrupted():  # a second signal does not cut the sweep short
@@ -180,6 +189,8 @@ def container(
             if probe is not None:
                 ctx.engine().remove_container(probe.cid, force=True)
                 probe.after(ctx)  # interrupted: what it left is defused all the same
+            if boundary is not None:
+                boundary.release()  # its container is gone
             if boundary is not None and boundary.audit_id:
                 # Kept as a run's is (`pienv egress log` shows what a probe reached).
                 with contextlib.suppress(Exception):

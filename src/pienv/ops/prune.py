@@ -97,8 +97,9 @@ def prune(
         # The store's egress proxy, its network and volume go when no run is using them (the
         # next run with a policy starts them again, in about a second).
         from pienv import egressnet
+        from pienv.runloop.egressrun import slots_dir
 
-        egressnet.remove(engine, refs.store_id)
+        egressnet.remove(engine, refs.store_id, slots_dir(ctx))
     return result
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pienv import egress, egressaudit
@@ -18,9 +19,10 @@ from pienv.config import Agent
 from pienv.context import Context
 from pienv.egress import Policy, PolicyStore
 from pienv.errors import UsageError
+from pienv.runloop.spec import Mount
 
 if TYPE_CHECKING:
-    from pienv.egressnet import RunNetwork
+    from pienv.egressnet import RunNetwork, Slot
 
 # Raw sockets and interface changes would let root in the container (or sudo) spoof or
 # sniff the internal network it shares with other runs of the store; no run needs them.
@@ -39,11 +41,24 @@ class EgressRun:
     cap_drop: tuple[str, ...] = CAP_DROP
     notes: tuple[str, ...] = ()
     registration: RunNetwork | None = None
+    slot: Slot | None = None  # the run's own network, claimed until its container exits
+    mounts: tuple[Mount, ...] = ()  # the slot's resolver, hosts and hostname, read-only
+    labels: Mapping[str, str] = field(default_factory=dict)  # for the run's container
 
     def registered(self) -> None:
         """Before the agent starts: its registration with the proxy has landed."""
         if self.registration is not None:
             self.registration.registered()
+
+    @property
+    def slot_fd(self) -> int:
+        """The slot's claim, which the forked finalizer shares (-1: none)."""
+        return self.slot.fd if self.slot is not None else -1
+
+    def release(self) -> None:
+        """The run's container has exited (or was never started): its slot is free."""
+        if self.slot is not None:
+            self.slot.release()
 
 
 def policy_store(ctx: Context) -> PolicyStore:
@@ -123,8 +138,13 @@ def prepare(
 
     engine = ctx.engine()
     proxy = egressnet.ensure_proxy(engine, ctx.store_id)
-    keys = injected_keys(agent, environ) if inject else {}
-    net = egressnet.register(engine, proxy, policy, branch or "", keys, background=True)
+    slot = egressnet.claim(engine, proxy, ctx.store_id, slots_dir(ctx))
+    try:
+        keys = injected_keys(agent, environ) if inject else {}
+        net = egressnet.register(engine, proxy, slot, policy, branch or "", keys, background=True)
+    except BaseException:
+        slot.release()
+        raise
     notes = []
     if keys:
         notes.append(f"keys of {', '.join(sorted(keys))} stay with pienv's proxy (placeholders)")
@@ -138,7 +158,18 @@ def prepare(
         proxy.container,
         notes=tuple(notes),
         registration=net,
+        slot=slot,
+        labels={egressnet.SLOT_LABEL: slot.network},
+        mounts=tuple(
+            Mount(source, target, True, "the egress slot's resolver and hosts", directory=False)
+            for target, source in slot.files.items()
+        ),
     )
+
+
+def slots_dir(ctx: Context) -> Path:
+    """Where the runs of the store claim their egress slots (egressnet.claim)."""
+    return ctx.store.home / "egress-slots"
 
 
 def keep_audit(ctx: Context, audit_id: str, proxy: str) -> list[egressaudit.Attempt]:
@@ -146,7 +177,7 @@ def keep_audit(ctx: Context, audit_id: str, proxy: str) -> list[egressaudit.Atte
     from pienv import egressnet
 
     engine = ctx.engine()
-    found = egressnet.Proxy(proxy, "", "")
+    found = egressnet.Proxy(proxy, "")
     raw = egressnet.collect(engine, found, audit_id)
     egressaudit.save(ctx.store.home, audit_id, raw)
     return egressaudit.parse(raw.splitlines())

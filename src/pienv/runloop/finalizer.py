@@ -57,6 +57,9 @@ class Job:
     env_file: Path
     rule: str  # the branch selection rule, for the result line
     sweep: Sweep | None = None  # what to sweep of planted privilege before the commit
+    # The run's egress slot claim (egressnet.claim), shared with pienv across the fork:
+    # closed here once the container has exited, so the next run of the store may take it.
+    slot_fd: int = -1
 
 
 class Finalizer:
@@ -158,6 +161,7 @@ class Finalizer:
             self.lock.record(job.workspace, pid=os.getpid(), container=job.cid)
             gate = _refuse_at_gate(job.env_file)
             child.engine().wait(job.cid)
+            _release_slot(job)
             if gate is not None:
                 gate.close()
             self.lock.record(
@@ -175,6 +179,7 @@ class Finalizer:
         """pienv handed a finished run over (the lock record already names this process)."""
         assert self.report is not None
         job = self.job
+        _release_slot(job)  # the container has exited
         try:
             ctx = self._context()
             # Before the commit and its result line: the line says what the sweep did.
@@ -192,6 +197,12 @@ class Finalizer:
         self.lock.release()
         done.rule = job.rule
         self.report(done, None)
+
+
+def _release_slot(job: Job) -> None:
+    if job.slot_fd >= 0:
+        with contextlib.suppress(OSError):
+            os.close(job.slot_fd)
 
 
 def _kept(exc: Exception, job: Job) -> Exception:

@@ -15,6 +15,7 @@ from typing import Any
 
 from pienv import limits
 from pienv.config import Agent, Config
+from pienv.errors import UsageError
 from pienv.limits import Limits
 from pienv.model import LABEL, RunInfo
 from pienv.runloop.agent import INSTALLED_LABEL, agent_env, volume_mounts
@@ -75,6 +76,8 @@ class Boundary:
     dns: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     cap_drop: tuple[str, ...] = ()
+    labels: Mapping[str, str] = field(default_factory=dict)  # the run's slot (egressnet.py)
+    mounts: tuple[Mount, ...] = ()  # read-only files of its slot (resolver, hosts)
 
 
 @dataclass(frozen=True)
@@ -121,12 +124,17 @@ def run_env(
     return env
 
 
+# What a run of an egress slot gets read-only from its slot (egressnet.slot_files).
+NETWORK_FILES = ("/etc/resolv.conf", "/etc/hosts", "/etc/hostname")
+
+
 def own_mounts(ws: Workspace, config: Config, agent: Agent, host: HostFacts) -> tuple[Mount, ...]:
     """What every run mounts: the workspace, the env file, the agent's state and caches."""
     return (
         Mount(str(ws.path), WORKSPACE, False, "the workspace"),
         Mount(host.env_file, ENV_FILE, True, "the run's variables", directory=False),
         *volume_mounts(host.store_id, agent, config.caches),
+        *(host.boundary.mounts if host.boundary else ()),
     )
 
 
@@ -183,6 +191,7 @@ def plan(
         stdin=req.interactive or host.forward_stdin,
         cap_drop=cap_drop(boundary),
         no_new_privileges=not config.sudo,
+        extra_labels=dict(boundary.labels) if boundary else {},
         prepare=mount_points(ordered, host.checked, parent),
         tmpfs=TMPFS,
         **resources(req, config, host),
@@ -216,7 +225,7 @@ def probe_spec(
     mounts: dict[str, Mount] = {host.env_file: env_mount}
     if workspace:
         mounts[workspace] = Mount(workspace, WORKSPACE, False, "the workspace")
-    for m in host.checked:
+    for m in (*(boundary.mounts if boundary else ()), *host.checked):
         mounts[m.source] = m
     return ContainerSpec(
         image=image,
@@ -232,7 +241,7 @@ def probe_spec(
         dns=boundary.dns if boundary else (),
         cap_drop=cap_drop(boundary),
         no_new_privileges=not config.sudo,
-        extra_labels=labels,
+        extra_labels={**labels, **(boundary.labels if boundary else {})},
     )
 
 
@@ -241,6 +250,13 @@ def resources(req: RunRequest, config: Config, host: HostFacts) -> dict[str, Any
     127.0.0.1 only) and GPUs (`--gpus`, else `[run] gpus`)."""
     gpus = req.gpus or config.gpus
     ports = tuple(dict.fromkeys(limits.parse_port(p) for p in req.ports))
+    if ports and host.boundary is not None:
+        # A run with a policy is alone on its slot's network (no address on the engine's
+        # host): a published port would reach nothing, and the engine refuses it there.
+        raise UsageError(
+            "--port needs an open network: this run has an egress policy",
+            hint="run with --egress open to publish a port",
+        )
     return {
         "limits": limits.resolve(host.defaults, config.limits, req.limits),
         "ports": ports,
@@ -251,7 +267,9 @@ def resources(req: RunRequest, config: Config, host: HostFacts) -> dict[str, Any
 def install_spec(spec: ContainerSpec, agent: Agent, config: Config, store_id: str) -> ContainerSpec:
     """The agent's install step: its own container on the run's parent, with the run's env
     file and pienv's volumes (not the workspace), labelled as an install."""
-    kept = tuple(m for m in spec.mounts if m.volume or m.target == ENV_FILE)
+    kept = tuple(
+        m for m in spec.mounts if m.volume or m.target == ENV_FILE or m.target in NETWORK_FILES
+    )
     return ContainerSpec(
         image=spec.image,
         name=spec.name + "-install",
@@ -272,6 +290,7 @@ def install_spec(spec: ContainerSpec, agent: Agent, config: Config, store_id: st
         # The install command goes on the container too: it may hold line breaks, which an
         # engine whose commit takes labels as text lines (Podman) keeps only from there.
         extra_labels={
+            **spec.extra_labels,  # its egress slot's, if any: a killed install's is passed over
             LABEL + "store": store_id,
             LABEL + "role": "install",
             INSTALLED_LABEL: agent.install,

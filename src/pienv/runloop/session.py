@@ -217,7 +217,14 @@ class Session:
             checked=self.checked,
             forward_stdin=forward_stdin,
             defaults=host_defaults(),
-            boundary=Boundary(egress.network, egress.dns, egress.env, egress.cap_drop)
+            boundary=Boundary(
+                egress.network,
+                egress.dns,
+                egress.env,
+                egress.cap_drop,
+                egress.labels,
+                egress.mounts,
+            )
             if egress
             else None,
         )
@@ -310,6 +317,7 @@ class Session:
             env_file=self.env_path,
             rule=self.rule,
             sweep=box.sweep_job(self.ctx, self.spec.mounts, self.watch.started),
+            slot_fd=self.egress.slot_fd if self.egress is not None else -1,
         )
         self.finalizer = Finalizer(job, self.lock, report)
         self.finalizer.start(str(self.ctx.store.log_path))
@@ -341,6 +349,8 @@ class Session:
         finally:
             if self.gate is not None:
                 self.gate.close()
+        if self.egress is not None:
+            self.egress.release()  # the container has exited: its slot is the next run's
         self._check_gate(code)
         if code != 0:  # killed for memory? (an inspect only when the command failed)
             with contextlib.suppress(EngineError):
@@ -418,6 +428,8 @@ class Session:
             return False
 
     def close(self) -> None:
+        if self.egress is not None:
+            self.egress.release()
         if self.finalizer is not None:
             self.finalizer.done()
         self.lock.release()
