@@ -1,0 +1,90 @@
+"""Egress slots through `pienv run`, on every engine (busybox base): runs of one store that
+go through the proxy at the same time are each in a slot of their own (their own network and
+resolver), a loop of runs reuses one slot instead of making one a run, a published port is
+refused with one line, and `pienv prune` takes the slots with the proxy (docs/network.md)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import Pienv
+
+from pienv import egressnet
+from pienv.engine import Engine
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture
+def observed(pienv: Pienv) -> Iterator[Pienv]:
+    yield pienv
+    egressnet.remove(Engine(), pienv.refs()["store_id"])
+
+
+def _store_rows(store_id: str) -> tuple[list[str], list[str]]:
+    """(holder names, names of networks) of the store's slots on the engine."""
+    engine = Engine()
+    holders = [
+        r.name
+        for r in engine.containers([egressnet.SLOT_LABEL, f"dev.pienv.store={store_id}"])
+        if r.labels.get(egressnet.LABEL) == "holder"
+    ]
+    nets = [
+        str(n["Name"])
+        for n in engine._call("GET", "/networks") or ()
+        if str(n["Name"]).startswith(egressnet.names(store_id))
+    ]
+    return sorted(holders), sorted(nets)
+
+
+def _wait_running(store_id: str, timeout: float = 60) -> None:
+    engine = Engine()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = engine.containers([f"dev.pienv.store={store_id}", "dev.pienv.role=run"])
+        if any(r.state == "running" for r in rows):
+            return
+        time.sleep(0.1)
+    raise AssertionError("the first run's container never ran")
+
+
+def test_runs_at_once_get_their_own_slots_and_a_loop_reuses_one(observed: Pienv) -> None:
+    p = observed
+    first = p("run", "--egress", "observe", "--", "cat", "/etc/resolv.conf").out
+    store_id = p.refs()["store_id"]
+    assert _store_rows(store_id)[0] == [egressnet.names(store_id) + ".0"]
+    p("branch", "other")
+    # A run that stays while another starts: the second gets another slot, its own resolver.
+    script = "cat /etc/resolv.conf; sleep 8"
+    held = p.popen("run", "--egress", "observe", "--", "sh", "-c", script)
+    try:
+        _wait_running(store_id)
+        second = p("run", "-b", "other", "--egress", "observe", "--", "cat", "/etc/resolv.conf")
+    finally:
+        out, err = held.communicate(timeout=120)
+    assert held.returncode == 0, err
+    assert out.split() == first.split(), (out, first)  # slot 0 again, after the first run
+    assert second.out.split()[:1] == ["nameserver"] and second.out != out, (second.out, out)
+    holders, _ = _store_rows(store_id)
+    assert len(holders) == 2, holders
+    # Back to back, each run's slot is free again as its container exits: no slot a run.
+    for _ in range(3):
+        p("run", "--egress", "observe", "--", "true")
+    assert _store_rows(store_id)[0] == holders
+
+
+def test_a_port_with_a_policy_is_one_line_and_prune_takes_the_slots(observed: Pienv) -> None:
+    p = observed
+    p("run", "--egress", "observe", "--", "true")
+    store_id = p.refs()["store_id"]
+    before = p.head()
+    r = p("run", "--egress", "observe", "-p", "3000", "--", "touch", "/x", check=False)
+    assert r.code == 1 and r.err.startswith("pienv: error: --port needs an open network"), r.err
+    assert "Traceback" not in r.err and p.head() == before
+    holders, nets = _store_rows(store_id)
+    assert holders and nets
+    p("prune")
+    assert _store_rows(store_id) == ([], [])
+    assert Engine().inspect_container(egressnet.names(store_id)) is None
