@@ -11,17 +11,14 @@ import secrets
 from collections.abc import Iterator
 
 import pytest
-from conftest import NonrootPienv, on_podman, package_registries
+from conftest import NonrootPienv, package_registries
 
 pytestmark = [pytest.mark.engine, pytest.mark.realistic, pytest.mark.nonroot]
 
 
 @pytest.fixture(scope="module")
 def registries() -> dict[str, tuple[str, ...]]:
-    regs = package_registries()
-    if on_podman():
-        pytest.skip("rootful Podman beside Docker drops internal-network traffic (test_egress.py)")
-    return regs
+    return package_registries()
 
 
 @pytest.fixture(autouse=True)

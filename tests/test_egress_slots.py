@@ -1,6 +1,6 @@
 """Egress slots through `pienv run`, on every engine (busybox base): runs of one store that
-go through the proxy at the same time are each in a slot of their own (their own network and
-resolver), a loop of runs reuses one slot instead of making one a run, a published port is
+go through the proxy at the same time are each in a slot of their own (their own network
+namespace), a loop of runs reuses one slot instead of making one a run, a published port is
 refused with one line, and `pienv prune` takes the slots with the proxy (docs/network.md)."""
 
 from __future__ import annotations
@@ -24,19 +24,14 @@ def observed(pienv: Pienv) -> Iterator[Pienv]:
 
 
 def _store_rows(store_id: str) -> tuple[list[str], list[str]]:
-    """(holder names, names of networks) of the store's slots on the engine."""
+    """(holder names, volume names) of the store's egress boundary on the engine."""
     engine = Engine()
     holders = [
         r.name
         for r in engine.containers([egressnet.SLOT_LABEL, f"dev.pienv.store={store_id}"])
         if r.labels.get(egressnet.LABEL) == "holder"
     ]
-    nets = [
-        str(n["Name"])
-        for n in engine._call("GET", "/networks") or ()
-        if str(n["Name"]).startswith(egressnet.names(store_id))
-    ]
-    return sorted(holders), sorted(nets)
+    return sorted(holders), engine.volumes(egressnet.names(store_id))
 
 
 def _wait_running(store_id: str, timeout: float = 60) -> None:
@@ -52,26 +47,27 @@ def _wait_running(store_id: str, timeout: float = 60) -> None:
 
 def test_runs_at_once_get_their_own_slots_and_a_loop_reuses_one(observed: Pienv) -> None:
     p = observed
-    first = p("run", "--egress", "observe", "--", "cat", "/etc/resolv.conf").out
+    netns = ("readlink", "/proc/self/ns/net")  # the namespace a run is in
+    first = p("run", "--egress", "observe", "--", *netns).out
     store_id = p.refs()["store_id"]
     assert _store_rows(store_id)[0] == [egressnet.names(store_id) + ".0"]
     p("branch", "other")
     # A run that stays while another starts: the second gets another slot, its own resolver.
-    script = "cat /etc/resolv.conf; sleep 8"
+    script = "readlink /proc/self/ns/net; sleep 8"
     held = p.popen("run", "--egress", "observe", "--", "sh", "-c", script)
     try:
         _wait_running(store_id)
-        second = p("run", "-b", "other", "--egress", "observe", "--", "cat", "/etc/resolv.conf")
+        second = p("run", "-b", "other", "--egress", "observe", "--", *netns)
     finally:
         out, err = held.communicate(timeout=120)
     assert held.returncode == 0, err
     assert out.split() == first.split(), (out, first)  # slot 0 again, after the first run
-    assert second.out.split()[:1] == ["nameserver"] and second.out != out, (second.out, out)
+    assert second.out.startswith("net:[") and second.out != out, (second.out, out)
     holders, _ = _store_rows(store_id)
     assert len(holders) == 2, holders
     # Back to back, each run's slot is free again as its container exits: no slot a run.
     for _ in range(3):
-        p("run", "--egress", "observe", "--", "true")
+        assert p("run", "--egress", "observe", "--", *netns).out == first
     assert _store_rows(store_id)[0] == holders
 
 
@@ -83,8 +79,8 @@ def test_a_port_with_a_policy_is_one_line_and_prune_takes_the_slots(observed: Pi
     r = p("run", "--egress", "observe", "-p", "3000", "--", "touch", "/x", check=False)
     assert r.code == 1 and r.err.startswith("pienv: error: --port needs an open network"), r.err
     assert "Traceback" not in r.err and p.head() == before
-    holders, nets = _store_rows(store_id)
-    assert holders and nets
+    holders, volumes = _store_rows(store_id)
+    assert holders and volumes
     p("prune")
     assert _store_rows(store_id) == ([], [])
     assert Engine().inspect_container(egressnet.names(store_id)) is None

@@ -1,30 +1,31 @@
-"""The egress boundary on the engine: the store's proxy container, its networks, a run's
+"""The egress boundary on the engine: the store's proxy container, its slots, a run's
 registration and audit.
 
 Layout (per store, named by its store id, started on demand and replaced when gone or
 out of date):
 
 - container ``pienv-egress-SID``: the proxy (netproxy/), on the engine's default network (the
-  way out) and on every slot network of the store; all capabilities dropped but
-  NET_BIND_SERVICE (DNS on 53), read-only root.
+  way out) and on no other; it serves the runs on a unix socket, not on any network. All
+  capabilities dropped, read-only root.
 - slots ``pienv-egress-SID.N`` (N = 0, 1, ...), one per run at a time, made when every slot
-  is busy and kept for the next runs: a network of that name, ``--internal`` (no route out)
-  and on Docker with ``com.docker.network.bridge.inhibit_ipv4`` (the bridge gets no address
-  on the engine host, so an agent cannot reach the host's own services through its gateway;
-  measured on Docker 20.10: without it, a container on an internal network connects to every
-  host port bound to 0.0.0.0), and a holder container of that name on it, which does nothing
-  but keep the network namespace with the proxy as its only resolver. A run's container
-  joins the holder's namespace (``NetworkMode: container:HOLDER``), so it is alone on its
-  network with the proxy: runs of the store cannot reach each other, and joining a namespace
-  costs the engine less than attaching to a network (measured: 0.12 s against 0.30 s for a
-  busybox `docker run --rm`, 0.25 s on the default bridge). A run claims its slot with a
-  lock file in the store (``egress-slots/N.lock``), held until its container has exited; a
-  slot whose lock is free but whose run container still runs (its pienv and finalizer
-  killed) is passed over.
+  is busy and kept for the next runs: a holder container of that name with no network at all
+  (``NetworkMode: none``: loopback only), whose relay passes 127.0.0.1:3128 to the proxy's
+  socket and answers DNS on 127.0.0.1:53 with REFUSED. A run's container joins the holder's
+  namespace (``NetworkMode: container:HOLDER``): it has no route, no address but loopback,
+  no bridge, no gateway, so it reaches neither the host's services nor another run nor
+  anything but the proxy, on every engine alike (rootful Podman has no internal bridge
+  without a host address; an internal network's embedded resolver forwards queries, as
+  CVE-2024-29018). Joining a namespace also costs the engine less than attaching to a network
+  (measured: 0.12 s against 0.30 s for a busybox `docker run --rm` on an internal network,
+  0.25 s on the default bridge). A run claims its slot with a lock file in the store
+  (``egress-slots/N.lock``), held until its container has exited; a slot whose lock is free
+  but whose run container still runs (its pienv and finalizer killed) is passed over.
 - volume ``pienv-egress-SID``: a tmpfs-backed local volume at /run/pienv in the proxy, where
   pienv writes each run's registration (policy, injected keys) and reads its audit through the
   engine's archive API, which works on remote engines too. (The archive API cannot write into
   a container's own tmpfs mount, it can into a volume; tmpfs keeps keys off the disk.)
+- volume ``pienv-egress-SID-socket``: the proxy's socket, shared with the holders only (they
+  never see the registrations).
 
 Only the engine layer knows Docker: this module speaks the engine's REST calls through
 Engine and is to move into the engine package's dialects with the structure split.
@@ -51,34 +52,32 @@ from pienv.errors import EngineError
 from pienv.netproxy import quick_tag
 
 PORT = 3128
+ADDRESS = "127.0.0.1"  # where a run finds the proxy: its slot's relay, on loopback
 MOUNT = "/run/pienv"
+SOCKET_MOUNT = "/run/pienv-socket"  # netproxy/proxy.py SOCKET's directory
 PREFIX = "pienv-egress-"
 LABEL = "dev.pienv.egress-proxy"
 
 
 SLOT_LABEL = "dev.pienv.egress-slot"  # on a slot's holder and on the runs in it
-DNS_LABEL = "dev.pienv.egress-dns"  # the holder's: the proxy address it was made with
+IMAGE_LABEL = "dev.pienv.egress-image"  # the holder's: the proxy image it runs (quick_tag)
 MAX_SLOTS = 64  # runs of one store with a policy at once
-# What a holder runs: nothing, with the proxy image's interpreter (its entrypoint's argv[0]).
-PAUSE = ("-I", "-S", "-B", "-c", "import signal; signal.pause()")
 
 
 @dataclass(frozen=True)
 class Proxy:
     container: str
     name: str  # its container's name, the prefix of its slots
-    networks: Mapping[str, str] = field(default_factory=dict)  # network -> its address there
-    entrypoint: tuple[str, ...] = ()
 
 
 @dataclass
 class Slot:
-    """A run's own network: the slot's network, where the proxy has ``address``, and the
-    holder container whose namespace the run joins. ``fd`` is the claim (-1 once released)."""
+    """A run's own network namespace: its holder container (named ``name``), whose relay the
+    run finds at ``address``. ``fd`` is the claim (-1 once released)."""
 
-    network: str
+    name: str
     holder: str
-    address: str
+    address: str = ADDRESS
     fd: int = -1
     # target in the container -> the file pienv wrote for it (slot_files): read-only over
     # the holder's own, which every run of the slot would otherwise share writable.
@@ -104,8 +103,8 @@ class Slot:
 
 @dataclass
 class RunNetwork:
-    """What a run's container gets: its slot's network namespace (the proxy its only
-    resolver, which answers nothing: the holder's resolv.conf) and the proxy variables."""
+    """What a run's container gets: its slot's network namespace (loopback only; the relay
+    its only resolver, which answers nothing) and the proxy variables."""
 
     token: str
     network: str  # NetworkMode: container:HOLDER
@@ -164,28 +163,6 @@ def _outside_network(engine: Engine) -> str:
     return engine.dialect.default_network
 
 
-def _ensure_network(engine: Engine, name: str, store_id: str) -> None:
-    if _inspect(engine, "networks", name) is not None:
-        return
-    body: dict[str, Any] = {
-        "Name": name,
-        "Internal": True,
-        "CheckDuplicate": True,
-        "Labels": {"dev.pienv.store": store_id, LABEL: "network"},
-    }
-    if engine.dialect.internal_network_options:
-        body["Options"] = dict(engine.dialect.internal_network_options)
-    try:
-        engine._call("POST", "/networks/create", body=body)
-    except HTTPError as exc:
-        if _inspect(engine, "networks", name) is None:  # not a concurrent create
-            raise EngineError(
-                f"cannot create the egress network {name}: {exc.message}",
-                hint="the engine may be out of address pools for networks: "
-                "`pienv prune` removes the proxies and slots of stores no run uses",
-            ) from exc
-
-
 def _ensure_volume(engine: Engine, name: str, store_id: str) -> None:
     body = {
         "Name": name,
@@ -207,19 +184,8 @@ def _subnets(net: Mapping[str, Any]) -> list[str]:
     ]
 
 
-def _address(state: Mapping[str, Any], network: str) -> str:
-    nets = (state.get("NetworkSettings") or {}).get("Networks") or {}
-    return str((nets.get(network) or {}).get("IPAddress") or "")
-
-
 def _proxy_of(state: Mapping[str, Any], name: str) -> Proxy:
-    nets = (state.get("NetworkSettings") or {}).get("Networks") or {}
-    return Proxy(
-        str(state["Id"]),
-        name,
-        {n: str(v.get("IPAddress") or "") for n, v in nets.items() if v.get("IPAddress")},
-        tuple((state.get("Config") or {}).get("Entrypoint") or ()),
-    )
+    return Proxy(str(state["Id"]), name)
 
 
 def ensure_proxy(engine: Engine, store_id: str) -> Proxy:
@@ -244,9 +210,9 @@ def ensure_proxy(engine: Engine, store_id: str) -> Proxy:
             engine._request("DELETE", f"/containers/{state['Id']}", {"force": "1", "v": "0"})
     outside = _inspect(engine, "networks", _outside_network(engine)) or {}
     _ensure_volume(engine, name, store_id)
-    # The proxy also refuses every network it is on (read from its routes as it connects:
-    # slots are added while it runs); the outside one is named here for engines whose
-    # routes it cannot read.
+    _ensure_volume(engine, name + "-socket", store_id)
+    # The proxy also refuses every network it is on (read from its routes as it connects);
+    # the outside one is named here for engines whose routes it cannot read.
     blocked = " ".join(_subnets(outside))
     config: dict[str, Any] = {
         "Image": tag,
@@ -254,9 +220,11 @@ def ensure_proxy(engine: Engine, store_id: str) -> Proxy:
         "Env": [f"PIENV_BLOCK_NETS={blocked}", f"PIENV_PROXY_PORT={PORT}"],
         "HostConfig": {
             "NetworkMode": _outside_network(engine),
-            "Mounts": [{"Type": "volume", "Source": name, "Target": MOUNT}],
+            "Mounts": [
+                {"Type": "volume", "Source": name, "Target": MOUNT},
+                {"Type": "volume", "Source": name + "-socket", "Target": SOCKET_MOUNT},
+            ],
             "CapDrop": ["ALL"],
-            "CapAdd": ["NET_BIND_SERVICE"],
             "ReadonlyRootfs": True,
             "SecurityOpt": ["no-new-privileges"],
             "RestartPolicy": {"Name": "unless-stopped"},
@@ -371,49 +339,45 @@ def _ready(engine: Engine, proxy: Proxy, store_id: str, name: str) -> Slot | Non
                 holder = row
         elif row.state in ("running", "paused", "restarting"):
             return None
-    address = proxy.networks.get(name, "")
-    if holder is not None and address and holder.labels.get(DNS_LABEL) == address:
-        return Slot(name, holder.id, address)
-    # Made now, or mended: the proxy was replaced (a new address) or the holder is gone.
+    if holder is not None and holder.labels.get(IMAGE_LABEL) == quick_tag():
+        return Slot(name, holder.id)
+    # Made now, or mended: the holder is gone, stopped, or of another pienv's proxy image.
     with contextlib.suppress(HTTPError):
         engine._request("DELETE", f"/containers/{name}", {"force": "1", "v": "1"})
-    _ensure_network(engine, name, store_id)
-    if not address:
-        with contextlib.suppress(HTTPError):  # 403/409: connected by a concurrent claim
-            engine._request(
-                "POST", f"/networks/{name}/connect", body={"Container": proxy.container}
-            )
-        address = _address(_inspect(engine, "containers", proxy.container) or {}, name)
-        if not address:
-            raise EngineError(f"the egress proxy {proxy.name} has no address on {name}")
+    ready = f"{name}.{os.urandom(4).hex()}"
     config: dict[str, Any] = {
         "Image": quick_tag(),
         "Hostname": HOSTNAME,
-        "Entrypoint": [proxy.entrypoint[0], *PAUSE] if proxy.entrypoint else None,
-        "Cmd": [],
+        "Cmd": ["relay", ready],
         "Labels": {
             "dev.pienv.store": store_id,
             LABEL: "holder",
             SLOT_LABEL: name,
-            DNS_LABEL: address,
+            IMAGE_LABEL: quick_tag(),
         },
         "HostConfig": {
-            "NetworkMode": name,
-            "Dns": [address],
+            "NetworkMode": "none",
+            "Mounts": [
+                {"Type": "volume", "Source": proxy.name + "-socket", "Target": SOCKET_MOUNT}
+            ],
             "CapDrop": ["ALL"],
+            "CapAdd": ["NET_BIND_SERVICE"],  # DNS on 127.0.0.1:53
             "ReadonlyRootfs": True,
             "SecurityOpt": ["no-new-privileges"],
             "RestartPolicy": {"Name": "unless-stopped"},
         },
     }
-    if not proxy.entrypoint:
-        raise EngineError(f"the egress proxy {proxy.name} has no entrypoint to hold a slot with")
     try:
         cid = str(engine._call("POST", "/containers/create", {"name": name}, config)["Id"])
     except HTTPError as exc:
         raise EngineError(f"cannot make the egress slot {name}: {exc.message}") from exc
     engine._request("POST", f"/containers/{cid}/start")
-    return Slot(name, cid, address)
+    deadline = time.monotonic() + 30
+    while engine.read_path(cid, f"{SOCKET_MOUNT}/ready.{ready}") is None:
+        if time.monotonic() > deadline:
+            raise EngineError(f"the egress slot {name} did not start (`docker logs {name}`)")
+        time.sleep(0.02)
+    return Slot(name, cid)
 
 
 def _tar(files: Mapping[str, bytes]) -> bytes:
@@ -449,7 +413,7 @@ def register(
     for var in ("HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
         env[var] = url
     for var in ("NO_PROXY", "no_proxy"):
-        env[var] = slot.address
+        env[var] = f"{slot.address},localhost"
     for provider, key in (keys or {}).items():
         spec = providers[provider]
         routes[provider] = {
@@ -522,7 +486,8 @@ def _slot_rows(engine: Engine, store_id: str) -> tuple[list[Any], list[Any]]:
 
 
 def _networks(engine: Engine, store_id: str) -> list[str]:
-    """The store's slot networks (and the one network of a proxy made before slots)."""
+    """The store's networks: those an older pienv made (one internal network per store, or
+    per slot), which `remove` takes away too."""
     rows = engine._call(
         "GET", "/networks", {"filters": json.dumps({"label": [f"dev.pienv.store={store_id}"]})}
     )
@@ -552,9 +517,9 @@ def claimed(locks: Path) -> bool:
 
 
 def remove(engine: Engine, store_id: str, locks: Path | None = None) -> bool:
-    """Remove the store's proxy, its slots (holders, networks) and volume (prune/doctor when
-    no run uses them). False when a run's container is still in a slot, or a run holds one
-    (``locks``: the store's slot locks)."""
+    """Remove the store's proxy, its slots' holders, its volumes (and networks an older pienv
+    made) when no run uses them (prune). False when a run's container is still in a slot, or
+    a run holds one (``locks``: the store's slot locks)."""
     name = names(store_id)
     if locks is not None and claimed(locks):
         return False
@@ -575,6 +540,7 @@ def remove(engine: Engine, store_id: str, locks: Path | None = None) -> bool:
         with contextlib.suppress(HTTPError):
             engine._request("DELETE", f"/networks/{network}")
     engine.remove_volume(name)
+    engine.remove_volume(name + "-socket")
     return True
 
 

@@ -1,19 +1,27 @@
-"""pienv's egress proxy: the one way out of an agent container's internal network.
+"""pienv's egress proxy: the one way out of an agent container, and the relay in front of it.
 
-This file runs inside the proxy container (an image pienv assembles FROM scratch out of this
-machine's own Python, see netproxy/image.py), so it uses the standard library only and imports
-nothing of pienv. It serves:
+This file runs inside the proxy container and the slots' holder containers (an image pienv
+assembles FROM scratch out of this machine's own Python, see netproxy/image.py), so it uses
+the standard library only and imports nothing of pienv.
 
-- an HTTP proxy on port 3128: CONNECT (TLS passes through untouched, no interception) and
-  plain-HTTP requests in absolute form, each checked against the policy of the run that sent
-  it. A run is named by the token in its proxy credentials (``http://pienv:TOKEN@IP:3128``);
-  no token or an unknown one is refused (fail closed).
-- key injection: ``http://IP:3128/_pienv/TOKEN/ROUTE/...`` (a provider base URL the agent is
-  given) is forwarded over TLS to the route's upstream with the real key added there; the
-  agent only ever holds a placeholder.
-- a DNS server on port 53/udp that answers every query with REFUSED: the agent's only
-  resolver (its container's `dns`) gives out no addresses, so names cannot leak through DNS
-  and nothing resolves to a way around the proxy.
+The proxy (no argument) serves, on a unix socket in a volume it shares with the holders only
+(SOCKET), never on a network:
+
+- an HTTP proxy: CONNECT (TLS passes through untouched, no interception) and plain-HTTP
+  requests in absolute form, each checked against the policy of the run that sent it. A run
+  is named by the token in its proxy credentials (``http://pienv:TOKEN@127.0.0.1:3128``); no
+  token or an unknown one is refused (fail closed).
+- key injection: ``http://127.0.0.1:3128/_pienv/TOKEN/ROUTE/...`` (a provider base URL the
+  agent is given) is forwarded over TLS to the route's upstream with the real key added
+  there; the agent only ever holds a placeholder.
+
+The relay (``relay NAME``, a slot's holder) owns a network namespace with nothing but
+loopback, which the run's container joins. It serves there:
+
+- 127.0.0.1:3128/tcp: every connection passed, byte for byte, to the proxy's socket;
+- 127.0.0.1:53/udp: a DNS server that answers every query REFUSED: the agent's only resolver
+  gives out no addresses, so names cannot leak through DNS and nothing resolves to a way
+  around the proxy (there is no route anywhere anyway).
 
 pienv writes a run's registration (policy, routes with keys) to RUNS/TOKEN.json with the
 engine's archive API before the run starts and reads AUDIT/TOKEN.jsonl after it ends: one JSON
@@ -46,6 +54,8 @@ RUNS = os.path.join(ROOT, "runs")
 AUDIT = os.path.join(ROOT, "audit")
 PORT = int(os.environ.get("PIENV_PROXY_PORT", "3128"))
 DNS_PORT = int(os.environ.get("PIENV_DNS_PORT", "53"))
+# The proxy listens here; the holders' relays connect here (the socket volume).
+SOCKET = os.environ.get("PIENV_PROXY_SOCKET", "/run/pienv-socket/proxy.sock")
 # Networks the proxy never connects to, whatever a name resolves to: the host's own services
 # (through the gateways of the proxy's networks), cloud metadata, loopback.
 BLOCKED = [
@@ -545,19 +555,55 @@ class Dns(asyncio.DatagramProtocol):
 async def main() -> None:
     os.makedirs(RUNS, exist_ok=True)
     os.makedirs(AUDIT, exist_ok=True)
-    server = await asyncio.start_server(handle, host=None, port=PORT, reuse_address=True)
-    loop = asyncio.get_running_loop()
-    # IPv4 only: the agent's network has no IPv6, and "::" would also take the IPv4 port.
-    await loop.create_datagram_endpoint(Dns, local_addr=("0.0.0.0", DNS_PORT))
+    # A replaced proxy's socket is still there: bind a fresh one in its place (the relays
+    # connect by path, per connection, so they need no restart).
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(SOCKET)
+    server = await asyncio.start_unix_server(handle, path=SOCKET)
     # pienv waits for this file (read through the engine's archive API) before it starts a
     # run: a container that is running is not yet a proxy that listens. Named by this
     # container's hostname, as the volume outlives a replaced proxy.
     with open(os.path.join(ROOT, f"ready.{socket.gethostname()}"), "w") as f:
         f.write(str(os.getpid()))
-    print(f"pienv-proxy: serving on {PORT}", file=sys.stderr, flush=True)
+    print(f"pienv-proxy: serving on {SOCKET}", file=sys.stderr, flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+async def relay(creader: asyncio.StreamReader, cwriter: asyncio.StreamWriter) -> None:
+    """One connection of the agent, passed to the proxy as it is (fail closed: no proxy, no
+    connection)."""
+    try:
+        ureader, uwriter = await asyncio.open_unix_connection(SOCKET)
+    except OSError:
+        cwriter.close()
+        return
+    with contextlib.suppress(OSError):
+        await splice(creader, cwriter, ureader, uwriter)
+    cwriter.close()
+
+
+async def relay_main(name: str) -> None:
+    server = await asyncio.start_server(relay, host="127.0.0.1", port=PORT, reuse_address=True)
+    loop = asyncio.get_running_loop()
+    await loop.create_datagram_endpoint(Dns, local_addr=("127.0.0.1", DNS_PORT))
+    # pienv waits for this before the slot's first run (see main): in the socket's volume,
+    # the one place both the holder and the engine's archive API see. NAME is SLOT.NONCE:
+    # a replaced holder's file goes.
+    where = os.path.dirname(SOCKET)
+    slot = name.rsplit(".", 1)[0]
+    for old in os.listdir(where):
+        if old.startswith(f"ready.{slot}.") and old != f"ready.{name}":
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(where, old))
+    with open(os.path.join(where, f"ready.{name}"), "w") as f:
+        f.write(str(os.getpid()))
     async with server:
         await server.serve_forever()
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if sys.argv[1:2] == ["relay"]:
+        asyncio.run(relay_main(sys.argv[2]))
+    else:
+        asyncio.run(main())

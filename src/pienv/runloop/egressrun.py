@@ -159,7 +159,7 @@ def prepare(
         notes=tuple(notes),
         registration=net,
         slot=slot,
-        labels={egressnet.SLOT_LABEL: slot.network},
+        labels={egressnet.SLOT_LABEL: slot.name},
         mounts=tuple(
             Mount(source, target, True, "the egress slot's resolver and hosts", directory=False)
             for target, source in slot.files.items()

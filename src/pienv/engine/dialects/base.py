@@ -47,8 +47,6 @@ class Dialect(abc.ABC):
     made_paths: tuple[tuple[str, str], ...]
     # The engine's default network, the way out (`NetworkMode` of a container that needs one).
     default_network: str
-    # Driver options that keep an internal network's bridge from reaching the engine host.
-    internal_network_options: Mapping[str, str]
     # The `o` option of a tmpfs-backed local volume (mode 0700, at most 64 MiB where the
     # engine takes a size).
     tmpfs_volume_options: str

@@ -16,10 +16,7 @@ class Docker(Dialect):
     own_mounts = ("/sbin/docker-init",)
     made_paths = ()
     default_network = "bridge"
-    # No address for the bridge on the engine host: without it a container on an internal
-    # network reaches every host port bound to 0.0.0.0 through its gateway (measured on 20.10).
     tmpfs_volume_options = "size=64m,mode=0700"
-    internal_network_options: Mapping[str, str] = {"com.docker.network.bridge.inhibit_ipv4": "true"}
 
     def label_filters(self, filters: list[str]) -> list[str]:
         return filters

@@ -39,7 +39,6 @@ class Podman(Dialect):
     )
 
     default_network = "podman"
-    internal_network_options: Mapping[str, str] = {}  # Docker's bridge option is not Podman's
     # Podman refuses size= on a tmpfs volume ("Filesystem does not support Project Quota"):
     # its tmpfs takes the kernel's default size there.
     tmpfs_volume_options = "mode=0700"
