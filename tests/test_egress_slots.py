@@ -84,3 +84,20 @@ def test_a_port_with_a_policy_is_one_line_and_prune_takes_the_slots(observed: Pi
     p("prune")
     assert _store_rows(store_id) == ([], [])
     assert Engine().inspect_container(egressnet.names(store_id)) is None
+
+
+def test_a_policy_run_shares_no_volume_with_runs_that_reach_more(observed: Pienv) -> None:
+    """The agent's caches and state are volumes: an open run could serve a relay there (a
+    unix socket in ~/.npm) to a run whose allow-list is narrower. A branch with an
+    allow-list mounts its policy's own volumes; an observe run (which reaches what an open
+    run does) the store's."""
+    p = observed
+    plant = "mkdir -p ~/.npm && echo planted > ~/.npm/relay && echo ok"
+    assert p("run", "--", "sh", "-c", plant).out.strip() == "ok"
+    look = ("sh", "-c", "cat ~/.npm/relay 2>/dev/null || echo absent")
+    assert p("run", "--egress", "observe", "--", *look).out.strip() == "planted"
+    p("egress", "allow", "--no-agent", "example.org")
+    assert p("run", "--", *look).out.strip() == "absent"
+    p("run", "--", "sh", "-c", "echo mine > ~/.npm/relay")
+    assert p("run", "--", *look).out.strip() == "mine"  # the policy's own, kept
+    assert p("run", "--egress", "open", "--", *look).out.strip() == "planted"

@@ -267,3 +267,18 @@ def test_a_commit_never_carries_the_slot_of_the_run_it_was_made_from() -> None:
     commit = Commit(id="sha256:" + "b" * 64, parents=(), branch="main", message="m", created="t")
     labels = commit.labels("s1")
     assert labels[LABEL + "egress-slot"] == ""
+
+
+def test_a_run_under_a_policy_gets_that_policys_own_state_and_caches() -> None:
+    """Volumes shared with runs that reach more would be a way around an allow-list (a unix
+    socket an open run serves in ~/.npm): a run under a policy mounts volumes of its own
+    policy, in the run and its install; an open run the store's."""
+    config = Config()
+    open_run = {m.target: m.source for m in make().mounts if m.volume}
+    fenced = Boundary("container:h0", volume_scope="c51dd4f1ef97")
+    spec = make(boundary=fenced)
+    scoped = {m.target: m.source for m in spec.mounts if m.volume}
+    assert scoped.keys() == open_run.keys() and "/home/agent/.npm" in scoped
+    assert all(scoped[t] == open_run[t] + ".pc51dd4f1ef97" for t in scoped)
+    step = install_spec(spec, config.agent, config, "s1")
+    assert {m.source for m in step.mounts if m.volume} == set(scoped.values())

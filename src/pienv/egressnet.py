@@ -337,7 +337,10 @@ def _ready(engine: Engine, proxy: Proxy, store_id: str, name: str) -> Slot | Non
         if row.labels.get(LABEL) == "holder":
             if row.state in ("running", "paused") and row.name == name:
                 holder = row
-        elif row.state in ("running", "paused", "restarting"):
+        elif row.state not in ("exited", "dead", "removing"):
+            # Created counts too: a start pienv sent just before it was killed may still
+            # be under way ("created" for a few hundred ms, then running). A run container
+            # left created for good keeps the slot until `pienv orphans` removes it.
             return None
     if holder is not None and holder.labels.get(IMAGE_LABEL) == quick_tag():
         return Slot(name, holder.id)

@@ -142,6 +142,7 @@ def container(
             boundary.cap_drop,
             boundary.labels,
             boundary.mounts,
+            boundary.volume_scope,
         )
         if boundary
         else None,

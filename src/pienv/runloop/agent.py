@@ -31,20 +31,28 @@ def volume_prefix(store_id: str) -> str:
     return f"pienv-{store_id}-"
 
 
-def state_volume(store_id: str, rel: str) -> str:
-    return f"{volume_prefix(store_id)}state-{re.sub(r'[^A-Za-z0-9_.-]', '_', rel.strip('/'))}"
+def state_volume(store_id: str, rel: str, scope: str = "") -> str:
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", rel.strip("/"))
+    return f"{volume_prefix(store_id)}state-{name}{_scoped(scope)}"
 
 
-def cache_volume(store_id: str, name: str) -> str:
-    return f"{volume_prefix(store_id)}cache-{name}"
+def cache_volume(store_id: str, name: str, scope: str = "") -> str:
+    return f"{volume_prefix(store_id)}cache-{name}{_scoped(scope)}"
 
 
-def volume_mounts(store_id: str, agent: Agent, caches: bool) -> tuple[Mount, ...]:
+def _scoped(scope: str) -> str:
+    return f".p{scope}" if scope else ""
+
+
+def volume_mounts(store_id: str, agent: Agent, caches: bool, scope: str = "") -> tuple[Mount, ...]:
     """pienv's own mounts of a run: the agent's state dirs, and the caches when on. Named
-    volumes (a name is never a host path, so the mount policy has nothing to judge)."""
+    volumes (a name is never a host path, so the mount policy has nothing to judge).
+    ``scope``: a run under an egress policy gets volumes of that policy's own (egressrun.py):
+    a volume shared with runs that reach more (a unix socket an open run serves there) would
+    be a way around its allow-list."""
     out = [
         Mount(
-            state_volume(store_id, rel),
+            state_volume(store_id, rel, scope),
             f"{AGENT_HOME}/{rel.strip('/')}",
             False,
             f"{agent.label}'s state",
@@ -54,7 +62,13 @@ def volume_mounts(store_id: str, agent: Agent, caches: bool) -> tuple[Mount, ...
     ]
     if caches:
         out += [
-            Mount(cache_volume(store_id, name), _home(path), False, f"{name} cache", volume=True)
+            Mount(
+                cache_volume(store_id, name, scope),
+                _home(path),
+                False,
+                f"{name} cache",
+                volume=True,
+            )
             for name, path in CACHES
         ]
     return tuple(out)

@@ -43,6 +43,9 @@ class EgressRun:
     registration: RunNetwork | None = None
     slot: Slot | None = None  # the run's own network, claimed until its container exits
     mounts: tuple[Mount, ...] = ()  # the slot's resolver, hosts and hostname, read-only
+    # Agent state and caches of the run's own policy (agent.volume_mounts): "" for observe,
+    # which reaches what an open run does.
+    volume_scope: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)  # for the run's container
 
     def registered(self) -> None:
@@ -133,7 +136,7 @@ def prepare(
     store = egress.PolicyStore(ctx.store.home)
     digest = store.save(policy) if not observe else ""
     if policy.mode == "none":
-        return EgressRun("none", digest, "none", env={})
+        return EgressRun("none", digest, "none", env={}, volume_scope=digest[:12])
     from pienv import egressnet
 
     engine = ctx.engine()
@@ -159,6 +162,7 @@ def prepare(
         notes=tuple(notes),
         registration=net,
         slot=slot,
+        volume_scope="" if observe else digest[:12],
         labels={egressnet.SLOT_LABEL: slot.name},
         mounts=tuple(
             Mount(source, target, True, "the egress slot's resolver and hosts", directory=False)

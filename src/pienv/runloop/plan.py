@@ -78,6 +78,7 @@ class Boundary:
     cap_drop: tuple[str, ...] = ()
     labels: Mapping[str, str] = field(default_factory=dict)  # the run's slot (egressnet.py)
     mounts: tuple[Mount, ...] = ()  # read-only files of its slot (resolver, hosts)
+    volume_scope: str = ""  # its policy's own agent state and cache volumes ("": the store's)
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,12 @@ def own_mounts(ws: Workspace, config: Config, agent: Agent, host: HostFacts) -> 
     return (
         Mount(str(ws.path), WORKSPACE, False, "the workspace"),
         Mount(host.env_file, ENV_FILE, True, "the run's variables", directory=False),
-        *volume_mounts(host.store_id, agent, config.caches),
+        *volume_mounts(
+            host.store_id,
+            agent,
+            config.caches,
+            host.boundary.volume_scope if host.boundary else "",
+        ),
         *(host.boundary.mounts if host.boundary else ()),
     )
 

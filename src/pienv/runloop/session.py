@@ -224,6 +224,7 @@ class Session:
                 egress.cap_drop,
                 egress.labels,
                 egress.mounts,
+                egress.volume_scope,
             )
             if egress
             else None,
