@@ -234,3 +234,41 @@ def test_missing_registries_fail_the_egress_tests_in_ci(monkeypatch: pytest.Monk
         package_registries(require=True)
     with pytest.raises(pytest.skip.Exception, match="not configured here"):
         package_registries(require=False)
+
+
+def test_the_relay_passes_loopback_to_the_proxys_socket_and_fails_closed(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A slot's relay: a connection to it reaches the proxy on its unix socket byte for byte
+    (here: a request without credentials gets the proxy's 407); with no proxy behind the
+    socket the connection is closed, nothing answered."""
+    import asyncio
+
+    sock = tmp_path / "proxy.sock"
+    monkeypatch.setattr(proxy, "SOCKET", str(sock))
+    request = b"CONNECT a.example:443 HTTP/1.1\r\n\r\n"
+
+    async def through_relay() -> bytes:
+        relay = await asyncio.start_server(proxy.relay, "127.0.0.1", 0)
+        r, w = await asyncio.open_connection("127.0.0.1", relay.sockets[0].getsockname()[1])
+        w.write(request)
+        await w.drain()
+        try:
+            answer = await asyncio.wait_for(r.read(), 5)
+        except ConnectionResetError:  # closed with the request unread: nothing answered
+            answer = b""
+        w.close()
+        relay.close()
+        await relay.wait_closed()
+        return answer
+
+    async def with_proxy() -> bytes:
+        server = await asyncio.start_unix_server(proxy.handle, path=str(sock))
+        try:
+            return await through_relay()
+        finally:
+            server.close()
+
+    assert asyncio.run(with_proxy()).startswith(b"HTTP/1.1 407 ")
+    sock.unlink(missing_ok=True)
+    assert asyncio.run(through_relay()) == b""
