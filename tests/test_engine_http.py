@@ -221,3 +221,27 @@ def test_remote_engine_that_cannot_see_the_workspace_says_so(serve: Serve) -> No
         "the engine at tcp://build-box:2376 cannot see /ws/run.env: it runs on another machine"
     )
     assert "\n" not in str(exc.value)
+
+
+def test_a_remote_engine_missing_any_source_is_said_of_the_workspace(serve: Serve) -> None:
+    """Which missing source an engine names is its own choice (rootless Podman's order is
+    random): a run container names its workspace, the path the user knows."""
+    missing = json.dumps(
+        {
+            "message": "making volume mountpoint for volume /store/runs/r1/env: mkdir "
+            "/store/runs/r1/env: permission denied"
+        }
+    ).encode()
+    serve(reply("200 OK", b"OK"), reply("500 Internal Server Error", missing))
+    engine = Engine()
+    engine.base_url = "tcp://build-box:2376"
+    binds = {
+        "/home/me/proj": {"bind": "/workspace", "mode": "rw"},
+        "/store/runs/r1/env": {"bind": "/run/pienv/env", "mode": "ro"},
+    }
+    labels = {"dev.pienv.workspace": "/home/me/proj"}
+    with pytest.raises(EngineError) as exc:
+        engine.create("img", entrypoint=["sh"], binds=binds, labels=labels)
+    assert str(exc.value).startswith(
+        "the engine at tcp://build-box:2376 cannot see /home/me/proj: it runs on another machine"
+    )

@@ -35,7 +35,7 @@ from pienv.engine.records import (
     translated,
 )
 from pienv.errors import EngineError, MaxDepthExceeded
-from pienv.model import full_hex
+from pienv.model import LABEL, full_hex
 
 if TYPE_CHECKING:
     import tarfile
@@ -255,8 +255,11 @@ class Engine(Connection):
             if missing and not self.local:
                 # Every run mounts its env file, named by a fresh random token: an engine
                 # that cannot find it does not share this machine's files, so the workspace
-                # it would mount is not this one (a remote engine: ssh://, tcp://).
-                raise self._cannot_see(missing) from exc
+                # it would mount is not this one (a remote engine: ssh://, tcp://). Which
+                # missing source an engine names is its own choice (Podman's is random), so
+                # the workspace is named where the container has one.
+                workspace = (config.get("Labels") or {}).get(LABEL + "workspace")
+                raise self._cannot_see(workspace or missing) from exc
             raise
         return str(created["Id"])
 
