@@ -195,3 +195,34 @@ def test_rename_moves_head_bindings_and_reflog(store: Store) -> None:
     assert refs.worktrees == {"/w": "trunk"}
     assert store.reflog("main") == []
     assert [e.what for e in store.reflog("trunk")] == ["x", "branch: renamed main to trunk"]
+
+
+def test_a_slot_lock_held_by_another_process_is_seen_until_it_exits(tmp_path: Path) -> None:
+    """egressnet.claimed (prune's check that no run is about to use a slot) and
+    locks.is_locked share one flock probe: held while a process holds it, free after."""
+    from pienv import egressnet
+
+    slots = tmp_path / "egress-slots"
+    assert not egressnet.claimed(slots)  # no directory yet
+    slots.mkdir()
+    (slots / "0.lock").touch()
+    assert not egressnet.claimed(slots) and not locks.held(slots / "1.lock")
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR);"
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()",
+            str(slots / "0.lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        assert egressnet.claimed(slots) and locks.held(slots / "0.lock")
+        assert egressnet.claimed(slots)  # a probe does not take or drop the holder's lock
+    finally:
+        holder.communicate("")
+    assert not egressnet.claimed(slots)

@@ -49,6 +49,7 @@ from typing import Any
 from pienv.egress import PROVIDERS, Policy, Provider
 from pienv.engine import Engine, HTTPError
 from pienv.errors import EngineError
+from pienv.locks import held
 from pienv.netproxy import quick_tag
 
 PORT = 3128
@@ -505,18 +506,7 @@ def _networks(engine: Engine, store_id: str) -> list[str]:
 
 def claimed(locks: Path) -> bool:
     """Whether a run holds a slot of the store now (about to create its container, say)."""
-    for path in locks.glob("*.lock") if locks.is_dir() else ():
-        try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        finally:
-            os.close(fd)
-    return False
+    return any(held(path) for path in (locks.glob("*.lock") if locks.is_dir() else ()))
 
 
 def remove(engine: Engine, store_id: str, locks: Path | None = None) -> bool:

@@ -160,10 +160,15 @@ def lock_names(locks_dir: Path) -> list[str]:
 
 
 def is_locked(locks_dir: Path, branch: str) -> bool:
-    path = lock_path(locks_dir, branch)
-    if not path.exists():
+    return held(lock_path(locks_dir, branch))
+
+
+def held(path: Path) -> bool:
+    """Whether a process holds the flock on ``path`` now (a missing file: nobody)."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
         return False
-    fd = os.open(path, os.O_RDWR)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
