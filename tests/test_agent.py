@@ -7,6 +7,7 @@ import io
 import json
 import subprocess
 import tarfile
+from pathlib import Path
 
 import pytest
 from conftest import NonrootPienv, Pienv
@@ -107,6 +108,29 @@ def test_install_is_its_own_commit_and_runs_once(pienv: Pienv) -> None:
         assert pienv("run").out == "hello from myagent\n"
         assert pienv("log").out.count("install myagent") == 1  # not again
         assert "installing" not in pienv("run").err
+    finally:
+        remove_volumes(pienv)
+
+
+def test_an_install_then_a_new_mount_point_is_no_junk_run_commit(
+    pienv: Pienv, tmp_path: Path
+) -> None:
+    """A session that installs the agent and needs a mount point its image lacks: the mount
+    point is a prepare commit, and the agent's run that changes nothing adds none (the run
+    used to commit the mount point the engine made)."""
+    data = tmp_path / "data"
+    data.mkdir()
+    config(
+        pienv,
+        f'[agent]\ncommand = ["myagent"]\ninstall = "{INSTALL_OK}"\n'
+        f'[run]\nmounts = ["{data}:/srv/data:ro"]\n',
+    )
+    try:
+        assert pienv("run").out == "hello from myagent\n"
+        kinds = [c["kind"] for c in json.loads(pienv("log", "--json").out)]
+        assert kinds == ["prepare", "install", "root"], kinds
+        pienv("run")
+        assert len(json.loads(pienv("log", "--json").out)) == 3
     finally:
         remove_volumes(pienv)
 

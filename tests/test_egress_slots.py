@@ -5,11 +5,14 @@ refused with one line, and `pienv prune` takes the slots with the proxy (docs/ne
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import Pienv
+from test_agent import INSTALL_OK, config, remove_volumes
 
 from pienv import egressnet
 from pienv.engine import Engine
@@ -101,3 +104,34 @@ def test_a_policy_run_shares_no_volume_with_runs_that_reach_more(observed: Pienv
     p("run", "--", "sh", "-c", "echo mine > ~/.npm/relay")
     assert p("run", "--", *look).out.strip() == "mine"  # the policy's own, kept
     assert p("run", "--egress", "open", "--", *look).out.strip() == "planted"
+
+
+def test_an_install_and_a_prepare_under_a_policy_keep_it_on_reset(
+    observed: Pienv, tmp_path: Path
+) -> None:
+    """The commits a policy session makes before its run (the agent's install, the mount
+    points of a configured mount) ran under the policy and say so: `pienv reset` to one of
+    them keeps the branch's allow-list (a commit without one means "made open")."""
+    p = observed
+    data = tmp_path / "data"
+    data.mkdir()
+    agent = f'[agent]\ncommand = ["myagent"]\ninstall = "{INSTALL_OK}"\n'
+    config(p, agent)
+    try:
+        p("run", "--", "true")  # the root, made open
+        p("egress", "allow", "--no-agent", "example.org")
+        config(p, agent + f'[run]\nmounts = ["{data}:/srv/data:ro"]\n')
+        policy = json.loads(p("egress", "show", "--json").out)
+        assert "hello from myagent" in p("run").out  # install, prepare; the run adds nothing
+        made = {c["kind"]: c for c in json.loads(p("log", "--json").out)}
+        assert made["install"]["egress"] == policy["hash"], made["install"]
+        assert made["install"]["egress_audit"], made["install"]
+        assert made["prepare"]["egress"] == policy["hash"], made["prepare"]
+        assert made["root"]["egress"] == "" and "run" not in made
+        p("run", "--", "touch", "/x")
+        for kind in ("prepare", "install"):
+            p("reset", made[kind]["id"])
+            now = json.loads(p("egress", "show", "--json").out)
+            assert (now["mode"], now["allow"]) == ("allow-list", ["example.org"]), (kind, now)
+    finally:
+        remove_volumes(p)

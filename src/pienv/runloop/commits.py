@@ -182,11 +182,12 @@ def known_mount_points(image: ImageInfo) -> set[str]:
 
 
 def make_prepared(
-    ctx: Context, parent: str, branch: str | None, extra: Sequence[MountPoint]
+    ctx: Context, parent: str, branch: str | None, extra: Sequence[MountPoint], egress: str = ""
 ) -> Commit:
     """A child of ``parent`` holding the mount points ``extra`` that a run is about to get
     (a linked worktree's git dir, a configured mount) and listing them in its labels: so a
-    run that changes nothing there adds no commit, and no later run checks again."""
+    run that changes nothing there adds no commit, and no later run checks again.
+    ``egress``: the policy hash of the run it is made for (a reset there keeps it)."""
     engine = ctx.engine()
     info = engine.inspect_image(parent)
     if info is None:
@@ -200,6 +201,7 @@ def make_prepared(
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",
         code=old.code if old else "",
+        egress=egress,
     )
     labels = draft.labels(ctx.store_id)
     known = known_mount_points(info) | {m.path for m in extra}

@@ -56,11 +56,16 @@ def failure_cause(output: str) -> str | None:
 
 
 def install(
-    ctx: Context, spec: ContainerSpec, branch: str | None, agent: Agent, err: Sink
+    ctx: Context,
+    spec: ContainerSpec,
+    branch: str | None,
+    agent: Agent,
+    err: Sink,
+    egress: tuple[str, str] = ("", ""),
 ) -> Commit:
     """Run the agent's install (``spec``, see plan.install_spec) in its own container on
     ``spec.image``; commit it as "install <agent> <version>" and move the branch there. A
-    failed install commits nothing."""
+    failed install commits nothing. ``egress``: (policy hash, audit id) it runs under."""
     engine = ctx.engine()
     parent = spec.image
     parent_image = engine.inspect_image(parent)
@@ -96,6 +101,8 @@ def install(
             command=("sh", "-c", agent.install),
             exit_code=0,
             changes=None,
+            egress=egress[0],
+            egress_audit=egress[1],
         )
         draft = replace(draft, container=cid)
         labels = draft.labels(ctx.store_id)

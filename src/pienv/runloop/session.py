@@ -269,21 +269,27 @@ class Session:
         if req.command or req.shell or agent_step.installed(labels, agent):
             return spec
         step = install_spec(spec, agent, ctx.config, ctx.store_id)
+        policy = ("", "")
         if self.egress is not None:
             self.egress.registered()
-        installed = install_agent(ctx, step, self.branch, agent, self.err)
+            # Made under the policy: a reset to it keeps the policy (ops/egress.follow).
+            policy = (self.egress.policy_hash, self.egress.audit_id)
+        installed = install_agent(ctx, step, self.branch, agent, self.err, policy)
         self.notes.append(f"installed {agent.label} as {installed.short}")
         self.parent = installed.id
         # A fresh mtime: `doctor` spares young env files of runs about to start.
         with contextlib.suppress(OSError):
             os.utime(spec.env_file)
-        return spec.on_image(installed.id)
+        # The install's image has its parent's mount points (labels are inherited): the
+        # ones the run still needs are still to be prepared, not committed by the run.
+        return replace(spec.on_image(installed.id), prepare=spec.prepare)
 
     def create(self, spec: ContainerSpec) -> None:
         """The prepare commit (mount points the image lacks), then the container."""
         if spec.prepare:
             ctx = self.ctx
-            prepared = make_prepared(ctx, spec.image, self.branch, spec.prepare)
+            policy = self.egress.policy_hash if self.egress is not None else ""
+            prepared = make_prepared(ctx, spec.image, self.branch, spec.prepare, policy)
             with ctx.store.transaction(prepared.message) as txn:
                 txn.move_head(self.branch, spec.image, prepared.id)
             self.notes.append(f"{prepared.message} ({prepared.short})")
