@@ -14,6 +14,7 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pienv import gitrepo
 from pienv.context import Context
@@ -26,11 +27,14 @@ from pienv.runloop.commits import host_ids
 from pienv.runloop.helpers import helper_labels
 from pienv.runloop.launch import create, interruptible, uninterrupted
 from pienv.runloop.pin import Gate
-from pienv.runloop.plan import Boundary, HostFacts, probe_spec
+from pienv.runloop.plan import HostFacts, probe_spec
 from pienv.runloop.sandbox import container_env, env_file, run_name, write_env_file
 from pienv.runloop.spec import Mount
 from pienv.runloop.sweep import Sweep, sweep
 from pienv.runloop.workspace import find_workspace
+
+if TYPE_CHECKING:
+    from pienv.runloop.egressrun import EgressRun
 
 OUTPUT_KEEP = 4000  # bytes of a probe's output kept for its result
 
@@ -135,17 +139,7 @@ def container(
         name=run_name(ctx.store_id, token) + f"-{role}",
         store_id=ctx.store_id,
         checked=checked,
-        boundary=Boundary(
-            boundary.network,
-            boundary.dns,
-            boundary.env,
-            boundary.cap_drop,
-            boundary.labels,
-            boundary.mounts,
-            boundary.volume_scope,
-        )
-        if boundary
-        else None,
+        boundary=boundary.boundary() if boundary else None,
     )
     spec = probe_spec(
         image,
@@ -187,17 +181,25 @@ def container(
                 gate.close()
             with contextlib.suppress(OSError):
                 record.unlink()
-            if probe is not None:
-                ctx.engine().remove_container(probe.cid, force=True)
-                probe.after(ctx)  # interrupted: what it left is defused all the same
-            if boundary is not None:
-                boundary.release()  # its container is gone
-            if boundary is not None and boundary.audit_id:
-                # Kept as a run's is (`pienv egress log` shows what a probe reached).
-                with contextlib.suppress(Exception):
-                    egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
+            _end(ctx, probe, boundary)
             with contextlib.suppress(OSError):
                 env_path.unlink()
+
+
+def _end(ctx: Context, probe: Probe | None, boundary: EgressRun | None) -> None:
+    """The probe's container removed, what it left defused (also when it was interrupted),
+    its slot freed and its audit kept as a run's is (`pienv egress log` shows it)."""
+    from pienv.runloop import egressrun
+
+    if probe is not None:
+        ctx.engine().remove_container(probe.cid, force=True)
+        probe.after(ctx)
+    if boundary is None:
+        return
+    boundary.release()  # its container is gone
+    if boundary.audit_id:
+        with contextlib.suppress(Exception):
+            egressrun.keep_audit(ctx, boundary.audit_id, boundary.proxy)
 
 
 def start(ctx: Context, probe: Probe) -> ProbeResult:

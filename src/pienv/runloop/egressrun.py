@@ -19,6 +19,7 @@ from pienv.config import Agent
 from pienv.context import Context
 from pienv.egress import Policy, PolicyStore
 from pienv.errors import UsageError
+from pienv.runloop.plan import Boundary
 from pienv.runloop.spec import Mount
 
 if TYPE_CHECKING:
@@ -47,6 +48,18 @@ class EgressRun:
     # which reaches what an open run does.
     volume_scope: str = ""
     labels: Mapping[str, str] = field(default_factory=dict)  # for the run's container
+
+    def boundary(self) -> Boundary:
+        """What the run's container gets of it (runloop/plan.py)."""
+        return Boundary(
+            self.network,
+            self.dns,
+            self.env,
+            self.cap_drop,
+            self.labels,
+            self.mounts,
+            self.volume_scope,
+        )
 
     def registered(self) -> None:
         """Before the agent starts: its registration with the proxy has landed."""

@@ -43,7 +43,6 @@ from pienv.runloop.install import install as install_agent
 from pienv.runloop.launch import Sink, attach, attach_failed, create, has_input
 from pienv.runloop.pin import Gate
 from pienv.runloop.plan import (
-    Boundary,
     HostFacts,
     Parent,
     RunRequest,
@@ -217,17 +216,7 @@ class Session:
             checked=self.checked,
             forward_stdin=forward_stdin,
             defaults=host_defaults(),
-            boundary=Boundary(
-                egress.network,
-                egress.dns,
-                egress.env,
-                egress.cap_drop,
-                egress.labels,
-                egress.mounts,
-                egress.volume_scope,
-            )
-            if egress
-            else None,
+            boundary=egress.boundary() if egress else None,
         )
         image = self.parent_image
         parent = Parent(self.parent, frozenset(known_mount_points(image)) if image else frozenset())
