@@ -135,3 +135,40 @@ def test_an_install_and_a_prepare_under_a_policy_keep_it_on_reset(
             assert (now["mode"], now["allow"]) == ("allow-list", ["example.org"]), (kind, now)
     finally:
         remove_volumes(p)
+
+
+def test_a_root_a_flatten_and_a_reset_system_of_a_policy_branch_keep_it(observed: Pienv) -> None:
+    """Commits pienv makes for a branch outside its runs carry the branch's policy: the root
+    (an allow-list set before the first run), a flatten (a copy of its parent), a `reset
+    --system` root. `pienv reset` to one keeps the allow-list; a commit without one would
+    open the branch."""
+    p = observed
+    p("egress", "allow", "--no-agent", "example.org")  # before any commit
+    config(p, "[run]\nflatten_at = 2\n")
+    p("run", "--", "touch", "/a")  # the root, then the run
+    p("run", "--", "touch", "/b")  # past flatten_at: a flatten first
+    made = {c["kind"]: c for c in json.loads(p("log", "--json").out)}
+    p("reset", "--system")
+    made["reset-system"] = json.loads(p("log", "--json", "-n", "1").out)[0]
+    policy = json.loads(p("egress", "show", "--json").out)
+    p("run", "--", "touch", "/c")
+    for kind in ("root", "flatten", "reset-system"):
+        assert made[kind]["egress"] == policy["hash"], (kind, made[kind])
+        p("reset", made[kind]["id"])
+        now = json.loads(p("egress", "show", "--json").out)
+        assert (now["mode"], now["allow"]) == ("allow-list", ["example.org"]), (kind, now)
+
+
+def test_a_rebase_of_a_policy_branch_replays_under_it_and_says_so(observed: Pienv) -> None:
+    """`pienv rebase` replays a branch's runs under the branch's policy: the new root and
+    each replayed commit carry it, as the runs they replay did."""
+    p = observed
+    p("egress", "allow", "--no-agent", "example.org")
+    p("run", "--", "touch", "/a")
+    policy = json.loads(p("egress", "show", "--json").out)
+    p("rebase", "--onto", p.refs()["base"])
+    rebased = json.loads(p("log", "--json").out)
+    assert [c["kind"] for c in rebased] == ["run", "root"], rebased
+    assert rebased[0]["replays"], rebased[0]
+    assert [c["egress"] for c in rebased] == [policy["hash"]] * 2, rebased
+    assert rebased[0]["egress_audit"], rebased[0]

@@ -197,6 +197,20 @@ def test_rename_moves_head_bindings_and_reflog(store: Store) -> None:
     assert [e.what for e in store.reflog("trunk")] == ["x", "branch: renamed main to trunk"]
 
 
+def test_a_lock_path_that_is_odd_is_never_a_traceback_nor_taken_for_free(tmp_path: Path) -> None:
+    """A directory in place of a lock file is probed like a file (flock works on it); a
+    lock that cannot be opened at all (here a symlink loop) counts as held: prune then
+    leaves the slots alone instead of failing, and no caller takes the lock for free."""
+    from pienv import egressnet
+
+    slots = tmp_path / "egress-slots"
+    slots.mkdir()
+    (slots / "0.lock").mkdir()
+    assert not locks.held(slots / "0.lock") and not egressnet.claimed(slots)
+    (slots / "1.lock").symlink_to("1.lock")
+    assert locks.held(slots / "1.lock") and egressnet.claimed(slots)
+
+
 def test_a_slot_lock_held_by_another_process_is_seen_until_it_exits(tmp_path: Path) -> None:
     """egressnet.claimed (prune's check that no run is about to use a slot) and
     locks.is_locked share one flock probe: held while a process holds it, free after."""

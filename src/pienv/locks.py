@@ -164,11 +164,15 @@ def is_locked(locks_dir: Path, branch: str) -> bool:
 
 
 def held(path: Path) -> bool:
-    """Whether a process holds the flock on ``path`` now (a missing file: nobody)."""
+    """Whether a process holds the flock on ``path`` now (a missing file: nobody). Opened
+    read-only (flock needs no write access: a read-only store is read as any other); a
+    path that cannot be opened at all counts as held, so that no caller takes it for free."""
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except FileNotFoundError:
         return False
+    except OSError:
+        return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

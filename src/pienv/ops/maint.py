@@ -22,6 +22,7 @@ from pienv.ops.prune import KeptInUse, PruneResult, prune
 from pienv.runloop import baseimage as basemod
 from pienv.runloop import keeper
 from pienv.runloop.commits import flatten_image, make_root
+from pienv.runloop.egressrun import label_of
 from pienv.runloop.sandbox import AGENT_HOME
 
 __all__ = [
@@ -96,11 +97,14 @@ def reset_base(ctx: Context, keep_home: bool) -> BaseResetResult:
         if old is None:
             raise UsageError("nothing to reset: no commit yet")
         base = basemod.ensure(ctx)
+        # The branch keeps its policy (reset --system moves the environment, not it), and
+        # the new root carries it: a later reset back there keeps it too.
+        policy = label_of(ctx, branch)
         if keep_home:
-            new = _base_with_home(ctx, base.image, old, branch, AGENT_HOME)
+            new = _base_with_home(ctx, base.image, old, branch, AGENT_HOME, policy)
             what = f"reset --system: base {base.image} + {AGENT_HOME} of {short(old)}"
         else:
-            new = make_root(ctx, base.image, branch)
+            new = make_root(ctx, base.image, branch, egress=policy)
             what = f"reset --all: bare base {base.image}"
         with ctx.store.transaction(what) as txn:
             txn.move_head(branch, old, new.id)
@@ -112,7 +116,7 @@ def reset_base(ctx: Context, keep_home: bool) -> BaseResetResult:
 
 
 def _base_with_home(
-    ctx: Context, base_image: str, old: str, branch: str | None, home: str
+    ctx: Context, base_image: str, old: str, branch: str | None, home: str, policy: str
 ) -> Commit:
     engine = ctx.engine()
     src = engine.create_stopped(old, kind="reset")
@@ -131,7 +135,7 @@ def _base_with_home(
         return _tar_paths(data, parent)
 
     message = f"reset --system from {short(old)}: fresh base, {home} kept"
-    return make_root(ctx, base_image, branch, message, "reset-system", copy_home)
+    return make_root(ctx, base_image, branch, message, "reset-system", copy_home, policy)
 
 
 def _under(data: bytes, parent: str) -> bytes:

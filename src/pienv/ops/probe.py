@@ -57,6 +57,8 @@ class Probe:
     watch: GitWatch = field(default_factory=GitWatch)
     sweep: Sweep | None = None
     ended: bool = False  # the after-run checks ran
+    egress: str = ""  # the policy hash it runs under ("": open), for a commit made of it
+    egress_audit: str = ""  # the run whose audit the store keeps (its proxy token)
 
     def after(self, ctx: Context) -> list[str]:
         """What the command left on the host, defused: git metadata moved aside, planted
@@ -166,6 +168,8 @@ def container(
     try:
         cid = create(engine, spec)
         probe = Probe(cid, gate, root, repo, watch, job)
+        if boundary is not None:
+            probe.egress, probe.egress_audit = boundary.policy_hash, boundary.audit_id
         if root is not None:  # for `pienv doctor`, if this pienv is killed (kill -9):
             # written once the container exists, removed before it goes, so that a record
             # without its container is a killed pienv's.

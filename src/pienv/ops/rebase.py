@@ -25,6 +25,7 @@ from pienv.errors import EngineError, UsageError
 from pienv.model import Commit, JsonResult, check_ref_name, short
 from pienv.ops import probe, replay
 from pienv.runloop.commits import commit_container, finish, make_root
+from pienv.runloop.egressrun import label_of
 from pienv.store import write_atomic
 
 STATE = "rebase.json"
@@ -121,7 +122,8 @@ def _onto(ctx: Context, onto: str, branch: str) -> str:
         pass
     if ctx.engine().inspect_image(onto) is None:
         raise UsageError(f"{onto!r} is neither an env revision nor an image on the engine")
-    return make_root(ctx, onto, branch, f"root: base {onto} (rebase of {branch})").id
+    message = f"root: base {onto} (rebase of {branch})"
+    return make_root(ctx, onto, branch, message, egress=label_of(ctx, branch)).id
 
 
 def _refuse_busy(ctx: Context, name: str) -> None:
@@ -177,6 +179,8 @@ def _replay_one(ctx: Context, state: State, item: replay.Item) -> tuple[str, str
             replays=old.id,
             user=old.user,
             workdir=old.workdir,
+            egress=replayed.egress,
+            egress_audit=replayed.egress_audit,
         )
         if old.kind == "install":
             return _commit_install(ctx, cid, draft, parent_image), ""

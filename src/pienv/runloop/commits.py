@@ -136,17 +136,19 @@ def make_root(
     message: str = "",
     kind: CommitKind = "root",
     fill: Callable[[str], list[str]] | None = None,
+    egress: str = "",
 ) -> Commit:
     """The base image plus one small layer that prepares it for the host user (see
     ``ops.hostuser``) and holds the run's mount points (``prepare``), labelled for this store;
-    ``fill`` may copy more in (reset --system's home) and returns the paths it wrote."""
+    ``fill`` may copy more in (reset --system's home) and returns the paths it wrote.
+    ``egress``: the policy hash of the branch it is made for (runloop/egressrun.label_of)."""
     from pienv.runloop.hostuser import prepare_host_user
 
     engine = ctx.engine()
     base = engine.inspect_image(base_image)
     if base is None:
         raise EngineError(f"base image {base_image!r} is not there")
-    draft = Commit.draft(branch, message or f"root: base {base_image}", kind)
+    draft = Commit.draft(branch, message or f"root: base {base_image}", kind, egress=egress)
     written: list[str] = []
 
     def prepare(cid: str) -> None:
@@ -289,6 +291,8 @@ def flatten_image(
         workspace=old.workspace if old else "",
         git_head=old.git_head if old else "",
         code=old.code if old else "",
+        # A copy of its parent: a reset to it gives the branch the policy that one ran under.
+        egress=old.egress if old else "",
     )
     done = 0
 

@@ -103,6 +103,16 @@ def current(ctx: Context, run_branch: str | None = "") -> tuple[str | None, Poli
     return branch, egress.DEFAULT, "default"
 
 
+def label_of(ctx: Context, branch: str | None) -> str:
+    """The policy hash a commit made for ``branch`` outside a run carries (a root, a
+    `reset --system` root): the branch's policy, so that a reset there keeps it; "" when the
+    store has no policies or the branch is open."""
+    if not (ctx.store.home / "egress").is_dir():
+        return ""
+    _, policy, _ = current(ctx, branch)
+    return "" if policy == egress.DEFAULT else policy_store(ctx).save(policy)
+
+
 def effective_mode(ctx: Context, branch: str | None, requested: str | None) -> egress.Policy:
     """The policy a run on ``branch`` gets (``requested``: `run --egress MODE`)."""
     if requested is not None and requested not in egress.RUN_MODES:

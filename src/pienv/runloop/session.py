@@ -88,7 +88,10 @@ def ensure_root(ctx: Context, branch: str | None, notes: list[str]) -> str:
     result = basemod.ensure(ctx)
     if result.built:
         notes.append(f"built the base image from {result.source}")
-    root = make_root(ctx, result.image, branch or "main")
+    from pienv.runloop.egressrun import label_of
+
+    # Made for a branch whose allow-list may predate its first run: a reset there keeps it.
+    root = make_root(ctx, result.image, branch or "main", egress=label_of(ctx, branch or "main"))
     with ctx.store.transaction(f"root: base {result.image}") as txn:
         txn.move_branch(branch or "main", None, root.id)
         txn.refs.base = result.image
