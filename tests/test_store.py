@@ -209,6 +209,8 @@ def test_a_lock_path_that_is_odd_is_never_a_traceback_nor_taken_for_free(tmp_pat
     assert not locks.held(slots / "0.lock") and not egressnet.claimed(slots)
     (slots / "1.lock").symlink_to("1.lock")
     assert locks.held(slots / "1.lock") and egressnet.claimed(slots)
+    os.mkfifo(tmp_path / "fifo.lock")  # opened without blocking: nobody holds it
+    assert not locks.held(tmp_path / "fifo.lock")
 
 
 def test_a_slot_lock_held_by_another_process_is_seen_until_it_exits(tmp_path: Path) -> None:

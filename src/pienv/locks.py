@@ -165,14 +165,21 @@ def is_locked(locks_dir: Path, branch: str) -> bool:
 
 def held(path: Path) -> bool:
     """Whether a process holds the flock on ``path`` now (a missing file: nobody). Opened
-    read-only (flock needs no write access: a read-only store is read as any other); a
-    path that cannot be opened at all counts as held, so that no caller takes it for free."""
+    for writing where it can be (NFS emulates an exclusive flock with a write lock), else
+    read-only (a read-only store, a directory in its place); never blocking (a FIFO). A path
+    that cannot be opened at all counts as held, so that no caller takes it for free."""
+    flags = os.O_CLOEXEC | os.O_NONBLOCK
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(path, os.O_RDWR | flags)
     except FileNotFoundError:
         return False
     except OSError:
-        return True
+        try:
+            fd = os.open(path, os.O_RDONLY | flags)
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return True
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:

@@ -110,7 +110,8 @@ def label_of(ctx: Context, branch: str | None) -> str:
     if not (ctx.store.home / "egress").is_dir():
         return ""
     _, policy, _ = current(ctx, branch)
-    return "" if policy == egress.DEFAULT else policy_store(ctx).save(policy)
+    # As a run's commit (prepare): an open branch's commits carry none.
+    return "" if policy.mode == "open" else policy_store(ctx).save(policy)
 
 
 def effective_mode(ctx: Context, branch: str | None, requested: str | None) -> egress.Policy:
