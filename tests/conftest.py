@@ -94,9 +94,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Every test that needs an engine (any fixture built on `engine_available`, however
     indirectly) gets the `engine` marker, so `-m "not engine"` is the fast suite that runs
     without dockerd, whatever a test file remembers to mark."""
+    sampled: set[tuple[str, str]] = set()
     for item in items:
         if "engine_available" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.engine)
+        # A `sampled` test's later cases exercise the same engine calls as its first (they
+        # differ in a kill point, a signal, a refused path): the second engine's tier (-m
+        # "not one_engine") runs the first alone, the docker tier all of them.
+        if item.get_closest_marker("sampled") and os.environ.get("PIENV_ALL_CASES") != "1":
+            key = (str(item.path), getattr(item, "originalname", item.name))
+            if key in sampled:
+                item.add_marker(pytest.mark.one_engine)
+            sampled.add(key)
         if item.get_closest_marker("presets"):
             item.add_marker(pytest.mark.timeout(3600))  # downloads an agent, twice
 

@@ -78,6 +78,7 @@ def test_status_orphans_and_log_while_committing(pienv: Pienv) -> None:
     assert_consistent(pienv, commits=3)
 
 
+@pytest.mark.one_engine
 def test_log_says_when_the_commit_outlasts_its_wait(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     before = pienv.head()
@@ -186,6 +187,7 @@ def test_killed_right_after_the_handoff_loses_nothing(pienv: Pienv) -> None:
     assert_consistent(pienv, commits=2)
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("step", ["handed+all", *STEPS])
 def test_finalizer_killed_mid_background_commit_loses_nothing(pienv: Pienv, step: str) -> None:
     """kill -9 of the finalizer at each step of its commit (for ``handed+all``: of pienv and
@@ -252,6 +254,7 @@ def test_finalizer_killed_during_the_run_commits_in_the_foreground(pienv: Pienv)
     assert_consistent(pienv, commits=2)
 
 
+@pytest.mark.one_engine
 def test_revisions_right_after_a_run_name_its_commit(pienv: Pienv) -> None:
     """`pienv run -- CMD` then at once `tag`, `branch`, `run -b NEW`, `reset HEAD~1`: each
     acts on CMD's commit (it waits for the background commit), as with a foreground commit."""

@@ -28,6 +28,7 @@ def run_containers(p: Pienv) -> list[dict]:  # type: ignore[type-arg]
 # -- 1. a .git file naming a "common dir" ---------------------------------------------------
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("common", ["/var/run", "home's parent"])
 def test_forged_git_file_mounts_no_host_directory(
     pienv: Pienv, tmp_path: Path, common: str
@@ -160,6 +161,7 @@ def test_linked_worktree_run_cannot_redirect_the_main_checkout(
     assert not (common / "commondir").exists() and "pienv-quarantined" in r.err
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize(
     "layout", ["nested .git dir", ".git file into .git/modules", "nested repo of an earlier run"]
 )
@@ -290,6 +292,7 @@ def test_protect_git_false_lets_the_agent_write_hooks(pienv: Pienv) -> None:
 # -- 2. the store and the config inside the workspace ----------------------------------------
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("where", ["PIENV_HOME", "PIENV_CONFIG"])
 def test_store_or_config_inside_the_workspace_is_refused(
     pienv: Pienv, base_image: str, where: str
@@ -307,6 +310,7 @@ def test_store_or_config_inside_the_workspace_is_refused(
 # -- 3. one mount policy --------------------------------------------------------------------
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize(
     "spec, rule",
     [
@@ -333,6 +337,7 @@ def test_configured_mounts_refused_at_run(
     assert not (tmp_path / "missing").exists()
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("workdir", ["/var/run", "HOME/..", "link-to-etc"])
 def test_workspace_refusals(pienv: Pienv, tmp_path: Path, workdir: str) -> None:
     home = tmp_path / "home"
@@ -379,6 +384,7 @@ def orphan_a_run(p: Pienv) -> str:
     return cid
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("how", ["recover", "auto-recovery", "clean-orphans"])
 def test_env_file_removed_after_kill_9(pienv: Pienv, how: str) -> None:
     pienv("run", "--", "true")

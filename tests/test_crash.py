@@ -64,6 +64,7 @@ def foreground(p: Pienv) -> None:
     (p.home / "config.toml").write_text('[run]\ncommit = "foreground"\n')
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("mode", ["finalizer", "all"])
 @pytest.mark.parametrize("step", STEPS)
 def test_killed_at_each_step_of_finish_loses_nothing(pienv: Pienv, step: str, mode: str) -> None:
@@ -158,6 +159,7 @@ def test_prune_during_a_finish_keeps_the_new_commit(
     assert_consistent(pienv, commits=2)
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("commit", ["foreground", "background"])
 def test_noop_run_killed_before_its_empty_image_is_dropped_adds_no_commit(
     pienv: Pienv, commit: str

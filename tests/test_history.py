@@ -42,6 +42,7 @@ def test_branch_run_checkout_reset_reflog_undo(pienv: Pienv) -> None:
     assert pienv("run", "--", "ls", "/risky").out == "/risky\n"
 
 
+@pytest.mark.one_engine
 def test_log_graph_exact(pienv: Pienv) -> None:
     pienv("run", "-m", "tools", "--", "touch", "/a")
     pienv("branch", "exp")
@@ -64,6 +65,7 @@ def test_log_graph_exact(pienv: Pienv) -> None:
     assert "\x1b[" not in out  # NO_COLOR
 
 
+@pytest.mark.one_engine
 def test_log_limits_and_json(pienv: Pienv) -> None:
     for i in range(3):
         pienv("run", "--", "touch", f"/f{i}")

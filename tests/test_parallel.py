@@ -71,6 +71,7 @@ def test_two_worktrees_run_at_once_each_with_own_state(pienv: Pienv, tmp_path: P
     assert pienv("run", "--", "ls", "/state-b", cwd=b).code == 0
 
 
+@pytest.mark.one_engine
 def test_same_branch_refused_then_wait_proceeds(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     first = pienv.popen("run", "--", "sh", "-c", "echo up; sleep 3; touch /first")

@@ -52,6 +52,7 @@ def orphan_a_run(p: Pienv, script: str) -> str:
     return cid
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("sig", [signal.SIGHUP, signal.SIGTERM, signal.SIGKILL])
 def test_pienv_dying_mid_run_loses_nothing(pienv: Pienv, sig: int) -> None:
     pienv("run", "--", "true")

@@ -161,6 +161,7 @@ def test_workspace_in_linked_worktree_is_found(pienv: Pienv, tmp_path: Path) -> 
     assert "only-here" in pienv("run", "--", "ls", "/workspace", cwd=wt / "sub").out
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("where", ["/", "HOME"])
 def test_root_and_home_refused(pienv: Pienv, tmp_path: Path, where: str) -> None:
     home = tmp_path / "home"
@@ -244,6 +245,7 @@ def test_open_stdin_does_not_hold_a_command_that_ignores_it(pienv: Pienv) -> Non
             stream.close()
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("closed", ["<&-", ">&-", "2>&-"])
 def test_closed_standard_stream_still_runs_and_commits(pienv: Pienv, closed: str) -> None:
     def pienv_with_closed(args: str) -> subprocess.CompletedProcess[bytes]:
@@ -287,6 +289,7 @@ def test_missing_base_is_one_line(pienv: Pienv) -> None:
     assert not (pienv.home / "commits.jsonl").exists()
 
 
+@pytest.mark.one_engine
 def test_busy_branch_refused_with_holder(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     first = pienv.popen("run", "--", "sh", "-c", "echo started; sleep 5")

@@ -34,6 +34,7 @@ def fill(path: Path) -> None:
                 chunk = chunk[: len(chunk) // 2]
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("commit", ["foreground", "background"])
 def test_store_disk_full_during_a_commit_keeps_the_change(
     pienv: Pienv, tmp_path: Path, commit: str
@@ -172,6 +173,7 @@ def test_container_that_cannot_start_is_not_left_behind(pienv: Pienv, base_image
     assert json.loads(pienv("orphans", "--json").out) == []
 
 
+@pytest.mark.one_engine
 def test_unlock_never_breaks_a_live_lock(pienv: Pienv) -> None:
     pienv("run", "--", "true")
     holder = pienv.popen("run", "--", "sh", "-c", "echo up; sleep 3")
@@ -185,6 +187,7 @@ def test_unlock_never_breaks_a_live_lock(pienv: Pienv) -> None:
     assert r.code == 1 and "no branch or lock named 'nosuch'" in r.err
 
 
+@pytest.mark.one_engine
 def test_status_without_engine_does_not_claim_zero_orphans(pienv: Pienv, tmp_path: Path) -> None:
     pienv("run", "--", "true")
     gone = {"DOCKER_HOST": f"unix://{tmp_path}/nothing.sock"}

@@ -49,6 +49,7 @@ def test_fsck_repair_never_drops_a_branch_without_allow_loss(pienv: Pienv) -> No
     assert "store ok" in pienv("fsck").out
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("name", ["commits.jsonl", "reflog.jsonl"])
 def test_torn_last_line_loses_nothing_after_it(pienv: Pienv, name: str) -> None:
     """a half-written last line must not swallow the next append."""

@@ -54,6 +54,7 @@ def test_bisect_run_finds_the_run_that_removed_a_tool_in_log2_probes(pienv: Pien
     print(f"bisect: {len(probes)} probes in {took:.1f}s")
 
 
+@pytest.mark.one_engine
 def test_bisect_by_hand_with_skip_and_an_aborting_command(pienv: Pienv) -> None:
     for i in range(1, 4):
         pienv("run", "-m", f"run {i}", "--", "touch", f"/t{i}")
@@ -129,6 +130,7 @@ def reflog_lines(p: Pienv) -> list[str]:
     return (p.home / "reflog.jsonl").read_text().splitlines()
 
 
+@pytest.mark.one_engine
 def test_rebase_abort_changes_nothing_and_skip_drops_the_commit(
     pienv: Pienv, base_image: str
 ) -> None:

@@ -217,6 +217,7 @@ def test_the_store_rebuilds_from_the_reflog_and_labels_when_refs_and_index_are_g
     assert pienv("fsck").code == 0
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize("bad", [{"branches": []}, {"branches": {"main": 12345}}])
 def test_a_refs_json_of_the_wrong_types_is_repaired(pienv: Pienv, bad: dict[str, object]) -> None:
     pienv("run", "--", "touch", "/a")
@@ -297,6 +298,7 @@ def test_show_diff_and_branch_say_when_their_commits_are_gone(pienv: Pienv) -> N
     assert "gone from the engine" in pienv("show", "HEAD", check=False).err
 
 
+@pytest.mark.sampled
 @pytest.mark.parametrize(
     ("kind", "command"),
     [("diff", ("diff", "--packages", "HEAD~1")), ("export", ("export", "--dockerfile"))],
